@@ -1,0 +1,29 @@
+//! tollgate: an Envoy external-authorization server. One `Check` call
+//! verifies the user, authenticates the app, refuses replays and enforces
+//! the app's plan.
+//!
+//! The request path, in module order:
+//!
+//! - [`grpc`] — the ext_authz v3 adapter: `CheckRequest` → [`request`] and
+//!   [`decision`] → `CheckResponse`; gRPC health and reflection;
+//! - [`pipeline`] — the pure decision core `decide(snapshot, request, deps)`;
+//! - [`origin`] — the trusted view of client address, scheme and host;
+//! - [`authn`] — user tokens and app credentials;
+//! - [`limits`] and [`store`] — plans, quotas, replay nonces, usage;
+//! - [`policy`] — CRD types, policy files, compile, snapshot, sources;
+//! - [`reason`] — the one table of deny reasons.
+//!
+//! Around it: [`server`] (binds and runs the listeners), [`admin`]
+//! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
+//! and [`cli`] (the subcommands).
+
+pub mod authn;
+pub mod clock;
+pub mod decision;
+pub mod limits;
+pub mod origin;
+pub mod pipeline;
+pub mod policy;
+pub mod reason;
+pub mod request;
+pub mod store;

@@ -1,0 +1,231 @@
+//! The decision core: `decide(snapshot, request, deps) -> Decision`.
+//!
+//! Stages run in a fixed order, each in its own module:
+//!
+//! 1. [`validate`] — malformed requests (unnormalised paths, duplicate
+//!    credential headers, translation defects) → `request_malformed`;
+//! 2. [`select`] — which policy: the `tollgate.dev/policy` context extension,
+//!    else the host → `no_policy`;
+//! 3. [`transport`] — HTTPS and client address checks via the trusted origin;
+//! 4. [`route`] — the first matching route (public routes skip 5–7);
+//! 5. user authentication ([`crate::authn::user`]);
+//! 6. app identification and authentication ([`crate::authn::app`]);
+//!    then the route's scope/claim requirements;
+//! 7. admission — replay nonces and quotas in one store call;
+//! 8. [`respond`] — upstream identity headers, credential stripping.
+//!
+//! Nothing here imports tonic, Envoy protos or kube types.
+
+mod respond;
+mod route;
+mod select;
+mod transport;
+mod validate;
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::decision::{Decision, Deny, Identity, Step, StepOutcome, Verdict};
+use crate::origin::{self, TrustedOrigin};
+use crate::policy::snapshot::{CompiledPolicy, Snapshot};
+use crate::policy::types::Mode;
+use crate::reason::Reason;
+use crate::request::RequestContext;
+use crate::store::Store;
+
+/// What a request that matches no policy gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultDecision {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Server-wide settings of the decision core.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub trusted_origin: TrustedOrigin,
+    /// Refuse host matching: only the context extension selects a policy.
+    pub require_policy_extension: bool,
+    pub default_decision: DefaultDecision,
+}
+
+/// What `decide` needs besides the snapshot and the request.
+#[derive(Clone, Debug)]
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Collects the trace and identity while stages run.
+struct Run {
+    trace: Vec<Step>,
+    identity: Identity,
+}
+
+impl Run {
+    fn note(&mut self, stage: &'static str, outcome: StepOutcome, note: impl Into<String>) {
+        self.trace.push(Step {
+            stage,
+            outcome,
+            note: note.into(),
+        });
+    }
+
+    fn finish(self, verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            identity: self.identity,
+            dry_run_denial: None,
+            trace: self.trace,
+        }
+    }
+}
+
+/// Decides on one request.
+pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) -> Decision {
+    let mut run = Run {
+        trace: Vec::new(),
+        identity: Identity::default(),
+    };
+
+    if let Err(deny) = validate::check(request) {
+        run.note("validate", StepOutcome::Deny, deny.detail.clone());
+        return run.finish(Verdict::Deny(deny));
+    }
+    run.note("validate", StepOutcome::Pass, "request well-formed");
+
+    let origin = origin::resolve(request, deps.settings.trusted_origin);
+    let policy = match select::policy(snapshot, request, &origin, &deps.settings) {
+        Ok(policy) => policy,
+        Err(select::NoPolicy(detail)) => {
+            return match deps.settings.default_decision {
+                DefaultDecision::Deny => {
+                    run.note("select", StepOutcome::Deny, detail.clone());
+                    run.finish(Verdict::Deny(Deny::new(Reason::NoPolicy, detail)))
+                }
+                DefaultDecision::Allow => {
+                    run.note("select", StepOutcome::Skip, format!("{detail}; default allow"));
+                    let allow = respond::anonymous_allow(request);
+                    run.finish(Verdict::Allow(allow))
+                }
+            };
+        }
+    };
+    run.identity.policy = Some(policy.id.to_string());
+    run.note("select", StepOutcome::Pass, format!("policy {}", policy.id));
+
+    let verdict = enforce(policy, snapshot, request, &origin, deps, &mut run).await;
+    let mut decision = run.finish(Verdict::Allow(Default::default()));
+    match verdict {
+        Ok(allow) => decision.verdict = Verdict::Allow(allow),
+        Err(deny) if policy.mode == Mode::DryRun => {
+            decision.trace.push(Step {
+                stage: "mode",
+                outcome: StepOutcome::Skip,
+                note: format!("dry run: would deny {}, allowed", deny.reason),
+            });
+            decision.dry_run_denial = Some(deny);
+            decision.verdict = Verdict::Allow(respond::anonymous_allow(request));
+        }
+        Err(mut deny) => {
+            if !policy.response.disclose_reasons && deny.reason.is_attestation_detail() {
+                deny.disclosed_as = Some(Reason::AttestationInvalid);
+            }
+            decision.verdict = Verdict::Deny(deny);
+        }
+    }
+    decision
+}
+
+/// Stages 3–8 for a selected policy.
+async fn enforce(
+    policy: &Arc<CompiledPolicy>,
+    snapshot: &Snapshot,
+    request: &RequestContext,
+    origin: &origin::Origin,
+    deps: &Deps,
+    run: &mut Run,
+) -> Result<crate::decision::Allow, Deny> {
+    let stage = |run: &mut Run, name: &'static str, result: &Result<String, Deny>| match result {
+        Ok(note) => run.note(name, StepOutcome::Pass, note.clone()),
+        Err(deny) => run.note(name, StepOutcome::Deny, format!("{}: {}", deny.reason, deny.detail)),
+    };
+
+    let result = transport::check(&policy.transport, origin);
+    stage(run, "transport", &result);
+    result?;
+
+    let route = route::select(policy, request);
+    if let Some(route) = route {
+        run.identity.route = Some(route.name.clone());
+        if route.deny {
+            let deny = Deny::new(Reason::RuleDenied, format!("route {} denies all requests", route.name));
+            run.note("route", StepOutcome::Deny, deny.detail.clone());
+            return Err(deny);
+        }
+        if route.public {
+            run.note("route", StepOutcome::Pass, format!("route {} is public: no credentials, no quota", route.name));
+            return Ok(respond::allow(policy, request, &run.identity, None));
+        }
+        run.note("route", StepOutcome::Pass, format!("route {}", route.name));
+    } else {
+        run.note("route", StepOutcome::Pass, "no route refinement matched; policy defaults apply");
+    }
+
+    let now = deps.clock.now();
+    let user = match &policy.user {
+        Some(user_policy) => {
+            let user = user_policy.authenticate(request, origin, now).await;
+            let result = user.as_ref().map(|u| match u {
+                Some(u) => format!("user {} from {}", u.subject, u.issuer),
+                None => "no user token (optional)".to_owned(),
+            });
+            stage(run, "user", &result.map_err(Clone::clone));
+            let user = user?;
+            if let Some(u) = &user {
+                run.identity.user = Some(u.subject.clone());
+                run.identity.issuer = Some(u.issuer.clone());
+            }
+            user
+        }
+        None => {
+            run.note("user", StepOutcome::Skip, "policy has no user authentication");
+            None
+        }
+    };
+
+    let app = match &policy.app {
+        Some(app_policy) => {
+            let app = app_policy
+                .authenticate(request, origin, user.as_ref(), &snapshot.apps, now)
+                .await;
+            let result = app.as_ref().map(|a| match a {
+                Some(a) => format!("app {}", a.app_id),
+                None => "no app credential (optional)".to_owned(),
+            });
+            stage(run, "app", &result.map_err(Clone::clone));
+            let app = app?;
+            if let Some(a) = &app {
+                run.identity.app = Some(a.app_id.clone());
+                run.identity.plan = a.plan.clone();
+                run.identity.device = a.device.clone();
+            }
+            app
+        }
+        None => {
+            run.note("app", StepOutcome::Skip, "policy has no app authentication");
+            None
+        }
+    };
+    let _ = app;
+
+    Ok(respond::allow(policy, request, &run.identity, user.as_ref()))
+}

@@ -1,0 +1,123 @@
+//! Stage 8: shape an allowed request for the upstream.
+//!
+//! tollgate's identity headers are set with overwrite semantics, and every
+//! other `x-tollgate-*` header the client sent is removed, so a client can
+//! never forge an identity header. Envoy applies removals after additions,
+//! so a name tollgate sets is never also listed for removal. A configured
+//! upstream header whose template has no value for this request is removed,
+//! so a client-sent copy cannot pass through either.
+
+use crate::authn::user::UserIdentity;
+use crate::decision::{Allow, Identity};
+use crate::policy::snapshot::CompiledPolicy;
+use crate::policy::template::{Var, Vars};
+use crate::request::RequestContext;
+
+/// The prefix of tollgate's own headers.
+pub const IDENTITY_PREFIX: &str = "x-tollgate-";
+
+/// The allow for a request under `policy`.
+pub(super) fn allow(
+    policy: &CompiledPolicy,
+    request: &RequestContext,
+    identity: &Identity,
+    user: Option<&UserIdentity>,
+) -> Allow {
+    let mut set: Vec<(String, String)> = Vec::new();
+    let mut unset: Vec<String> = Vec::new();
+    let own = [
+        ("x-tollgate-user", identity.user.as_ref()),
+        ("x-tollgate-app", identity.app.as_ref()),
+        ("x-tollgate-plan", identity.plan.as_ref()),
+        ("x-tollgate-device", identity.device.as_ref()),
+    ];
+    for (name, value) in own {
+        match value {
+            Some(value) => set.push((name.to_owned(), value.clone())),
+            None => unset.push(name.to_owned()),
+        }
+    }
+    let vars = TemplateVars { identity, user };
+    for (name, template) in &policy.response.upstream_headers {
+        match template.render(&vars) {
+            Some(value) => {
+                set.retain(|(n, _)| n != name);
+                unset.retain(|n| n != name);
+                set.push((name.clone(), value));
+            }
+            None => unset.push(name.clone()),
+        }
+    }
+    let mut remove = client_identity_headers(request);
+    remove.extend(unset);
+    if policy.response.remove_credentials {
+        remove.extend(credential_headers(policy));
+    }
+    finish(set, remove)
+}
+
+/// The allow for a request no policy (or a dry run) vouches for: no
+/// identity, and no client-sent identity header passes.
+pub(super) fn anonymous_allow(request: &RequestContext) -> Allow {
+    finish(Vec::new(), client_identity_headers(request))
+}
+
+fn finish(set: Vec<(String, String)>, mut remove: Vec<String>) -> Allow {
+    remove.sort();
+    remove.dedup();
+    remove.retain(|name| !set.iter().any(|(n, _)| n == name));
+    Allow {
+        set_upstream: set,
+        remove_upstream: remove,
+        response_headers: Vec::new(),
+    }
+}
+
+/// Every `x-tollgate-*` header name the client sent.
+fn client_identity_headers(request: &RequestContext) -> Vec<String> {
+    request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.starts_with(IDENTITY_PREFIX))
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// Headers carrying credentials the upstream does not need (app token, API
+/// key, DPoP proof, signatures). The user's `Authorization` stays: the
+/// upstream may need the token.
+fn credential_headers(policy: &CompiledPolicy) -> Vec<String> {
+    let mut names = Vec::new();
+    if policy.user.is_some() {
+        names.push("dpop".to_owned());
+    }
+    if policy.app.is_some() {
+        names.extend(["signature", "signature-input"].map(String::from));
+    }
+    names
+}
+
+struct TemplateVars<'a> {
+    identity: &'a Identity,
+    user: Option<&'a UserIdentity>,
+}
+
+impl Vars for TemplateVars<'_> {
+    fn value(&self, var: &Var) -> Option<String> {
+        match var {
+            Var::UserSub => self.identity.user.clone(),
+            Var::UserIssuer => self.identity.issuer.clone(),
+            Var::UserClaim(name) => self.user?.claims.get(name).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                serde_json::Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            }),
+            Var::AppId => self.identity.app.clone(),
+            Var::Plan => self.identity.plan.clone(),
+            Var::Policy => self.identity.policy.clone(),
+            Var::Route => self.identity.route.clone(),
+            Var::DeviceId => self.identity.device.clone(),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Stage 1: refuse requests that cannot be judged safely.
+//!
+//! Paths are compared as sent (Envoy normalises them first when configured
+//! as in `deploy/envoy/`), so a path with dot-segments or encoded slashes
+//! could make a private route look like a public one
+//! (`/healthz/..%2Fv1/x`): such requests are `request_malformed`. So are
+//! repeated credential headers (which Envoy joins with `,`).
+
+use crate::decision::Deny;
+use crate::reason::Reason;
+use crate::request::RequestContext;
+
+/// Headers that carry one credential each; a repeat is ambiguous.
+const SINGLE_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "dpop",
+    "approov-token",
+    "x-api-key",
+    "signature",
+    "signature-input",
+];
+
+/// Checks the request is well-formed enough to decide on.
+pub(super) fn check(request: &RequestContext) -> Result<(), Deny> {
+    let malformed = |detail: String| Err(Deny::new(Reason::RequestMalformed, detail));
+    if let Some(defect) = request.defects.first() {
+        return malformed(defect.clone());
+    }
+    if request.method.is_empty() {
+        return malformed("the request has no method".to_owned());
+    }
+    if !request.path.starts_with('/') {
+        return malformed("the request path must start with '/'".to_owned());
+    }
+    if let Some(problem) = path_problem(&request.path) {
+        return malformed(format!("the request path {problem}"));
+    }
+    for name in SINGLE_CREDENTIAL_HEADERS {
+        let values: Vec<&str> = request.headers.get_all(name).collect();
+        // Envoy merges repeats into one value joined by ','; no credential
+        // value tollgate reads contains a comma, except Signature fields
+        // (structured-field lists) which may legitimately hold several.
+        let joined = values.len() == 1
+            && values[0].contains(',')
+            && !matches!(*name, "signature" | "signature-input");
+        if values.len() > 1 || joined {
+            return malformed(format!("the {name} header appears more than once"));
+        }
+    }
+    Ok(())
+}
+
+/// Why a path is not in normal form, if it is not.
+fn path_problem(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Some("contains an encoded slash or a backslash");
+    }
+    if path.contains("//") {
+        return Some("contains an empty segment");
+    }
+    for segment in path.split('/') {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Some("contains a dot-segment");
+        }
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+        return Some("contains a control character, space or '#'");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Headers;
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> RequestContext {
+        RequestContext {
+            method: "GET".into(),
+            path: path.into(),
+            headers: headers.iter().copied().collect::<Headers>(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refuses_dot_segments_and_encoded_slashes() {
+        for path in [
+            "/healthz/../v1/x",
+            "/healthz/..%2Fv1/x",
+            "/a/%2e%2e/b",
+            "/a/./b",
+            "/a//b",
+            "/a%5cb",
+            "/a\\b",
+        ] {
+            let deny = check(&request(path, &[])).unwrap_err();
+            assert_eq!(deny.reason, Reason::RequestMalformed, "{path}");
+        }
+    }
+
+    #[test]
+    fn accepts_normal_paths() {
+        for path in ["/", "/v1/search", "/a.b/c..d", "/v1/%20x"] {
+            assert!(check(&request(path, &[])).is_ok(), "{path}");
+        }
+    }
+
+    #[test]
+    fn refuses_repeated_credentials() {
+        let twice = request("/", &[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(check(&twice).unwrap_err().reason, Reason::RequestMalformed);
+        let merged = request("/", &[("authorization", "Bearer a,Bearer b")]);
+        assert_eq!(check(&merged).unwrap_err().reason, Reason::RequestMalformed);
+        let once = request("/", &[("authorization", "Bearer a")]);
+        assert!(check(&once).is_ok());
+    }
+
+    #[test]
+    fn defects_from_translation_are_malformed() {
+        let mut req = request("/", &[]);
+        req.defects.push("header x has a non-UTF-8 value".into());
+        let deny = check(&req).unwrap_err();
+        assert_eq!(deny.reason, Reason::RequestMalformed);
+        assert!(deny.detail.contains("non-UTF-8"));
+    }
+}

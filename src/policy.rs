@@ -1,0 +1,13 @@
+//! The policy model: the CRD types ([`types`]), the policy file documents
+//! ([`document`]), the compile step ([`compile`]) into the immutable
+//! [`snapshot`] the request path reads, and the sources that keep it
+//! current ([`source`]).
+
+pub mod compile;
+pub mod document;
+pub mod duration;
+pub mod hosts;
+pub mod snapshot;
+pub mod source;
+pub mod template;
+pub mod types;

@@ -1,0 +1,1 @@
+//! SEAM (policy work): multi-document policy files.

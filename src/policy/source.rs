@@ -1,0 +1,1 @@
+//! SEAM (policy work): policy sources (file watcher).
