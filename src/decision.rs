@@ -114,7 +114,11 @@ impl Deny {
             reason: reason.code(),
         };
         serde_json::to_string(&problem).unwrap_or_else(|_| {
-            format!(r#"{{"status":{},"reason":"{}"}}"#, reason.http_status(), reason.code())
+            format!(
+                r#"{{"status":{},"reason":"{}"}}"#,
+                reason.http_status(),
+                reason.code()
+            )
         })
     }
 
@@ -123,22 +127,24 @@ impl Deny {
     pub fn response_headers(&self, challenge_params: &ChallengeParams) -> Vec<(String, String)> {
         let reason = self.public_reason();
         let mut headers = vec![
-            ("content-type".to_owned(), "application/problem+json".to_owned()),
+            (
+                "content-type".to_owned(),
+                "application/problem+json".to_owned(),
+            ),
             ("x-tollgate-reason".to_owned(), reason.code().to_owned()),
         ];
         let has_challenge = self
             .headers
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("www-authenticate"));
-        if !has_challenge {
-            if let Some(challenge) = reason.challenge() {
-                if reason.http_status() == 401 {
-                    headers.push((
-                        "www-authenticate".to_owned(),
-                        challenge_params.render(challenge, reason),
-                    ));
-                }
-            }
+        if let Some(challenge) = reason.challenge()
+            && !has_challenge
+            && reason.http_status() == 401
+        {
+            headers.push((
+                "www-authenticate".to_owned(),
+                challenge_params.render(challenge, reason),
+            ));
         }
         headers.extend(self.headers.iter().cloned());
         headers
@@ -162,9 +168,7 @@ impl ChallengeParams {
             Challenge::Bearer if reason == Reason::UserTokenMissing => {
                 r#"Bearer realm="tollgate""#.to_owned()
             }
-            Challenge::Bearer => {
-                r#"Bearer realm="tollgate", error="invalid_token""#.to_owned()
-            }
+            Challenge::Bearer => r#"Bearer realm="tollgate", error="invalid_token""#.to_owned(),
             Challenge::Dpop => {
                 let algs = if self.dpop_algs.is_empty() {
                     "ES256 EdDSA".to_owned()

@@ -90,16 +90,14 @@ pub fn resolve(request: &RequestContext, trust: TrustedOrigin) -> Origin {
 /// Splits `host[:port]` (or `[v6]:port`), lower-casing the host.
 pub fn split_authority(authority: &str) -> (String, Option<u16>) {
     let authority = authority.trim();
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host.to_ascii_lowercase(), port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (host.to_ascii_lowercase(), port);
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => {
-            (host.to_ascii_lowercase(), port.parse().ok())
-        }
+        Some((host, port)) if !host.contains(':') => (host.to_ascii_lowercase(), port.parse().ok()),
         _ => (authority.to_ascii_lowercase(), None),
     }
 }
@@ -123,7 +121,10 @@ mod tests {
     #[test]
     fn envoy_mode_trusts_the_connection_not_the_scheme_header() {
         let origin = resolve(&request(&[], false), TrustedOrigin::Envoy);
-        assert_eq!(origin.scheme, "http", ":scheme https over plaintext must not count");
+        assert_eq!(
+            origin.scheme, "http",
+            ":scheme https over plaintext must not count"
+        );
         assert_eq!(origin.host, "api.example");
         assert_eq!(origin.port, Some(8443));
         assert_eq!(origin.client_ip, Some("10.0.0.9".parse().unwrap()));

@@ -112,7 +112,11 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
                     run.finish(Verdict::Deny(Deny::new(Reason::NoPolicy, detail)))
                 }
                 DefaultDecision::Allow => {
-                    run.note("select", StepOutcome::Skip, format!("{detail}; default allow"));
+                    run.note(
+                        "select",
+                        StepOutcome::Skip,
+                        format!("{detail}; default allow"),
+                    );
                     let allow = respond::anonymous_allow(request);
                     run.finish(Verdict::Allow(allow))
                 }
@@ -156,7 +160,11 @@ async fn enforce(
 ) -> Result<crate::decision::Allow, Deny> {
     let stage = |run: &mut Run, name: &'static str, result: &Result<String, Deny>| match result {
         Ok(note) => run.note(name, StepOutcome::Pass, note.clone()),
-        Err(deny) => run.note(name, StepOutcome::Deny, format!("{}: {}", deny.reason, deny.detail)),
+        Err(deny) => run.note(
+            name,
+            StepOutcome::Deny,
+            format!("{}: {}", deny.reason, deny.detail),
+        ),
     };
 
     let result = transport::check(&policy.transport, origin);
@@ -167,17 +175,28 @@ async fn enforce(
     if let Some(route) = route {
         run.identity.route = Some(route.name.clone());
         if route.deny {
-            let deny = Deny::new(Reason::RuleDenied, format!("route {} denies all requests", route.name));
+            let deny = Deny::new(
+                Reason::RuleDenied,
+                format!("route {} denies all requests", route.name),
+            );
             run.note("route", StepOutcome::Deny, deny.detail.clone());
             return Err(deny);
         }
         if route.public {
-            run.note("route", StepOutcome::Pass, format!("route {} is public: no credentials, no quota", route.name));
+            run.note(
+                "route",
+                StepOutcome::Pass,
+                format!("route {} is public: no credentials, no quota", route.name),
+            );
             return Ok(respond::allow(policy, request, &run.identity, None));
         }
         run.note("route", StepOutcome::Pass, format!("route {}", route.name));
     } else {
-        run.note("route", StepOutcome::Pass, "no route refinement matched; policy defaults apply");
+        run.note(
+            "route",
+            StepOutcome::Pass,
+            "no route refinement matched; policy defaults apply",
+        );
     }
 
     let now = deps.clock.now();
@@ -197,7 +216,11 @@ async fn enforce(
             user
         }
         None => {
-            run.note("user", StepOutcome::Skip, "policy has no user authentication");
+            run.note(
+                "user",
+                StepOutcome::Skip,
+                "policy has no user authentication",
+            );
             None
         }
     };
@@ -227,5 +250,10 @@ async fn enforce(
     };
     let _ = app;
 
-    Ok(respond::allow(policy, request, &run.identity, user.as_ref()))
+    Ok(respond::allow(
+        policy,
+        request,
+        &run.identity,
+        user.as_ref(),
+    ))
 }

@@ -135,7 +135,11 @@ mod tests {
     fn codes_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();
         for reason in Reason::ALL {
-            assert!(seen.insert(reason.code()), "duplicate code {}", reason.code());
+            assert!(
+                seen.insert(reason.code()),
+                "duplicate code {}",
+                reason.code()
+            );
             assert_eq!(Reason::from_code(reason.code()), Some(*reason));
         }
     }

@@ -151,7 +151,10 @@ mod tests {
             .collect();
         assert_eq!(headers.get("authorization"), Some("a"));
         assert_eq!(headers.count("authorization"), 2);
-        assert_eq!(headers.get_all("authorization").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            headers.get_all("authorization").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(headers.get("x"), Some("c"));
     }
 

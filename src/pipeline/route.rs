@@ -3,7 +3,10 @@
 use crate::policy::snapshot::{CompiledPolicy, Route};
 use crate::request::RequestContext;
 
-pub(super) fn select<'a>(policy: &'a CompiledPolicy, request: &RequestContext) -> Option<&'a Route> {
+pub(super) fn select<'a>(
+    policy: &'a CompiledPolicy,
+    request: &RequestContext,
+) -> Option<&'a Route> {
     policy
         .routes
         .iter()

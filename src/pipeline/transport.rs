@@ -25,7 +25,10 @@ pub(super) fn check(transport: &Transport, origin: &Origin) -> Result<String, De
         ));
     };
     if transport.deny.iter().any(|net| net.contains(&ip)) {
-        return Err(Deny::new(Reason::IpDenied, format!("client address {ip} is denied")));
+        return Err(Deny::new(
+            Reason::IpDenied,
+            format!("client address {ip} is denied"),
+        ));
     }
     if !transport.allow.is_empty() && !transport.allow.iter().any(|net| net.contains(&ip)) {
         return Err(Deny::new(
@@ -68,8 +71,21 @@ mod tests {
     fn deny_list_before_allow_list() {
         let t = transport(false, &["10.0.0.0/8"], &["10.1.0.0/16"]);
         assert!(check(&t, &origin(Some("10.2.3.4"), false)).is_ok());
-        assert_eq!(check(&t, &origin(Some("10.1.3.4"), false)).unwrap_err().reason, Reason::IpDenied);
-        assert_eq!(check(&t, &origin(Some("192.0.2.1"), false)).unwrap_err().reason, Reason::IpDenied);
-        assert_eq!(check(&t, &origin(None, false)).unwrap_err().reason, Reason::IpDenied);
+        assert_eq!(
+            check(&t, &origin(Some("10.1.3.4"), false))
+                .unwrap_err()
+                .reason,
+            Reason::IpDenied
+        );
+        assert_eq!(
+            check(&t, &origin(Some("192.0.2.1"), false))
+                .unwrap_err()
+                .reason,
+            Reason::IpDenied
+        );
+        assert_eq!(
+            check(&t, &origin(None, false)).unwrap_err().reason,
+            Reason::IpDenied
+        );
     }
 }

@@ -65,7 +65,10 @@ fn path_problem(path: &str) -> Option<&'static str> {
             return Some("contains a dot-segment");
         }
     }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
+    {
         return Some("contains a control character, space or '#'");
     }
     None
@@ -110,7 +113,10 @@ mod tests {
 
     #[test]
     fn refuses_repeated_credentials() {
-        let twice = request("/", &[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        let twice = request(
+            "/",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        );
         assert_eq!(check(&twice).unwrap_err().reason, Reason::RequestMalformed);
         let merged = request("/", &[("authorization", "Bearer a,Bearer b")]);
         assert_eq!(check(&merged).unwrap_err().reason, Reason::RequestMalformed);

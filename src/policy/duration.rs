@@ -110,7 +110,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1.5s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-5s",
+            "5 s",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }
