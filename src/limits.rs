@@ -1,7 +1,7 @@
 //! Plans and their limits (rates and calendar quotas). SEAM: filled in by
 //! the quota work; until then a plan with limits is refused at load.
 
-use crate::policy::types::PlanSpec;
+use crate::policy::types::ApiPolicySpec;
 
 /// The compiled plans of one policy.
 #[derive(Debug, Default)]
@@ -11,7 +11,8 @@ pub struct Plans {
 
 impl Plans {
     /// Compiles a policy's plans. Refuses limits until the quota stage exists.
-    pub fn compile(plans: &[PlanSpec]) -> Result<Self, String> {
+    pub fn compile(spec: &ApiPolicySpec) -> Result<Self, String> {
+        let plans = &spec.plans;
         for plan in plans {
             if !plan.limits.is_empty() {
                 return Err(format!(
