@@ -17,13 +17,18 @@
 //! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
 //! and [`cli`] (the subcommands).
 
+pub mod admin;
 pub mod authn;
 pub mod clock;
 pub mod decision;
+pub mod grpc;
 pub mod limits;
 pub mod origin;
 pub mod pipeline;
 pub mod policy;
 pub mod reason;
 pub mod request;
+pub mod server;
+pub mod shutdown;
 pub mod store;
+pub mod telemetry;

@@ -1,0 +1,54 @@
+//! The `Check` codec: decodes a `CheckRequest` without ever failing the
+//! call. A message that is not valid protobuf (truncated, wrong wire types,
+//! invalid UTF-8 in a `string` field) becomes [`Incoming::Undecodable`],
+//! which the service answers with a `request_malformed` denial, so `Check`
+//! never turns bad input into a gRPC error. Responses use prost's encoder.
+
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::ProstEncoder;
+
+use super::pb::{CheckRequest, CheckResponse};
+
+/// A decoded `Check` request, or why it could not be decoded.
+#[derive(Debug)]
+pub enum Incoming {
+    Request(Box<CheckRequest>),
+    /// The protobuf decoder's message (names the field, never its value).
+    Undecodable(String),
+}
+
+/// `CheckResponse` out, [`Incoming`] in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LenientCodec;
+
+impl Codec for LenientCodec {
+    type Encode = CheckResponse;
+    type Decode = Incoming;
+    type Encoder = ProstEncoder<CheckResponse>;
+    type Decoder = LenientDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        LenientDecoder
+    }
+}
+
+/// Decodes a `CheckRequest`, turning decode errors into a value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LenientDecoder;
+
+impl Decoder for LenientDecoder {
+    type Item = Incoming;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(Some(match <CheckRequest as prost::Message>::decode(buf) {
+            Ok(request) => Incoming::Request(Box::new(request)),
+            Err(error) => Incoming::Undecodable(error.to_string()),
+        }))
+    }
+}

@@ -1,0 +1,243 @@
+//! [`Decision`] → `CheckResponse`: the decision contract on the wire
+//! (`docs/decision-contract.md`).
+//!
+//! Every header tollgate sets carries `append_action:
+//! OVERWRITE_IF_EXISTS_OR_ADD` explicitly: Envoy *appends* a header option
+//! that sets neither `append` nor `append_action`, which would let a
+//! client-sent copy of an identity header travel next to tollgate's.
+
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+
+use super::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use super::pb::envoy::r#type::v3::HttpStatus;
+use super::pb::google::rpc::Status;
+use super::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
+};
+use crate::decision::{Allow, ChallengeParams, Decision, Deny, Verdict};
+use crate::reason::GrpcCode;
+
+/// Builds the `CheckResponse` for `decision`. `challenge` fills the
+/// `WWW-Authenticate` header of a 401 that carries none of its own.
+pub fn to_check_response(decision: &Decision, challenge: &ChallengeParams) -> CheckResponse {
+    let (status, http_response) = match &decision.verdict {
+        Verdict::Allow(allow) => (
+            Status {
+                code: GrpcCode::Ok as i32,
+                message: String::new(),
+            },
+            HttpResponse::OkResponse(ok_response(allow)),
+        ),
+        Verdict::Deny(deny) => (
+            Status {
+                code: deny.public_reason().grpc_code() as i32,
+                message: deny.public_reason().code().to_owned(),
+            },
+            HttpResponse::DeniedResponse(denied_response(deny, challenge)),
+        ),
+    };
+    CheckResponse {
+        status: Some(status),
+        http_response: Some(http_response),
+        dynamic_metadata: Some(dynamic_metadata(decision)),
+    }
+}
+
+fn ok_response(allow: &Allow) -> OkHttpResponse {
+    OkHttpResponse {
+        headers: allow
+            .set_upstream
+            .iter()
+            .map(|(n, v)| overwrite(n, v))
+            .collect(),
+        headers_to_remove: allow.remove_upstream.clone(),
+        response_headers_to_add: allow
+            .response_headers
+            .iter()
+            .map(|(n, v)| overwrite(n, v))
+            .collect(),
+    }
+}
+
+fn denied_response(deny: &Deny, challenge: &ChallengeParams) -> DeniedHttpResponse {
+    DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(deny.public_reason().http_status()),
+        }),
+        headers: deny
+            .response_headers(challenge)
+            .iter()
+            .map(|(n, v)| overwrite(n, v))
+            .collect(),
+        body: deny.problem_json(),
+    }
+}
+
+/// A header option that replaces any existing value.
+fn overwrite(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// The metadata Envoy stores under `envoy.filters.http.ext_authz` for its
+/// access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:app)%`).
+/// Holds identifiers and the reason, never credentials. The logged reason is
+/// the precise one even when clients see a generic one.
+fn dynamic_metadata(decision: &Decision) -> Struct {
+    let identity = &decision.identity;
+    let mut fields = std::collections::BTreeMap::new();
+    let mut put = |key: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            fields.insert(
+                key.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(value.to_owned())),
+                },
+            );
+        }
+    };
+    let decision_word = if decision.is_allow() { "allow" } else { "deny" };
+    put("decision", Some(decision_word));
+    put("policy", identity.policy.as_deref());
+    put("route", identity.route.as_deref());
+    put("app", identity.app.as_deref());
+    put("plan", identity.plan.as_deref());
+    put("user", identity.user.as_deref());
+    put("issuer", identity.issuer.as_deref());
+    put("device", identity.device.as_deref());
+    put("reason", decision.denial().map(|d| d.reason.code()));
+    put(
+        "dry_run",
+        decision.dry_run_denial.as_ref().map(|d| d.reason.code()),
+    );
+    Struct { fields }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Identity;
+    use crate::reason::Reason;
+
+    fn decision(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            identity: Identity {
+                policy: Some("mobility/bikes".into()),
+                app: Some("commuter-ios".into()),
+                user: Some("alice".into()),
+                ..Default::default()
+            },
+            dry_run_denial: None,
+            trace: Vec::new(),
+        }
+    }
+
+    fn metadata(response: &CheckResponse, key: &str) -> Option<String> {
+        match response
+            .dynamic_metadata
+            .as_ref()?
+            .fields
+            .get(key)?
+            .kind
+            .as_ref()?
+        {
+            Kind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn allow_sets_overwrites_removals_and_response_headers() {
+        let allow = Allow {
+            set_upstream: vec![("x-tollgate-app".into(), "commuter-ios".into())],
+            remove_upstream: vec!["x-tollgate-device".into()],
+            response_headers: vec![("ratelimit".into(), "\"free\";r=9;t=1".into())],
+        };
+        let response = to_check_response(&decision(Verdict::Allow(allow)), &Default::default());
+        assert_eq!(response.status.as_ref().unwrap().code, 0);
+        let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+            panic!("not an ok response");
+        };
+        assert_eq!(ok.headers.len(), 1);
+        assert_eq!(ok.headers[0].append_action, 2);
+        assert_eq!(ok.headers[0].append, None);
+        assert_eq!(ok.headers[0].header.as_ref().unwrap().key, "x-tollgate-app");
+        assert_eq!(ok.headers_to_remove, ["x-tollgate-device"]);
+        assert_eq!(ok.response_headers_to_add[0].append_action, 2);
+        assert_eq!(metadata(&response, "decision").as_deref(), Some("allow"));
+        assert_eq!(metadata(&response, "app").as_deref(), Some("commuter-ios"));
+        assert_eq!(metadata(&response, "reason"), None);
+    }
+
+    #[test]
+    fn deny_carries_status_body_reason_and_challenge() {
+        let deny = Deny::new(Reason::UserTokenMissing, "no bearer token");
+        let response = to_check_response(&decision(Verdict::Deny(deny)), &Default::default());
+        assert_eq!(response.status.as_ref().unwrap().code, 16);
+        let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+            panic!("not a denied response");
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let header = |name: &str| {
+            denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == name)
+                .map(|h| h.value.clone())
+        };
+        assert_eq!(
+            header("x-tollgate-reason").as_deref(),
+            Some("user_token_missing")
+        );
+        assert_eq!(
+            header("www-authenticate").as_deref(),
+            Some(r#"Bearer realm="tollgate""#)
+        );
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        assert!(denied.headers.iter().all(|h| h.append_action == 2));
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["reason"], "user_token_missing");
+        assert_eq!(
+            metadata(&response, "reason").as_deref(),
+            Some("user_token_missing")
+        );
+    }
+
+    #[test]
+    fn hidden_reasons_stay_in_metadata_only() {
+        let mut deny = Deny::new(Reason::TokenBindingMismatch, "pay differs");
+        deny.disclosed_as = Some(Reason::AttestationInvalid);
+        let response = to_check_response(&decision(Verdict::Deny(deny)), &Default::default());
+        assert_eq!(
+            response.status.as_ref().unwrap().message,
+            "attestation_invalid"
+        );
+        assert_eq!(
+            metadata(&response, "reason").as_deref(),
+            Some("token_binding_mismatch")
+        );
+    }
+
+    #[test]
+    fn dry_run_denial_is_reported() {
+        let mut d = decision(Verdict::Allow(Allow::default()));
+        d.dry_run_denial = Some(Deny::new(Reason::IpDenied, "denied range"));
+        let response = to_check_response(&d, &Default::default());
+        assert_eq!(response.status.as_ref().unwrap().code, 0);
+        assert_eq!(metadata(&response, "dry_run").as_deref(), Some("ip_denied"));
+    }
+}

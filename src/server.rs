@@ -1,0 +1,388 @@
+//! Runs the data plane on already-bound listeners: the gRPC port
+//! (`Authorization/Check`, gRPC health, gRPC reflection) and the admin HTTP
+//! port ([`crate::admin`]).
+//!
+//! [`run`] takes bound [`Listeners`] and a shutdown future, so the binary
+//! binds `--grpc-addr`/`--admin-addr` and tests bind `127.0.0.1:0` and drive
+//! the very same server. Lifecycle:
+//!
+//! 1. gRPC health starts `NOT_SERVING` and `/readyz` 503;
+//! 2. both listeners serve; once a policy snapshot is loaded, health turns
+//!    `SERVING` and `/readyz` 200, and `listening` is logged with
+//!    `grpc_addr` and `admin_addr`;
+//! 3. when `shutdown` completes, readiness fails first (`NOT_SERVING`,
+//!    503), then the gRPC listener closes and in-flight calls finish, for at
+//!    most the drain timeout; then the admin port stops and `run` returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::admin::{self, AdminState};
+use crate::grpc::pb;
+use crate::grpc::service::{CheckServer, CheckService, SERVICE_NAME};
+use crate::pipeline::Deps;
+use crate::policy::snapshot::SharedSnapshot;
+use crate::shutdown::{self, DEFAULT_DRAIN_TIMEOUT, Drained};
+use crate::telemetry;
+
+/// How long the admin port may take to close after the gRPC drain.
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the server could not start or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind the {role} listener on {addr}: {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the bound address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the admin server failed: {0}")]
+    Admin(std::io::Error),
+    #[error("the {0} server stopped unexpectedly")]
+    Stopped(&'static str),
+    #[error("the {0} server task panicked")]
+    Panicked(&'static str),
+}
+
+/// The two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses (port 0 picks a free port).
+    pub async fn bind(grpc: SocketAddr, admin: SocketAddr) -> Result<Self, ServerError> {
+        let bind = |role, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { role, addr, source })
+        };
+        Ok(Self {
+            grpc: bind("gRPC", grpc).await?,
+            admin: bind("admin", admin).await?,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.grpc.local_addr().map_err(ServerError::LocalAddr)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.admin.local_addr().map_err(ServerError::LocalAddr)
+    }
+}
+
+/// Everything [`run`] serves with.
+#[derive(Clone, Debug)]
+pub struct ServerState {
+    /// The policies, swapped atomically by the policy source.
+    pub snapshot: SharedSnapshot,
+    /// Store, clock and decision settings.
+    pub deps: Deps,
+    /// Readiness shared with the policy source and the admin port.
+    pub readiness: Readiness,
+    /// The Prometheus handle `/metrics` renders (see
+    /// [`telemetry::prometheus`]); `None` disables `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// How long in-flight calls may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl ServerState {
+    /// A state serving `snapshot`, which counts as loaded.
+    pub fn new(snapshot: SharedSnapshot, deps: Deps) -> Self {
+        Self {
+            snapshot,
+            deps,
+            readiness: Readiness::new(true),
+            metrics: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Whether the server should receive traffic: listeners serving, a policy
+/// snapshot loaded, and not draining. Cheap to clone; every clone sees the
+/// same state.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    flags: Arc<watch::Sender<Flags>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Flags {
+    snapshot_loaded: bool,
+    listening: bool,
+    draining: bool,
+}
+
+/// The readiness as probes see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyState {
+    Ready,
+    /// No policy snapshot yet (a source still loading).
+    NoSnapshot,
+    /// The listeners are not serving yet.
+    NotListening,
+    /// Shutting down.
+    Draining,
+}
+
+impl ReadyState {
+    /// A short explanation for `/readyz`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReadyState::Ready => "ready",
+            ReadyState::NoSnapshot => "no policy snapshot loaded yet",
+            ReadyState::NotListening => "listeners not serving yet",
+            ReadyState::Draining => "draining",
+        }
+    }
+}
+
+impl Flags {
+    fn state(self) -> ReadyState {
+        if self.draining {
+            ReadyState::Draining
+        } else if !self.snapshot_loaded {
+            ReadyState::NoSnapshot
+        } else if !self.listening {
+            ReadyState::NotListening
+        } else {
+            ReadyState::Ready
+        }
+    }
+}
+
+impl Readiness {
+    /// A new readiness; `snapshot_loaded` is false for sources that load
+    /// after start-up (they call [`Readiness::set_snapshot_loaded`]).
+    pub fn new(snapshot_loaded: bool) -> Self {
+        let (flags, _) = watch::channel(Flags {
+            snapshot_loaded,
+            ..Flags::default()
+        });
+        Self {
+            flags: Arc::new(flags),
+        }
+    }
+
+    /// Records that a policy snapshot is being served.
+    pub fn set_snapshot_loaded(&self) {
+        self.flags.send_modify(|f| f.snapshot_loaded = true);
+    }
+
+    fn set_listening(&self) {
+        self.flags.send_modify(|f| f.listening = true);
+    }
+
+    fn set_draining(&self) {
+        self.flags.send_modify(|f| f.draining = true);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ReadyState {
+        self.flags.borrow().state()
+    }
+
+    /// True when traffic should come.
+    pub fn is_ready(&self) -> bool {
+        self.state() == ReadyState::Ready
+    }
+}
+
+/// Serves until `shutdown` completes, then drains (see the module docs).
+pub async fn run(
+    listeners: Listeners,
+    state: ServerState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let grpc_addr = listeners.grpc_addr()?;
+    let admin_addr = listeners.admin_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // The reporter starts the overall service ("") as SERVING: not yet.
+    set_health(&health, false).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl and older tools still ask v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let check = CheckServer::new(CheckService::new(
+        state.snapshot.clone(),
+        state.deps.clone(),
+    ));
+
+    let (stop_grpc, grpc_stop) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let mut grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(check)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = grpc_stop.await;
+            }),
+    );
+
+    let (stop_admin, admin_stop) = oneshot::channel::<()>();
+    let app = admin::router(AdminState {
+        readiness: state.readiness.clone(),
+        metrics: state.metrics.clone(),
+    });
+    let mut admin = tokio::spawn(async move {
+        axum::serve(listeners.admin, app)
+            .with_graceful_shutdown(async {
+                let _ = admin_stop.await;
+            })
+            .await
+    });
+
+    let upkeep = state
+        .metrics
+        .clone()
+        .map(|handle| tokio::spawn(telemetry::metrics_upkeep(handle)));
+    let mirror = tokio::spawn(mirror_health(state.readiness.flags.subscribe(), health.clone()));
+    state.readiness.set_listening();
+    tracing::info!(
+        grpc_addr = %grpc_addr,
+        admin_addr = %admin_addr,
+        store = state.deps.store.kind(),
+        "listening"
+    );
+
+    tokio::pin!(shutdown);
+    let failed = tokio::select! {
+        () = &mut shutdown => None,
+        joined = &mut grpc => Some(grpc_outcome("gRPC", joined)),
+        joined = &mut admin => Some(admin_outcome(joined)),
+    };
+
+    // Readiness fails before anything stops, so probes and Envoy's health
+    // checks move traffic away while in-flight calls still complete.
+    state.readiness.set_draining();
+    mirror.abort();
+    let _ = mirror.await;
+    set_health(&health, false).await;
+
+    if let Some(error) = failed {
+        grpc.abort();
+        admin.abort();
+        if let Some(upkeep) = upkeep {
+            upkeep.abort();
+        }
+        return Err(error);
+    }
+
+    tracing::info!(drain_timeout = ?state.drain_timeout, "draining");
+    let _ = stop_grpc.send(());
+    let result = match shutdown::drain(&mut grpc, state.drain_timeout).await {
+        Drained::Completed(joined) => match grpc_outcome("gRPC", joined) {
+            ServerError::Stopped(_) => Ok(()),
+            error => Err(error),
+        },
+        Drained::TimedOut => {
+            tracing::warn!(
+                drain_timeout = ?state.drain_timeout,
+                "in-flight calls did not finish within the drain timeout; abandoning them"
+            );
+            grpc.abort();
+            Ok(())
+        }
+    };
+
+    let _ = stop_admin.send(());
+    if let Drained::TimedOut = shutdown::drain(&mut admin, ADMIN_STOP_TIMEOUT).await {
+        admin.abort();
+    }
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Maps how the gRPC task ended; `Stopped` means it ended cleanly.
+fn grpc_outcome(
+    role: &'static str,
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> ServerError {
+    match joined {
+        Ok(Ok(())) => ServerError::Stopped(role),
+        Ok(Err(error)) => ServerError::Grpc(error),
+        Err(_) => ServerError::Panicked(role),
+    }
+}
+
+fn admin_outcome(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> ServerError {
+    match joined {
+        Ok(Ok(())) => ServerError::Stopped("admin"),
+        Ok(Err(error)) => ServerError::Admin(error),
+        Err(_) => ServerError::Panicked("admin"),
+    }
+}
+
+/// Keeps gRPC health in step with readiness.
+async fn mirror_health(mut flags: watch::Receiver<Flags>, health: HealthReporter) {
+    loop {
+        let ready = flags.borrow_and_update().state() == ReadyState::Ready;
+        set_health(&health, ready).await;
+        if flags.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sets the overall ("") and the `Authorization` service status.
+async fn set_health(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_snapshot_and_listeners_and_fails_on_drain() {
+        let readiness = Readiness::new(false);
+        assert_eq!(readiness.state(), ReadyState::NoSnapshot);
+        readiness.set_snapshot_loaded();
+        assert_eq!(readiness.state(), ReadyState::NotListening);
+        readiness.set_listening();
+        assert!(readiness.is_ready());
+        let clone = readiness.clone();
+        readiness.set_draining();
+        assert_eq!(clone.state(), ReadyState::Draining);
+    }
+}
