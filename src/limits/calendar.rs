@@ -1,0 +1,177 @@
+//! Calendar windows for `quota: {requests, reset, timeZone}`.
+//!
+//! A window is the calendar minute, hour, day, ISO week (Monday first) or
+//! month containing an instant, in an IANA time zone, so "10,000 a day" and
+//! "5 million a month" mean what the customer reads in the contract (a month
+//! is the calendar month, not 30 days). Days, weeks and months start at the
+//! first instant of their first day (`jiff`'s `start_of_day`, which handles
+//! days that do not begin at midnight because of a DST gap); a DST day is
+//! 23 or 25 hours long, exactly as on the customer's wall clock. Minutes and
+//! hours are truncated in local time and last 60 s / 3600 s.
+//!
+//! The time zone database is bundled into the binary (`jiff`'s
+//! `tzdb-bundle-always`), so windows do not depend on the container having
+//! `/usr/share/zoneinfo`.
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+
+use crate::policy::types::QuotaWindow;
+
+/// A compiled calendar quota.
+#[derive(Clone, Debug)]
+pub struct Calendar {
+    pub requests: u64,
+    pub window: QuotaWindow,
+    /// The IANA name as written (`UTC` by default).
+    pub zone: String,
+    tz: TimeZone,
+}
+
+/// One window: `[start, end)` in µs since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+impl Window {
+    /// The window's length in whole seconds (`w` of `RateLimit-Policy`).
+    pub fn len_secs(&self) -> u64 {
+        (self.end_us - self.start_us) / 1_000_000
+    }
+
+    /// The start in whole seconds: the window's id inside store keys
+    /// (unambiguous, unlike a local date-time during a DST fold).
+    pub fn id(&self) -> u64 {
+        self.start_us / 1_000_000
+    }
+}
+
+impl Calendar {
+    /// Compiles a quota; fails on an unknown time zone name.
+    pub fn new(requests: u64, window: QuotaWindow, zone: &str) -> Result<Self, String> {
+        let tz = TimeZone::get(zone).map_err(|e| format!("unknown time zone {zone:?}: {e}"))?;
+        Ok(Self {
+            requests,
+            window,
+            zone: zone.to_owned(),
+            tz,
+        })
+    }
+
+    /// The window containing `now_us`.
+    pub fn window_at(&self, now_us: u64) -> Result<Window, String> {
+        window_at(self.window, &self.tz, now_us).map_err(|e| e.to_string())
+    }
+}
+
+fn window_at(window: QuotaWindow, tz: &TimeZone, now_us: u64) -> Result<Window, jiff::Error> {
+    let now_i = i64::try_from(now_us).unwrap_or(i64::MAX);
+    let ts = Timestamp::from_microsecond(now_i)?;
+    let zdt = ts.to_zoned_datetime(tz.clone());
+    let subsec_us = i64::from(zdt.subsec_nanosecond() / 1000);
+    let (start, end) = match window {
+        QuotaWindow::Minute => {
+            let start = now_i - i64::from(zdt.second()) * 1_000_000 - subsec_us;
+            (start, start + 60_000_000)
+        }
+        QuotaWindow::Hour => {
+            let into = (i64::from(zdt.minute()) * 60 + i64::from(zdt.second())) * 1_000_000;
+            let start = now_i - into - subsec_us;
+            (start, start + 3_600_000_000)
+        }
+        QuotaWindow::Day => {
+            let date = zdt.date();
+            (day_start(date, tz)?, day_start(date.checked_add(1.day())?, tz)?)
+        }
+        QuotaWindow::Week => {
+            let date = zdt.date();
+            let back = jiff::civil::Weekday::Monday.until(date.weekday());
+            let monday = date.checked_sub(i64::from(back).days())?;
+            (day_start(monday, tz)?, day_start(monday.checked_add(7.days())?, tz)?)
+        }
+        QuotaWindow::Month => {
+            let first = zdt.date().first_of_month();
+            (day_start(first, tz)?, day_start(first.checked_add(1.month())?, tz)?)
+        }
+    };
+    Ok(Window {
+        start_us: u64::try_from(start).unwrap_or(0),
+        end_us: u64::try_from(end).unwrap_or(0),
+    })
+}
+
+/// The first instant of `date` in `tz`.
+fn day_start(date: jiff::civil::Date, tz: &TimeZone) -> Result<i64, jiff::Error> {
+    Ok(date
+        .to_zoned_datetime(tz.clone())?
+        .start_of_day()?
+        .timestamp()
+        .as_microsecond())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(s: &str) -> u64 {
+        u64::try_from(s.parse::<Timestamp>().unwrap().as_microsecond()).unwrap()
+    }
+
+    fn at(c: &Calendar, s: &str) -> (String, String) {
+        let w = c.window_at(us(s)).unwrap();
+        let f = |x: u64| {
+            Timestamp::from_microsecond(i64::try_from(x).unwrap())
+                .unwrap()
+                .to_string()
+        };
+        (f(w.start_us), f(w.end_us))
+    }
+
+    #[test]
+    fn month_is_the_calendar_month() {
+        let c = Calendar::new(10, QuotaWindow::Month, "UTC").unwrap();
+        assert_eq!(
+            at(&c, "2024-02-29T23:59:59.999999Z"),
+            ("2024-02-01T00:00:00Z".into(), "2024-03-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            at(&c, "2024-03-01T00:00:00Z"),
+            ("2024-03-01T00:00:00Z".into(), "2024-04-01T00:00:00Z".into())
+        );
+    }
+
+    #[test]
+    fn day_in_a_dst_zone_is_23_or_25_hours() {
+        let c = Calendar::new(10, QuotaWindow::Day, "Europe/Berlin").unwrap();
+        // 2024-03-31: clocks go 02:00 → 03:00 CET→CEST.
+        let w = c.window_at(us("2024-03-31T12:00:00Z")).unwrap();
+        assert_eq!(w.len_secs(), 23 * 3600);
+        assert_eq!(at(&c, "2024-03-31T12:00:00Z").0, "2024-03-30T23:00:00Z");
+        // 2024-10-27: 03:00 → 02:00.
+        let w = c.window_at(us("2024-10-27T12:00:00Z")).unwrap();
+        assert_eq!(w.len_secs(), 25 * 3600);
+    }
+
+    #[test]
+    fn week_starts_on_monday_and_hour_in_half_hour_zones() {
+        let c = Calendar::new(10, QuotaWindow::Week, "UTC").unwrap();
+        // 2024-03-07 is a Thursday.
+        assert_eq!(
+            at(&c, "2024-03-07T10:00:00Z"),
+            ("2024-03-04T00:00:00Z".into(), "2024-03-11T00:00:00Z".into())
+        );
+        let c = Calendar::new(10, QuotaWindow::Hour, "Asia/Kolkata").unwrap();
+        assert_eq!(
+            at(&c, "2024-03-07T10:10:00Z"),
+            ("2024-03-07T09:30:00Z".into(), "2024-03-07T10:30:00Z".into())
+        );
+    }
+
+    #[test]
+    fn unknown_zone_is_an_error_naming_it() {
+        let err = Calendar::new(1, QuotaWindow::Day, "Mars/Olympus").unwrap_err();
+        assert!(err.contains("Mars/Olympus"), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The `RateLimit-Policy` and `RateLimit` response fields of the IETF
+//! httpapi draft "RateLimit header fields for HTTP"
+//! (draft-ietf-httpapi-ratelimit-headers-10, whose syntax -11 keeps): RFC 8941
+//! structured fields, a List of Items named by a String.
+//!
+//! ```text
+//! RateLimit-Policy: "per-second";q=10;w=1;tollgate-burst=20, "daily";q=10000;w=86400
+//! RateLimit: "daily";r=17;t=3600
+//! ```
+//!
+//! - `RateLimit-Policy` lists every limit of the plan: `q` the quota, `w` the
+//!   window in seconds (a rate's period, rounded up; a calendar window's
+//!   current length, so 82800 on a 23-hour DST day), and for rates the
+//!   vendor parameter `tollgate-burst`.
+//! - `RateLimit` names one limit, as the draft asks when several windows
+//!   apply: the one with the fewest remaining units (on a denial, the
+//!   limit that denied with the longest wait). `r` is what remains, `t` the
+//!   seconds until it resets — on a denial the same instant as
+//!   `Retry-After`.
+
+use super::admission::Counted;
+use super::{LimitKind, ceil_secs};
+use crate::store::LimitState;
+
+/// The `RateLimit-Policy` value for the counted limits.
+pub fn policy(counted: &[&Counted<'_>]) -> Option<String> {
+    let items: Vec<String> = counted
+        .iter()
+        .map(|c| match &c.limit.kind {
+            LimitKind::Rate(gcra) => format!(
+                "\"{}\";q={};w={};tollgate-burst={}",
+                c.limit.name,
+                gcra.requests,
+                ceil_secs(super::micros(gcra.period)).max(1),
+                gcra.burst
+            ),
+            LimitKind::Quota(calendar) => format!(
+                "\"{}\";q={};w={}",
+                c.limit.name,
+                calendar.requests,
+                c.window.map_or(0, |w| w.len_secs())
+            ),
+        })
+        .collect();
+    (!items.is_empty()).then(|| items.join(", "))
+}
+
+/// The `RateLimit` value: the most constraining limit.
+pub fn current(counted: &[&Counted<'_>], states: &[&LimitState]) -> Option<String> {
+    let pairs = counted.iter().zip(states.iter());
+    let denied = pairs
+        .clone()
+        .filter(|(_, s)| !s.allowed)
+        .max_by_key(|(_, s)| s.retry_after_us);
+    let (counted, state) = match denied {
+        Some(pair) => pair,
+        None => pairs.min_by_key(|(_, s)| s.remaining)?,
+    };
+    let t = if state.allowed {
+        ceil_secs(state.reset_us)
+    } else {
+        ceil_secs(state.retry_after_us)
+    };
+    Some(format!(
+        "\"{}\";r={};t={}",
+        counted.limit.name, state.remaining, t
+    ))
+}

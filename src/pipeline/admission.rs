@@ -1,0 +1,220 @@
+//! Stage 7: admission — replay nonces, every quota check, consumption and
+//! usage metering in one store call (one Redis round trip per hash tag).
+//!
+//! Inputs: the policy's plans, the app's plan (else `defaultPlan`), the
+//! route's cost, the app, user, device and client address, and the nonces
+//! the authentication stages collected. Outcomes:
+//!
+//! - admitted → allow, with `RateLimit-Policy` / `RateLimit` response
+//!   headers when `response.rateLimitHeaders` is set;
+//! - a remembered nonce → 401 `replay_detected`;
+//! - a limit exceeded → 429 `quota_exceeded` with `Retry-After`, the limit
+//!   named in the detail, and the RateLimit headers when enabled; nothing
+//!   was consumed;
+//! - a store failure → the policy's `onStoreError` (`deny`: 503
+//!   `store_unavailable`; `allow`: the request passes unchecked, counted
+//!   and logged). Nonces follow `replay.onStoreError` instead, so failing
+//!   open on quotas never opens replays.
+
+use std::time::Instant;
+
+use crate::authn::app::AppIdentity;
+use crate::authn::user::UserIdentity;
+use crate::decision::{Deny, StepOutcome};
+use crate::limits::admission::{self, Counted, Request, Subject};
+use crate::limits::{Nonce, ceil_secs, headers};
+use crate::origin::Origin;
+use crate::policy::snapshot::{CompiledPolicy, Route};
+use crate::policy::types::StoreErrorAction;
+use crate::reason::Reason;
+use crate::store::{LimitState, Verdict};
+
+use super::{Deps, Run};
+
+/// What an admitted request adds to the response.
+pub(super) type ResponseHeaders = Vec<(String, String)>;
+
+/// The identities and credentials the stage works from.
+pub(super) struct Inputs<'a> {
+    pub route: Option<&'a Route>,
+    pub user: Option<&'a UserIdentity>,
+    pub app: Option<&'a AppIdentity>,
+    pub origin: &'a Origin,
+    /// Nonces to remember (DPoP `jti`, single-use app token `jti`,
+    /// signature `nonce`), collected by the authentication stages.
+    pub nonces: &'a [Nonce],
+}
+
+/// Runs the stage.
+pub(super) async fn check(
+    policy: &CompiledPolicy,
+    inputs: Inputs<'_>,
+    deps: &Deps,
+    run: &mut Run,
+) -> Result<ResponseHeaders, Deny> {
+    let plan = policy
+        .plans
+        .resolve(inputs.app.and_then(|a| a.plan.as_deref()));
+    if let Some(plan) = plan
+        && run.identity.plan.is_none()
+    {
+        run.identity.plan = Some(plan.name.clone());
+    }
+    let cost = inputs.route.map_or(1, |r| r.cost);
+    let request = Request {
+        policy: policy.id.as_str(),
+        plan,
+        subject: Subject {
+            app: inputs.app.map(|a| a.app_id.as_str()),
+            user: inputs.user.map(|u| (u.issuer.as_str(), u.subject.as_str())),
+            device: inputs.app.and_then(|a| a.device.as_deref()),
+            ip: inputs.origin.client_ip,
+        },
+        cost,
+        nonces: inputs.nonces,
+        now_us: admission::now_us(deps.clock.now()),
+        retention: deps.store.retention(),
+    };
+    let plan_name = plan.map_or("-", |p| p.name.as_str());
+    let built = match admission::build(&request) {
+        Ok(built) => built,
+        Err(e) => {
+            let deny = Deny::new(Reason::StoreUnavailable, format!("cannot compute quota windows: {e}"));
+            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            return Err(deny);
+        }
+    };
+    if built.admission.is_empty() {
+        run.note("admission", StepOutcome::Skip, "no limits, nonces or usage for this request");
+        return Ok(Vec::new());
+    }
+    let has_limits = built.admission.groups.iter().any(|g| !g.limits.is_empty());
+    let has_nonces = !inputs.nonces.is_empty();
+
+    let store = deps.store.kind();
+    let started = Instant::now();
+    let result = deps.store.admit(&built.admission).await;
+    metrics::histogram!("tollgate_store_duration_seconds", "store" => store, "op" => "admit")
+        .record(started.elapsed().as_secs_f64());
+
+    let counted: Vec<&Counted<'_>> = built.limits.iter().flatten().collect();
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            metrics::counter!("tollgate_store_errors_total", "store" => store, "kind" => e.kind_label())
+                .increment(1);
+            let replay_denies =
+                has_nonces && policy.replay.on_store_error == StoreErrorAction::Deny;
+            let quota_denies = has_limits && policy.on_store_error == StoreErrorAction::Deny;
+            if replay_denies || quota_denies {
+                for c in &counted {
+                    decision_metric(&c.limit.name, "store_error");
+                }
+                let deny = Deny::new(
+                    Reason::StoreUnavailable,
+                    "quota and replay checks are unavailable; retry shortly",
+                );
+                run.note("admission", StepOutcome::Deny, format!("store error: {e}"));
+                return Err(deny);
+            }
+            for c in &counted {
+                decision_metric(&c.limit.name, "skipped");
+            }
+            tracing::warn!(
+                policy = %policy.id,
+                error = %e,
+                "store unavailable: request allowed without quota/replay checks (onStoreError: allow)"
+            );
+            run.note(
+                "admission",
+                StepOutcome::Skip,
+                format!("store error ({e}); onStoreError allow: checks skipped"),
+            );
+            return Ok(Vec::new());
+        }
+    };
+
+    let states: Vec<&LimitState> = outcome.limits.iter().flatten().collect();
+    let rate_headers = |counted: &[&Counted<'_>], states: &[&LimitState]| {
+        let mut out = Vec::new();
+        if policy.response.rate_limit_headers && counted.len() == states.len() {
+            if let Some(value) = headers::policy(counted) {
+                out.push(("ratelimit-policy".to_owned(), value));
+            }
+            if let Some(value) = headers::current(counted, states) {
+                out.push(("ratelimit".to_owned(), value));
+            }
+        }
+        out
+    };
+
+    match outcome.verdict {
+        Verdict::Admitted => {
+            for c in &counted {
+                decision_metric(&c.limit.name, "allowed");
+            }
+            run.note(
+                "admission",
+                StepOutcome::Pass,
+                format!(
+                    "plan {plan_name}: {} limit(s) passed, cost {cost}; {} nonce(s) fresh",
+                    counted.len(),
+                    inputs.nonces.len()
+                ),
+            );
+            Ok(rate_headers(&counted, &states))
+        }
+        Verdict::Replay { group, index } => {
+            let scope = built
+                .admission
+                .groups
+                .get(group)
+                .and_then(|_| nonce_scope(inputs.nonces, index))
+                .unwrap_or("nonce");
+            let deny = Deny::new(
+                Reason::ReplayDetected,
+                format!("this {scope} was already used; send a fresh credential"),
+            );
+            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            Err(deny)
+        }
+        Verdict::Exceeded => {
+            let mut denied: Vec<(&str, u64)> = Vec::new();
+            for (c, s) in counted.iter().zip(states.iter()) {
+                if s.allowed {
+                    decision_metric(&c.limit.name, "allowed_but_not_consumed");
+                } else {
+                    decision_metric(&c.limit.name, "denied");
+                    denied.push((c.limit.name.as_str(), s.retry_after_us));
+                }
+            }
+            let retry_us = denied.iter().map(|(_, r)| *r).max().unwrap_or(1_000_000);
+            let retry = ceil_secs(retry_us).max(1);
+            let names: Vec<String> = denied.iter().map(|(n, _)| format!("{n:?}")).collect();
+            let mut deny = Deny::new(
+                Reason::QuotaExceeded,
+                format!(
+                    "limit {} of plan {plan_name:?} exceeded (cost {cost}); retry in {retry}s",
+                    names.join(", ")
+                ),
+            )
+            .with_header("retry-after", retry.to_string());
+            for (name, value) in rate_headers(&counted, &states) {
+                deny = deny.with_header(&name, value);
+            }
+            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            Err(deny)
+        }
+    }
+}
+
+/// The scope of the `index`th nonce (nonces all live in the primary group,
+/// in input order).
+fn nonce_scope(nonces: &[Nonce], index: usize) -> Option<&str> {
+    nonces.get(index).map(|n| n.scope.as_str())
+}
+
+fn decision_metric(limit: &str, outcome: &'static str) {
+    metrics::counter!("tollgate_quota_decisions_total", "limit" => limit.to_owned(), "outcome" => outcome)
+        .increment(1);
+}

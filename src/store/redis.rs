@@ -1,0 +1,568 @@
+//! The Redis store: one server (a self-healing multiplexed connection,
+//! `redis::aio::ConnectionManager`) or a Redis Cluster
+//! (`redis::cluster_async`), plain or TLS (`rediss://`).
+//!
+//! - Each hash-tag group of an admission is one `EVALSHA` of
+//!   [`super::scripts::ADMIT`]: one round trip in the common case (every
+//!   limit keyed by the app). Several groups run concurrently; when one
+//!   denies, the others are refunded ([`super::scripts::REFUND`]).
+//! - Every call is bounded by the store timeout; a timeout or a lost
+//!   connection is a [`StoreError`] the pipeline maps to `onStoreError`.
+//! - Connections are made lazily and re-made by the client: tollgate starts
+//!   while Redis is down, and heals by itself when Redis comes back (same
+//!   address, or a Cluster failover) without a restart.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{RedisError, RedisResult};
+
+use super::{
+    Admission, BoxFuture, Group, LimitState, Outcome, Retention, Store, StoreError, UsageQuery,
+    UsageRow, Verdict, keys, scripts,
+};
+
+/// A Redis URL whose password never appears in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The full URL, credentials included: only for the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "<invalid>".to_owned();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}{path}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+            return Err("a Redis URL starts with redis:// or rediss:// (TLS)".to_owned());
+        }
+        redis::Client::open(s).map_err(|e| format!("invalid Redis URL: {}", e.kind_name()))?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for RedisError {
+    /// The error without its message, which may echo the URL.
+    fn kind_name(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+/// The Redis-backed store.
+pub struct RedisStore {
+    conn: Conn,
+    timeout: Duration,
+    retention: Retention,
+    urls: Vec<RedisUrl>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use, and again after a failed
+/// attempt, so start-up does not need the cluster to be up.
+struct LazyCluster {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.client.get_async_connection().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("kind", &self.kind())
+            .field("urls", &self.urls)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Prepares a store for `urls` (one URL: a single server unless
+    /// `cluster`; several: Cluster seed nodes). No connection is made yet.
+    pub fn connect(
+        urls: &[RedisUrl],
+        cluster: bool,
+        timeout: Duration,
+        retention: Retention,
+    ) -> Result<Self, StoreError> {
+        let invalid = |e: RedisError| StoreError::Unavailable(format!("Redis client: {}", e.kind_name()));
+        let conn = match urls {
+            [] => return Err(StoreError::Unavailable("no Redis URL".to_owned())),
+            [url] if !cluster => {
+                let client = redis::Client::open(url.expose()).map_err(invalid)?;
+                // Reconnect quickly: while Redis is away every request waits
+                // at most the store timeout anyway.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(500));
+                Conn::Single(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?,
+                )
+            }
+            urls => {
+                let client = ClusterClient::builder(urls.iter().map(|u| u.expose().to_owned()))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(invalid)?;
+                Conn::Cluster(Arc::new(LazyCluster {
+                    client,
+                    conn: tokio::sync::Mutex::new(None),
+                }))
+            }
+        };
+        Ok(Self {
+            conn,
+            timeout,
+            retention,
+            urls: urls.to_vec(),
+        })
+    }
+
+    /// Warns, once Redis answers, when it may evict tollgate's keys
+    /// (`maxmemory-policy` other than `noeviction` with a `maxmemory`
+    /// set): an evicted nonce re-opens a replay, an evicted counter resets a
+    /// quota. Runs in the background so start-up never waits for Redis.
+    pub fn spawn_startup_checks(&self) {
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            for attempt in 0u32..720 {
+                match eviction_policy(&conn).await {
+                    Ok((policy, maxmemory)) => {
+                        if policy != "noeviction" && maxmemory != "0" {
+                            tracing::warn!(
+                                maxmemory_policy = %policy,
+                                maxmemory = %maxmemory,
+                                "Redis may evict keys under memory pressure: an evicted nonce \
+                                 re-opens a replay and an evicted counter resets a quota; \
+                                 set maxmemory-policy noeviction (every tollgate key has a TTL, \
+                                 so volatile-* policies evict them too)"
+                            );
+                        }
+                        return;
+                    }
+                    Err(e) if attempt == 0 => {
+                        tracing::warn!(error = %e, "Redis not reachable at start-up; requests \
+                            follow onStoreError until it is");
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
+
+    async fn eval(&self, script: &redis::Script, group: &Group, now_us: u64) -> RedisResult<Vec<i64>> {
+        let (keys, argv) = scripts::layout(group, now_us);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in argv {
+            invocation.arg(arg);
+        }
+        match &self.conn {
+            Conn::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
+            Conn::Cluster(lazy) => {
+                let mut conn = lazy.get().await?;
+                invocation.invoke_async(&mut conn).await
+            }
+        }
+    }
+
+    async fn admit_inner(&self, admission: &Admission) -> Result<Outcome, StoreError> {
+        let now = admission.now_us;
+        let replies = join_all(
+            admission
+                .groups
+                .iter()
+                .map(|g| self.eval(&scripts::ADMIT, g, now)),
+        )
+        .await;
+        let mut verdict = Verdict::Admitted;
+        let mut states = Vec::with_capacity(replies.len());
+        let mut error = None;
+        let mut admitted = Vec::new();
+        for (g, reply) in replies.into_iter().enumerate() {
+            let reply = match reply.map_err(map_error).and_then(|r| parse_admit(&r)) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    states.push(Vec::new());
+                    continue;
+                }
+            };
+            match reply.0 {
+                GroupStatus::Admitted => admitted.push(g),
+                GroupStatus::Replay(index) => {
+                    if !matches!(verdict, Verdict::Replay { .. }) {
+                        verdict = Verdict::Replay { group: g, index };
+                    }
+                }
+                GroupStatus::Exceeded => {
+                    if verdict == Verdict::Admitted {
+                        verdict = Verdict::Exceeded;
+                    }
+                }
+            }
+            states.push(reply.1);
+        }
+        if error.is_some() || verdict != Verdict::Admitted {
+            // Across hash tags: never over-allow. Undo the groups that
+            // consumed; a refund that fails leaves them over-counted, which
+            // only ever errs on the strict side.
+            let refunds = join_all(
+                admitted
+                    .iter()
+                    .filter_map(|&g| admission.groups.get(g))
+                    .map(|g| self.eval(&scripts::REFUND, g, now)),
+            )
+            .await;
+            for r in refunds {
+                if let Err(e) = r {
+                    tracing::warn!(error = %map_error(e), "quota refund failed; the request stays counted");
+                }
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        Ok(Outcome {
+            verdict,
+            limits: states,
+        })
+    }
+
+    async fn usage_inner(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let pattern = keys::usage_pattern(query.app.as_deref());
+        let mut found: Vec<String> = Vec::new();
+        match &self.conn {
+            Conn::Single(manager) => {
+                let mut conn = manager.clone();
+                scan(&mut conn, &pattern, None, &mut found).await?;
+            }
+            Conn::Cluster(lazy) => {
+                let mut conn = lazy.get().await.map_err(map_error)?;
+                for (host, port) in cluster_primaries(&mut conn).await? {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host,
+                        port,
+                    });
+                    scan(&mut conn, &pattern, Some(route), &mut found).await?;
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for key in found {
+            let Some((app, day, user)) = keys::parse_usage(&key) else {
+                continue;
+            };
+            let mut row = UsageRow {
+                app,
+                day,
+                user,
+                requests: 0,
+                cost: 0,
+            };
+            if !super::usage_matches(query, &row) {
+                continue;
+            }
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&key).arg("requests").arg("cost");
+            let values: Vec<Option<u64>> = self.query(&cmd).await?;
+            row.requests = values.first().copied().flatten().unwrap_or(0);
+            row.cost = values.get(1).copied().flatten().unwrap_or(0);
+            rows.push(row);
+        }
+        super::sort_usage(&mut rows);
+        Ok(rows)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let result = match &self.conn {
+            Conn::Single(manager) => cmd.query_async(&mut manager.clone()).await,
+            Conn::Cluster(lazy) => {
+                let mut conn = lazy.get().await.map_err(map_error)?;
+                cmd.query_async(&mut conn).await
+            }
+        };
+        result.map_err(map_error)
+    }
+}
+
+async fn eviction_policy(conn: &Conn) -> Result<(String, String), StoreError> {
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory*");
+    let reply: std::collections::HashMap<String, String> = match conn {
+        Conn::Single(manager) => cmd.query_async(&mut manager.clone()).await,
+        Conn::Cluster(lazy) => match lazy.get().await {
+            Ok(mut c) => cmd.query_async(&mut c).await,
+            Err(e) => Err(e),
+        },
+    }
+    .map_err(map_error)?;
+    Ok((
+        reply.get("maxmemory-policy").cloned().unwrap_or_default(),
+        reply.get("maxmemory").cloned().unwrap_or_else(|| "0".to_owned()),
+    ))
+}
+
+/// SCANs one node (or the single server) for `pattern`.
+async fn scan<C: RouteCommand>(
+    conn: &mut C,
+    pattern: &str,
+    route: Option<RoutingInfo>,
+    found: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        let value = conn.route(cmd, route.clone()).await.map_err(map_error)?;
+        let (next, batch): (u64, Vec<String>) =
+            redis::from_redis_value(value).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        found.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Sends a command to a chosen cluster node, or normally.
+trait RouteCommand {
+    fn route(
+        &mut self,
+        cmd: redis::Cmd,
+        route: Option<RoutingInfo>,
+    ) -> BoxFuture<'_, RedisResult<redis::Value>>;
+}
+
+impl RouteCommand for ConnectionManager {
+    fn route(
+        &mut self,
+        cmd: redis::Cmd,
+        _route: Option<RoutingInfo>,
+    ) -> BoxFuture<'_, RedisResult<redis::Value>> {
+        Box::pin(async move { cmd.query_async(self).await })
+    }
+}
+
+impl RouteCommand for ClusterConnection {
+    fn route(
+        &mut self,
+        cmd: redis::Cmd,
+        route: Option<RoutingInfo>,
+    ) -> BoxFuture<'_, RedisResult<redis::Value>> {
+        Box::pin(async move {
+            match route {
+                Some(route) => self.route_command(cmd, route).await,
+                None => cmd.query_async(self).await,
+            }
+        })
+    }
+}
+
+/// The primaries of a cluster, from `CLUSTER NODES`.
+async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, StoreError> {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(conn)
+        .await
+        .map_err(map_error)?;
+    let mut primaries = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+            continue;
+        }
+        let addr = addr.split('@').next().unwrap_or(addr);
+        if let Some((host, port)) = addr.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            primaries.push((host.to_owned(), port));
+        }
+    }
+    Ok(primaries)
+}
+
+enum GroupStatus {
+    Admitted,
+    Replay(usize),
+    Exceeded,
+}
+
+fn parse_admit(reply: &[i64]) -> Result<(GroupStatus, Vec<LimitState>), StoreError> {
+    let bad = || StoreError::Protocol(format!("admit script replied {reply:?}"));
+    let (&status, rest) = reply.split_first().ok_or_else(bad)?;
+    let (&index, rest) = rest.split_first().ok_or_else(bad)?;
+    let status = match status {
+        0 => GroupStatus::Admitted,
+        1 => GroupStatus::Replay(usize::try_from(index - 1).map_err(|_| bad())?),
+        2 => GroupStatus::Exceeded,
+        _ => return Err(bad()),
+    };
+    if rest.len() % 4 != 0 {
+        return Err(bad());
+    }
+    let num = |v: i64| u64::try_from(v).unwrap_or(0);
+    let states = rest
+        .chunks_exact(4)
+        .map(|c| LimitState {
+            allowed: c[0] == 1,
+            remaining: num(c[1]),
+            reset_us: num(c[2]),
+            retry_after_us: num(c[3]),
+        })
+        .collect();
+    Ok((status, states))
+}
+
+/// Maps a client error to a store error. The message is the error kind and
+/// Redis's own text, never a URL.
+fn map_error(e: RedisError) -> StoreError {
+    if e.is_timeout() {
+        return StoreError::Unavailable(format!("timed out: {}", e.kind_name()));
+    }
+    let text = e.to_string();
+    if text.contains("Error running script") || text.contains("user_script") {
+        return StoreError::Protocol(text);
+    }
+    StoreError::Unavailable(format!("{}: {}", e.kind_name(), e.detail().unwrap_or("")))
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        match self.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster(_) => "redis-cluster",
+        }
+    }
+
+    fn admit<'a>(&'a self, admission: &'a Admission) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        Box::pin(async move {
+            if admission.groups.is_empty() {
+                return Ok(Outcome {
+                    verdict: Verdict::Admitted,
+                    limits: Vec::new(),
+                });
+            }
+            tokio::time::timeout(self.timeout, self.admit_inner(admission))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))?
+        })
+    }
+
+    fn usage<'a>(
+        &'a self,
+        query: &'a UsageQuery,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        // Reading usage is a support task, not the request path: give it
+        // far more time than an admission.
+        Box::pin(async move {
+            let limit = self.timeout.max(Duration::from_secs(30));
+            tokio::time::timeout(limit, self.usage_inner(query))
+                .await
+                .map_err(|_| StoreError::Timeout(limit))?
+        })
+    }
+
+    fn retention(&self) -> Retention {
+        self.retention
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        let url: RedisUrl = "rediss://user:pa55@redis.example:6380/0".parse().unwrap();
+        assert_eq!(url.redacted(), "rediss://user:***@redis.example:6380/0");
+        let url: RedisUrl = "redis://:pa55@10.0.0.1".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://:***@10.0.0.1");
+        assert!(!format!("{url:?}").contains("pa55"));
+        let url: RedisUrl = "redis://127.0.0.1:7000".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://127.0.0.1:7000");
+        assert!("http://x".parse::<RedisUrl>().is_err());
+    }
+
+    #[test]
+    fn admit_replies_parse() {
+        let (status, states) = parse_admit(&[2, 0, 1, 4, 100, 0, 0, 0, 5, 7]).unwrap();
+        assert!(matches!(status, GroupStatus::Exceeded));
+        assert_eq!(states.len(), 2);
+        assert!(states[0].allowed && !states[1].allowed);
+        assert_eq!(states[1].retry_after_us, 7);
+        assert!(matches!(parse_admit(&[1, 2]).unwrap().0, GroupStatus::Replay(1)));
+        assert!(parse_admit(&[0, 0, 1]).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+-- tollgate refund: undo an admitted group when another group of the same
+-- request denied. Same KEYS/ARGV layout as admit.lua; reply 1.
+-- Nonces are forgotten, GCRA TATs move back by cost × interval, counters and
+-- usage go down by what was added. Keys that expired meanwhile are left alone.
+local now = tonumber(ARGV[1])
+local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('DEL', KEYS[i])
+end
+local lbase = 4 + n
+for j = 1, l do
+  local key = KEYS[n + j]
+  local at = lbase + (j - 1) * 5
+  local cost = tonumber(ARGV[at + 2])
+  if ARGV[at + 1] == 'r' then
+    local tat = redis.call('GET', key)
+    if tat then
+      local back = tonumber(tat) - cost * tonumber(ARGV[at + 3])
+      if back <= now then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.format('%.0f', back), 'PX',
+          string.format('%.0f', math.ceil((back - now) / 1000)))
+      end
+    end
+  elseif cost > 0 and redis.call('EXISTS', key) == 1 then
+    redis.call('DECRBY', key, cost)
+  end
+end
+local ubase = lbase + l * 5
+for k = 1, u do
+  local key = KEYS[n + l + k]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, 'requests', -1)
+    redis.call('HINCRBY', key, 'cost', -tonumber(ARGV[ubase + (k - 1) * 2 + 1]))
+  end
+end
+return 1
