@@ -1,5 +1,25 @@
 //! Authentication: who the user is ([`user`]) and which genuine app is
 //! calling ([`app`]).
+//!
+//! - [`jwt`] — compact JWS parsing and claim checks (fractional dates);
+//! - [`jwk`] — keys, the algorithm allow-list, signature checks;
+//! - [`keys`] — key sources: inline, Secret, JWKS URL, OIDC discovery,
+//!   with background refresh and the unknown-`kid` refetch;
+//! - [`token_cache`] — verified user tokens, keyed by their SHA-256;
+//! - [`user`] — OAuth 2.0 / OIDC access tokens, RFC 8705 binding;
+//! - [`app`] — app identification and the registered-app index;
+//! - [`api_key`] — API keys, by digest only;
+//! - [`attestation`] — Approov-style app tokens and the `pay` binding;
+//! - [`certificate`] — client certificate thumbprints and fingerprints;
+//! - [`scope`] — per-route scope and claim requirements.
 
+pub mod api_key;
 pub mod app;
+pub mod attestation;
+pub mod certificate;
+pub mod jwk;
+pub mod jwt;
+pub mod keys;
+pub mod scope;
+pub mod token_cache;
 pub mod user;

@@ -1,62 +1,414 @@
-//! App identification and authentication. SEAM: filled in by the
-//! app-authentication work; until then a policy with `spec.app` is refused
-//! at load with a clear error.
+//! App identification and authentication.
+//!
+//! *Which* app is calling is established by an API key ([`super::api_key`]),
+//! the client certificate (SPIFFE ID / URI SAN or SHA-256 fingerprint), or a
+//! claim of the attestation token; every identification present must name
+//! the same app. *Whether it is genuine* is established by the attestation
+//! token ([`super::attestation`]). Then the registration decides: disabled
+//! apps get 403 `app_disabled`, apps not listed for this policy (or from
+//! another namespace) 403 `app_not_allowed`.
+//!
+//! App failures carry tollgate's own `App` challenge naming the expected
+//! header, never `Bearer error="invalid_token"`, which would make an OAuth
+//! client throw away a valid user token.
 
+use std::collections::HashMap;
+
+use super::api_key::{self, KeyDigest};
+use super::attestation::{Attestation, AttestationClaims};
+use super::certificate;
+use super::user::UserIdentity;
 use crate::decision::Deny;
 use crate::origin::Origin;
-use crate::policy::compile::CompileContext;
-use crate::policy::types::AppSpec;
+use crate::policy::compile::{CompileContext, Secrets};
+use crate::policy::snapshot::PolicyId;
+use crate::policy::types::{AppRegistration, AppSpec};
+use crate::reason::{Challenge, Reason};
 use crate::request::RequestContext;
-
-use super::user::UserIdentity;
 
 /// Compiled `spec.app`.
 #[derive(Debug)]
 pub struct AppPolicy {
-    _private: (),
+    required: bool,
+    /// Lower-case API key header, when API keys identify apps.
+    api_key_header: Option<String>,
+    /// Attestation claim naming the app id.
+    token_claim: Option<String>,
+    client_certificate: bool,
+    attestation: Option<Attestation>,
+}
+
+/// One registered app.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub namespace: String,
+    pub name: String,
+    pub app_id: String,
+    pub plan: Option<String>,
+    /// Policy names (same namespace) that accept the app; empty = all.
+    pub policies: Vec<String>,
+    pub disabled: bool,
 }
 
 /// Registered apps, indexed for lookup by credential.
 #[derive(Debug, Default)]
 pub struct AppIndex {
-    _private: (),
+    apps: Vec<App>,
+    by_key: HashMap<KeyDigest, usize>,
+    by_id: HashMap<(String, String), usize>,
+    by_spiffe: HashMap<String, usize>,
+    by_fingerprint: HashMap<String, usize>,
 }
 
 /// An identified (and, where configured, authenticated) app.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AppIdentity {
     pub app_id: String,
+    /// The app's plan; `None` means the policy's `defaultPlan`.
     pub plan: Option<String>,
+    /// The device id (`did` of the attestation token).
     pub device: Option<String>,
+    /// The verified attestation token (`jti`, `exp`, `ipk`… for the replay
+    /// and signature stages).
+    pub attestation: Option<AttestationClaims>,
 }
 
 impl AppIndex {
     /// Indexes every `AppRegistration`, reading key material from
-    /// `secrets`. Until app authentication exists there is nothing to index.
-    pub fn compile(
-        apps: &[crate::policy::types::AppRegistration],
-        _secrets: &crate::policy::compile::Secrets,
-    ) -> Result<Self, String> {
-        let _ = apps;
-        Ok(Self::default())
+    /// `secrets`. Only digests of API keys are kept.
+    pub fn compile(apps: &[AppRegistration], secrets: &Secrets) -> Result<Self, String> {
+        let mut index = AppIndex::default();
+        for registration in apps {
+            let namespace = registration
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned());
+            let name = registration.metadata.name.clone().unwrap_or_default();
+            let at = |field: &str, e: String| {
+                format!("AppRegistration {namespace}/{name}: spec.{field}: {e}")
+            };
+            let spec = &registration.spec;
+            if spec.app_id.is_empty() {
+                return Err(at("appId", "must not be empty".into()));
+            }
+            let position = index.apps.len();
+            let id_key = (namespace.clone(), spec.app_id.clone());
+            if let Some(other) = index.by_id.get(&id_key) {
+                return Err(at(
+                    "appId",
+                    format!(
+                        "{} is already registered by {}",
+                        spec.app_id, index.apps[*other].name
+                    ),
+                ));
+            }
+            index.by_id.insert(id_key, position);
+            if let Some(key_ref) = &spec.api_key {
+                let bytes = secrets
+                    .get(
+                        &namespace,
+                        &key_ref.secret_ref.name,
+                        &key_ref.secret_ref.key,
+                    )
+                    .map_err(|e| at("apiKey", e))?;
+                let digest = api_key::load(bytes).map_err(|e| at("apiKey", e))?;
+                if let Some(other) = index.by_key.insert(digest, position) {
+                    return Err(at(
+                        "apiKey",
+                        format!(
+                            "the same API key is registered for {}/{}",
+                            index.apps[other].namespace, index.apps[other].name
+                        ),
+                    ));
+                }
+            }
+            if let Some(certs) = &spec.client_certificate {
+                for id in &certs.spiffe_ids {
+                    if index.by_spiffe.insert(id.clone(), position).is_some() {
+                        return Err(at(
+                            "clientCertificate.spiffeIds",
+                            format!("{id} is registered for another app"),
+                        ));
+                    }
+                }
+                for fp in &certs.sha256_fingerprints {
+                    let fp = certificate::normalize_fingerprint(fp)
+                        .map_err(|e| at("clientCertificate.sha256Fingerprints", e))?;
+                    if index.by_fingerprint.insert(fp, position).is_some() {
+                        return Err(at(
+                            "clientCertificate.sha256Fingerprints",
+                            "the fingerprint is registered for another app".into(),
+                        ));
+                    }
+                }
+            }
+            index.apps.push(App {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                app_id: spec.app_id.clone(),
+                plan: spec.plan.clone(),
+                policies: spec.policies.clone(),
+                disabled: spec.disabled,
+            });
+        }
+        Ok(index)
+    }
+
+    /// Number of registered apps.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// True when no app is registered.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    fn by_certificate(&self, request: &RequestContext) -> Option<usize> {
+        if let Some(principal) = &request.peer_principal
+            && let Some(i) = self.by_spiffe.get(principal)
+        {
+            return Some(*i);
+        }
+        let fp = certificate::fingerprint_hex(request.peer_certificate.as_deref()?)?;
+        self.by_fingerprint.get(&fp).copied()
     }
 }
 
 impl AppPolicy {
-    /// Compiles `spec.app`.
-    pub fn compile(_spec: &AppSpec, _ctx: &CompileContext<'_>) -> Result<Self, String> {
-        Err("app authentication (spec.app) is not available in this build".to_owned())
+    /// Compiles `spec.app`. Errors name the field relative to `app`.
+    pub fn compile(spec: &AppSpec, ctx: &CompileContext<'_>) -> Result<Self, String> {
+        if spec.signature.is_some() {
+            return Err(
+                "signature: RFC 9421 request signatures are not available in this build".into(),
+            );
+        }
+        if spec.identify.signature_key_id {
+            return Err(
+                "identify.signatureKeyId: RFC 9421 request signatures are not available in this build"
+                    .into(),
+            );
+        }
+        let attestation = spec
+            .attestation
+            .as_ref()
+            .map(|a| Attestation::compile(a, ctx).map_err(|e| format!("attestation.{e}")))
+            .transpose()?;
+        let api_key_header = spec
+            .identify
+            .api_key
+            .as_ref()
+            .map(|k| k.header.to_ascii_lowercase());
+        if api_key_header.as_deref() == Some("") {
+            return Err("identify.apiKey.header: must not be empty".into());
+        }
+        if api_key_header.as_deref() == Some("authorization") {
+            return Err("identify.apiKey.header: authorization carries the user token".into());
+        }
+        if spec.identify.token_claim.is_some() && attestation.is_none() {
+            return Err(
+                "identify.tokenClaim: needs attestation (the claim is read from the verified app token)"
+                    .into(),
+            );
+        }
+        if spec.required
+            && api_key_header.is_none()
+            && spec.identify.token_claim.is_none()
+            && !spec.identify.client_certificate
+        {
+            return Err(
+                "identify: required apps need at least one of apiKey, tokenClaim, clientCertificate (or set required: false for attestation alone)"
+                    .into(),
+            );
+        }
+        Ok(Self {
+            required: spec.required,
+            api_key_header,
+            token_claim: spec.identify.token_claim.clone(),
+            client_certificate: spec.identify.client_certificate,
+            attestation,
+        })
     }
 
-    /// Identifies and authenticates the app of `request`.
+    /// The API key header, if API keys identify apps (for credential
+    /// stripping).
+    pub fn api_key_header(&self) -> Option<&str> {
+        self.api_key_header.as_deref()
+    }
+
+    /// The attestation token header, if attestation is configured.
+    pub fn attestation_header(&self) -> Option<&str> {
+        self.attestation.as_ref().map(|a| a.header.as_str())
+    }
+
+    /// Identifies and authenticates the app of `request` for `policy`.
+    /// `Ok(None)`: no app credential and none required (an attestation
+    /// token, if any, was still verified).
     pub async fn authenticate(
         &self,
-        _request: &RequestContext,
+        request: &RequestContext,
         _origin: &Origin,
         _user: Option<&UserIdentity>,
-        _apps: &AppIndex,
-        _now: std::time::Duration,
+        apps: &AppIndex,
+        policy: &PolicyId,
+        now: std::time::Duration,
     ) -> Result<Option<AppIdentity>, Deny> {
-        Ok(None)
+        self.identify(request, apps, policy, now)
+            .await
+            .map_err(|deny| self.challenge(deny))
     }
+
+    async fn identify(
+        &self,
+        request: &RequestContext,
+        apps: &AppIndex,
+        policy: &PolicyId,
+        now: std::time::Duration,
+    ) -> Result<Option<AppIdentity>, Deny> {
+        // 1. The API key.
+        let mut key_app = None;
+        let mut key_present = false;
+        if let Some(header) = &self.api_key_header {
+            let mut values = request.headers.get_all(header);
+            if let Some(key) = values.next() {
+                if values.next().is_some() {
+                    return Err(Deny::new(
+                        Reason::RequestMalformed,
+                        format!("the {header} header appears more than once"),
+                    ));
+                }
+                key_present = true;
+                let digest = api_key::digest(key.as_bytes());
+                key_app = Some(*apps.by_key.get(&digest).ok_or_else(|| {
+                    Deny::new(Reason::AppUnknown, "the API key is not registered")
+                })?);
+            }
+        }
+        // 2. The client certificate.
+        let cert_presented = request.peer_certificate.is_some() || request.peer_principal.is_some();
+        let cert_app = if self.client_certificate {
+            apps.by_certificate(request)
+        } else {
+            None
+        };
+        if let (Some(a), Some(b)) = (key_app, cert_app)
+            && a != b
+        {
+            return Err(Deny::new(
+                Reason::AppUnknown,
+                "the API key and the client certificate belong to different apps",
+            ));
+        }
+        let mut found = key_app.or(cert_app);
+
+        // 3. The attestation token.
+        let attestation_sent = self
+            .attestation
+            .as_ref()
+            .is_some_and(|a| request.headers.get(&a.header).is_some());
+        if self.required
+            && found.is_none()
+            && !key_present
+            && !attestation_sent
+            && !(self.client_certificate && cert_presented)
+        {
+            return Err(Deny::new(
+                Reason::AppCredentialMissing,
+                "this API requires an app credential",
+            ));
+        }
+        let claims = match &self.attestation {
+            Some(attestation) => attestation.verify(request, now).await?,
+            None => None,
+        };
+
+        // 4. The app id claim of the verified attestation token.
+        if let (Some(claim), Some(claims)) = (&self.token_claim, &claims)
+            && let Some(app_id) = claims.claims.get(claim).and_then(|v| v.as_str())
+        {
+            let (namespace, _) = split_policy(policy);
+            let claimed = *apps
+                .by_id
+                .get(&(namespace.to_owned(), app_id.to_owned()))
+                .ok_or_else(|| {
+                    Deny::new(
+                        Reason::AppUnknown,
+                        "the app named by the app token is not registered",
+                    )
+                })?;
+            if found.is_some_and(|f| f != claimed) {
+                return Err(Deny::new(
+                    Reason::AttestationInvalid,
+                    "the app token was issued to a different app than the one identified",
+                ));
+            }
+            found = Some(claimed);
+        }
+
+        let Some(index) = found else {
+            if !self.required {
+                return Ok(None);
+            }
+            return Err(if self.client_certificate && cert_presented {
+                Deny::new(
+                    Reason::AppUnknown,
+                    "the client certificate is not registered",
+                )
+            } else {
+                Deny::new(
+                    Reason::AppCredentialMissing,
+                    "no credential identifies the app",
+                )
+            });
+        };
+        let app = &apps.apps[index];
+        if app.disabled {
+            return Err(Deny::new(
+                Reason::AppDisabled,
+                format!("app {} is disabled", app.app_id),
+            ));
+        }
+        let (namespace, name) = split_policy(policy);
+        if app.namespace != namespace
+            || !(app.policies.is_empty() || app.policies.iter().any(|p| p == name))
+        {
+            return Err(Deny::new(
+                Reason::AppNotAllowed,
+                format!("app {} is not registered for this API", app.app_id),
+            ));
+        }
+        Ok(Some(AppIdentity {
+            app_id: app.app_id.clone(),
+            plan: app.plan.clone(),
+            device: claims.as_ref().and_then(|c| c.device.clone()),
+            attestation: claims,
+        }))
+    }
+
+    /// Adds the `App` challenge (naming the header the client should send)
+    /// to 401s of app failures.
+    fn challenge(&self, deny: Deny) -> Deny {
+        if deny.reason.challenge() != Some(Challenge::App) || deny.reason.http_status() != 401 {
+            return deny;
+        }
+        let attestation_reason = deny.reason.is_attestation_detail();
+        let header = if attestation_reason {
+            self.attestation_header().or(self.api_key_header())
+        } else {
+            self.api_key_header().or(self.attestation_header())
+        };
+        let value = match header {
+            Some(header) => format!(r#"App realm="tollgate", header="{header}""#),
+            None => r#"App realm="tollgate""#.to_owned(),
+        };
+        deny.with_header("www-authenticate", value)
+    }
+}
+
+fn split_policy(policy: &PolicyId) -> (&str, &str) {
+    policy
+        .as_str()
+        .split_once('/')
+        .unwrap_or(("default", policy.as_str()))
 }
