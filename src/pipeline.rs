@@ -228,7 +228,14 @@ async fn enforce(
     let app = match &policy.app {
         Some(app_policy) => {
             let app = app_policy
-                .authenticate(request, origin, user.as_ref(), &snapshot.apps, now)
+                .authenticate(
+                    request,
+                    origin,
+                    user.as_ref(),
+                    &snapshot.apps,
+                    &policy.id,
+                    now,
+                )
                 .await;
             let result = app.as_ref().map(|a| match a {
                 Some(a) => format!("app {}", a.app_id),
@@ -238,7 +245,12 @@ async fn enforce(
             let app = app?;
             if let Some(a) = &app {
                 run.identity.app = Some(a.app_id.clone());
-                run.identity.plan = a.plan.clone();
+                // The app's plan when this policy defines it, else `defaultPlan`.
+                run.identity.plan = policy
+                    .plans
+                    .resolve(a.plan.as_deref())
+                    .map(|p| p.name.clone())
+                    .or_else(|| a.plan.clone());
                 run.identity.device = a.device.clone();
             }
             app
@@ -249,6 +261,13 @@ async fn enforce(
         }
     };
     let _ = app;
+
+    if let Some(require) = route.and_then(|r| r.require.as_ref()) {
+        let result = crate::authn::scope::check(require, user.as_ref())
+            .map(|()| "route requirements met".to_owned());
+        stage(run, "scope", &result);
+        result?;
+    }
 
     Ok(respond::allow(
         policy,

@@ -91,8 +91,10 @@ fn credential_headers(policy: &CompiledPolicy) -> Vec<String> {
     if policy.user.is_some() {
         names.push("dpop".to_owned());
     }
-    if policy.app.is_some() {
+    if let Some(app) = &policy.app {
         names.extend(["signature", "signature-input"].map(String::from));
+        names.extend(app.api_key_header().map(str::to_owned));
+        names.extend(app.attestation_header().map(str::to_owned));
     }
     names
 }
