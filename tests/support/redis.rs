@@ -1,0 +1,2 @@
+//! Placeholder: the store helper replaces this file with the
+//! `redis-server` / Redis Cluster spawner used by the store tests.

@@ -1,0 +1,266 @@
+//! The built `tollgate serve`, on ephemeral ports.
+//!
+//! The process logs JSON lines; the `listening` line names the bound gRPC
+//! and admin addresses, and `/readyz` says when a snapshot is loaded. Its
+//! output is kept in memory for assertions (audit lines, warnings) and
+//! printed when a test fails.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::client::{Request, Response};
+use super::{tail, wait_for};
+
+/// How long tollgate may take to start before the test fails.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `tollgate serve`; killed by PID when dropped.
+pub struct Tollgate {
+    child: Child,
+    dir: TempDir,
+    policy: PathBuf,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    output: Arc<Mutex<String>>,
+}
+
+impl Tollgate {
+    /// Serves `policy_yaml` (a multi-document policy file) with the
+    /// in-memory store.
+    pub fn start(policy_yaml: &str) -> Self {
+        Self::start_with(policy_yaml, &[])
+    }
+
+    /// Serves `policy_yaml` with extra `serve` arguments (e.g.
+    /// `["--redis", url]`, `["--require-policy-extension"]`).
+    pub fn start_with(policy_yaml: &str, extra_args: &[&str]) -> Self {
+        Self::try_start(policy_yaml, extra_args).unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Like [`Tollgate::start_with`], but a process that exits during
+    /// start-up is an `Err` carrying its exit status and output (for tests
+    /// of start-up refusals).
+    pub fn try_start(policy_yaml: &str, extra_args: &[&str]) -> Result<Self, StartFailure> {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-")
+            .tempdir()
+            .unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, policy_yaml).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .arg("serve")
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--policy-file"])
+            .arg(&policy)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The test decides every setting: none leaks in from the caller's
+        // environment.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TOLLGATE_") {
+                command.env_remove(name);
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command.spawn().expect("spawn tollgate");
+        let output = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().unwrap(), output.clone());
+        collect(child.stderr.take().unwrap(), output.clone());
+        // Built before any wait, so a panic kills the process on drop.
+        let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut tollgate = Self {
+            child,
+            dir,
+            policy,
+            grpc: unbound,
+            admin: unbound,
+            output,
+        };
+
+        let started = wait_for("tollgate's `listening` log line", START_LIMIT, || {
+            if let Some(addrs) = listening(&tollgate.output()) {
+                return Some(Ok(addrs));
+            }
+            tollgate.child.try_wait().ok().flatten().map(Err)
+        });
+        match started {
+            Ok((grpc, admin)) => {
+                tollgate.grpc = grpc;
+                tollgate.admin = admin;
+            }
+            Err(status) => {
+                // Let the reader threads drain what the process printed last.
+                std::thread::sleep(Duration::from_millis(200));
+                let output = tollgate.output();
+                return Err(StartFailure { status, output });
+            }
+        }
+        wait_for("tollgate's /readyz to answer 200", START_LIMIT, || {
+            tollgate.assert_running();
+            let ready = Request::new(tollgate.admin, "GET", "/readyz")
+                .try_send()
+                .ok()?;
+            (ready.status == 200).then_some(())
+        });
+        Ok(tollgate)
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("tollgate exited ({status}):\n{}", tail(&self.output(), 40));
+        }
+    }
+
+    /// The ext_authz gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// The admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// GETs an admin path.
+    pub fn admin_get(&self, path: &str) -> Response {
+        Request::new(self.admin, "GET", path).send()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics").text()
+    }
+
+    /// The policy file the server watches.
+    pub fn policy_path(&self) -> &Path {
+        &self.policy
+    }
+
+    /// Replaces the policy file atomically (write, then rename), as an
+    /// editor or a ConfigMap update would.
+    pub fn write_policy(&self, policy_yaml: &str) {
+        let staging = self.dir.path().join("policy.yaml.new");
+        std::fs::write(&staging, policy_yaml).unwrap();
+        std::fs::rename(&staging, &self.policy).unwrap();
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines printed so far.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.output()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for a log line whose message is `message`.
+    pub fn wait_for_log(&self, message: &str, limit: Duration) -> Value {
+        wait_for(&format!("tollgate to log {message:?}"), limit, || {
+            self.log_lines()
+                .into_iter()
+                .find(|line| log_message(line) == Some(message))
+        })
+    }
+
+    /// Kills the process now (to test Envoy's behaviour without it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id (for signal tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_for("tollgate to exit", limit, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- tollgate output ---\n{}", tail(&self.output(), 40));
+        }
+    }
+}
+
+/// A `tollgate serve` that exited before it was listening.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: std::process::ExitStatus,
+    pub output: String,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tollgate exited during start-up ({}):\n{}",
+            self.status,
+            tail(&self.output, 40)
+        )
+    }
+}
+
+/// Copies a child's stream into `sink`, line by line, on a thread.
+fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+}
+
+/// The message of a JSON log line (`tracing-subscriber` puts it under
+/// `fields`, flattened formats at the top).
+pub fn log_message(line: &Value) -> Option<&str> {
+    line["fields"]["message"]
+        .as_str()
+        .or_else(|| line["message"].as_str())
+}
+
+/// A field of a JSON log line, wherever the formatter put it.
+pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    line.get("fields")
+        .and_then(|f| f.get(name))
+        .or_else(|| line.get(name))
+        .or_else(|| line.get("span").and_then(|s| s.get(name)))
+}
+
+/// The addresses in the `listening` line, once printed.
+fn listening(output: &str) -> Option<(SocketAddr, SocketAddr)> {
+    output.lines().find_map(|line| {
+        let line: Value = serde_json::from_str(line).ok()?;
+        if log_message(&line) != Some("listening") {
+            return None;
+        }
+        let addr = |name| log_field(&line, name)?.as_str()?.parse().ok();
+        Some((addr("grpc_addr")?, addr("admin_addr")?))
+    })
+}
