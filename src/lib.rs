@@ -19,7 +19,9 @@
 
 pub mod admin;
 pub mod authn;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod decision;
 pub mod grpc;
 pub mod limits;

@@ -267,7 +267,10 @@ pub async fn run(
         .metrics
         .clone()
         .map(|handle| tokio::spawn(telemetry::metrics_upkeep(handle)));
-    let mirror = tokio::spawn(mirror_health(state.readiness.flags.subscribe(), health.clone()));
+    let mirror = tokio::spawn(mirror_health(
+        state.readiness.flags.subscribe(),
+        health.clone(),
+    ));
     state.readiness.set_listening();
     tracing::info!(
         grpc_addr = %grpc_addr,

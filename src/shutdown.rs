@@ -71,10 +71,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drain_is_bounded() {
         let slow = tokio::time::sleep(Duration::from_secs(60));
-        assert_eq!(
-            drain(slow, Duration::from_secs(5)).await,
-            Drained::TimedOut
-        );
+        assert_eq!(drain(slow, Duration::from_secs(5)).await, Drained::TimedOut);
         assert_eq!(
             drain(async { 7 }, Duration::from_secs(5)).await,
             Drained::Completed(7)

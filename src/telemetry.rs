@@ -66,8 +66,8 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), TelemetryError
 /// round trip takes tens of microseconds; one with Redis about a
 /// millisecond; the store timeout caps the tail at tens of milliseconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
 ];
 
 /// The process-wide Prometheus handle. The first call builds the recorder

@@ -1,0 +1,54 @@
+//! The `tollgate` command line: one binary, one subcommand per job.
+//!
+//! | command | module |
+//! |---|---|
+//! | `tollgate serve` | [`serve`]: the data plane (ext_authz gRPC + admin HTTP) |
+//! | `tollgate check` | [`check`]: decide one request offline and explain it |
+//!
+//! A new subcommand is a variant of [`Command`] with its `clap::Args`
+//! struct, one arm in [`Command::run`], and a module under `cli/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod check;
+pub mod serve;
+
+/// tollgate: Envoy external authorization that verifies the user,
+/// authenticates the app, refuses replays and enforces the app's plan in
+/// one Check call.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Envoy's ext_authz gRPC API (with gRPC health and reflection)
+    /// and the admin HTTP port (/healthz, /readyz, /metrics).
+    Serve(crate::config::ServeConfig),
+    /// Decide one request against policy files offline and print every
+    /// stage's verdict. Exit status: 0 allow, 1 deny, 2 error.
+    Check(check::CheckArgs),
+}
+
+impl Command {
+    /// Runs the subcommand; the exit code is the process's.
+    pub fn run(self) -> ExitCode {
+        match self {
+            Command::Serve(config) => serve::main(config),
+            Command::Check(args) => check::main(args),
+        }
+    }
+}
+
+/// The binary's entry point: parse the arguments and run the subcommand.
+/// Usage errors exit with status 2 (clap's convention, and `check`'s
+/// "error" status).
+pub fn main() -> ExitCode {
+    Cli::parse().command.run()
+}

@@ -1,0 +1,91 @@
+//! `tollgate serve`: configuration → telemetry → policies → store → bind →
+//! [`crate::server::run`] until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+use crate::clock::SystemClock;
+use crate::config::ServeConfig;
+use crate::pipeline::Deps;
+use crate::policy::source;
+use crate::server::{self, Listeners, ServerState};
+use crate::{shutdown, telemetry};
+
+/// Runs the server; exit status 0 after a clean shutdown, 1 when start-up
+/// or serving failed (the reason is logged), 2 for an unusable
+/// configuration.
+pub fn main(config: ServeConfig) -> ExitCode {
+    if let Err(error) = telemetry::init(config.log.log_format, config.log.log_level.as_deref()) {
+        eprintln!("tollgate serve: {error}");
+        return ExitCode::from(2);
+    }
+    if let Err(error) = config.validate() {
+        tracing::error!(%error, "invalid configuration");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tollgate serve failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything after validation, inside the runtime.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    tracing::debug!(?config, "configuration");
+    // Installed first, so start-up metrics (the policy version) land in it.
+    let metrics = telemetry::prometheus();
+    let snapshot =
+        source::load_initial(&config.policy_files).context("the policy files cannot be served")?;
+    tracing::info!(
+        files = ?config.policy_files,
+        policies = snapshot.policies.len(),
+        "policies loaded"
+    );
+    let store = config.store.build().context("cannot set up the store")?;
+    let deps = Deps {
+        store,
+        clock: Arc::new(SystemClock),
+        settings: config.decision.settings()?,
+    };
+    let listeners = Listeners::bind(config.grpc_addr, config.admin_addr).await?;
+
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let (stop_watcher, watcher_stop) = oneshot::channel::<()>();
+    let watcher = tokio::spawn(source::watch_files(
+        config.policy_files.clone(),
+        shared.clone(),
+        source::DEFAULT_INTERVAL,
+        async {
+            let _ = watcher_stop.await;
+        },
+    ));
+    let mut state = ServerState::new(shared, deps);
+    state.metrics = Some(metrics);
+    state.drain_timeout = config.drain_timeout;
+
+    let served = server::run(listeners, state, async {
+        let signal = shutdown::signal().await;
+        tracing::info!(signal, "shutting down");
+    })
+    .await;
+    let _ = stop_watcher.send(());
+    let _ = watcher.await;
+    Ok(served?)
+}
