@@ -226,7 +226,9 @@ fn compile_limit(field: &str, spec: &LimitSpec) -> Result<Limit, String> {
             )
         }
         (Some(_), Some(_)) => {
-            return Err(format!("{field}: set exactly one of rate and quota, not both"));
+            return Err(format!(
+                "{field}: set exactly one of rate and quota, not both"
+            ));
         }
         (None, None) => {
             return Err(format!("{field}: set one of rate and quota"));

@@ -42,8 +42,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn admit<'a>(&'a self, admission: &'a Admission) -> BoxFuture<'a, Result<Outcome, StoreError>>;
 
     /// Reads usage counters for billing and support (`tollgate usage`).
-    fn usage<'a>(&'a self, query: &'a UsageQuery)
-    -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
+    fn usage<'a>(
+        &'a self,
+        query: &'a UsageQuery,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
 
     /// How long usage counters are kept.
     fn retention(&self) -> Retention {
@@ -355,7 +357,10 @@ mod tests {
         assert_eq!(cli.store.redis.len(), 2);
         assert_eq!(cli.store.store_timeout, Duration::from_millis(75));
         let debug = format!("{:?}", cli.store);
-        assert!(!debug.contains("hunter2") && !debug.contains("s3cret"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret"),
+            "{debug}"
+        );
         assert!(debug.contains("10.0.0.2:6380"), "{debug}");
     }
 }

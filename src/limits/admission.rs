@@ -129,9 +129,10 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                     (None, _) => (primary.clone(), None),
                 },
                 LimitKey::Device => match (&app_tag, s.device) {
-                    (Some(tag), Some(device)) => {
-                        (tag.clone(), Some(format!("d:{}", keys::device_digest(device))))
-                    }
+                    (Some(tag), Some(device)) => (
+                        tag.clone(),
+                        Some(format!("d:{}", keys::device_digest(device))),
+                    ),
                     (Some(tag), None) => (tag.clone(), ip_sub.clone()),
                     (None, _) => (primary.clone(), None),
                 },
@@ -157,7 +158,14 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                 LimitKind::Quota(calendar) => {
                     let window = calendar.window_at(request.now_us)?;
                     (
-                        keys::quota(&tag, request.policy, &plan.name, &limit.name, window.id(), sub),
+                        keys::quota(
+                            &tag,
+                            request.policy,
+                            &plan.name,
+                            &limit.name,
+                            window.id(),
+                            sub,
+                        ),
                         Rule::Quota {
                             limit: calendar.requests,
                             window_end_us: window.end_us,
@@ -199,10 +207,12 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
 
     // Drop a primary group left empty (an anonymous request whose only
     // limits live under other tags).
-    if built.admission.groups[primary_index] == (Group {
-        tag: primary.clone(),
-        ..Group::default()
-    }) {
+    if built.admission.groups[primary_index]
+        == (Group {
+            tag: primary.clone(),
+            ..Group::default()
+        })
+    {
         built.admission.groups.remove(primary_index);
         built.limits.remove(primary_index);
     }

@@ -83,17 +83,26 @@ fn window_at(window: QuotaWindow, tz: &TimeZone, now_us: u64) -> Result<Window, 
         }
         QuotaWindow::Day => {
             let date = zdt.date();
-            (day_start(date, tz)?, day_start(date.checked_add(1.day())?, tz)?)
+            (
+                day_start(date, tz)?,
+                day_start(date.checked_add(1.day())?, tz)?,
+            )
         }
         QuotaWindow::Week => {
             let date = zdt.date();
             let back = jiff::civil::Weekday::Monday.until(date.weekday());
             let monday = date.checked_sub(i64::from(back).days())?;
-            (day_start(monday, tz)?, day_start(monday.checked_add(7.days())?, tz)?)
+            (
+                day_start(monday, tz)?,
+                day_start(monday.checked_add(7.days())?, tz)?,
+            )
         }
         QuotaWindow::Month => {
             let first = zdt.date().first_of_month();
-            (day_start(first, tz)?, day_start(first.checked_add(1.month())?, tz)?)
+            (
+                day_start(first, tz)?,
+                day_start(first.checked_add(1.month())?, tz)?,
+            )
         }
     };
     Ok(Window {

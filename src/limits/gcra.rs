@@ -96,7 +96,13 @@ pub struct Verdict {
 }
 
 /// Checks a request of `cost` units at `now` against a stored TAT.
-pub fn check(stored_tat: Option<u64>, now: u64, cost: u64, interval_us: u64, burst: u64) -> Verdict {
+pub fn check(
+    stored_tat: Option<u64>,
+    now: u64,
+    cost: u64,
+    interval_us: u64,
+    burst: u64,
+) -> Verdict {
     let capacity = burst.saturating_mul(interval_us);
     let tat = stored_tat.unwrap_or(now).max(now);
     let new_tat = tat.saturating_add(cost.saturating_mul(interval_us));
@@ -178,7 +184,9 @@ mod tests {
     #[test]
     fn rejects_rates_finer_than_a_microsecond_and_huge_bursts() {
         assert_eq!(
-            Gcra::new(2_000_000, Duration::from_secs(1), 1).unwrap_err().field,
+            Gcra::new(2_000_000, Duration::from_secs(1), 1)
+                .unwrap_err()
+                .field,
             "requests"
         );
         assert_eq!(

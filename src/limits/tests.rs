@@ -29,7 +29,12 @@ plans:
     assert_eq!(plans.resolve(None).unwrap().name, "free");
     let free = plans.get("free").unwrap();
     assert_eq!(free.limits[0].capacity(), 20);
-    assert!(plans.check_app_plan("platinum").unwrap_err().contains("platinum"));
+    assert!(
+        plans
+            .check_app_plan("platinum")
+            .unwrap_err()
+            .contains("platinum")
+    );
 }
 
 #[test]
@@ -39,7 +44,10 @@ fn errors_name_the_field() {
             "plans: [{name: a, limits: [{name: x, rate: {requests: 1, period: 1s, burst: 0}}]}]",
             "plans[0].limits[0].rate.burst",
         ),
-        ("defaultPlan: gold\nplans: [{name: free}]", "defaultPlan: unknown plan \"gold\""),
+        (
+            "defaultPlan: gold\nplans: [{name: free}]",
+            "defaultPlan: unknown plan \"gold\"",
+        ),
         (
             "plans: [{name: a}, {name: b, limits: [{name: x, rate: {requests: 10, period: 1s, burst: 5}}]}]\nroutes: [{name: s, cost: 6}]",
             "routes[0].cost: 6 exceeds the burst 5 of plans[1].limits[0]",
@@ -57,7 +65,10 @@ fn errors_name_the_field() {
     ];
     for (yaml, expected) in cases {
         let err = Plans::compile(&spec(yaml)).unwrap_err();
-        assert!(err.contains(expected), "{yaml}\n→ {err}\nexpected {expected}");
+        assert!(
+            err.contains(expected),
+            "{yaml}\n→ {err}\nexpected {expected}"
+        );
     }
 }
 

@@ -79,13 +79,20 @@ pub(super) async fn check(
     let built = match admission::build(&request) {
         Ok(built) => built,
         Err(e) => {
-            let deny = Deny::new(Reason::StoreUnavailable, format!("cannot compute quota windows: {e}"));
+            let deny = Deny::new(
+                Reason::StoreUnavailable,
+                format!("cannot compute quota windows: {e}"),
+            );
             run.note("admission", StepOutcome::Deny, deny.detail.clone());
             return Err(deny);
         }
     };
     if built.admission.is_empty() {
-        run.note("admission", StepOutcome::Skip, "no limits, nonces or usage for this request");
+        run.note(
+            "admission",
+            StepOutcome::Skip,
+            "no limits, nonces or usage for this request",
+        );
         return Ok(Vec::new());
     }
     let has_limits = built.admission.groups.iter().any(|g| !g.limits.is_empty());

@@ -128,7 +128,12 @@ fn with_sub(mut key: String, sub: Option<&str>) -> String {
 /// A GCRA key.
 pub fn rate(tag: &str, policy: &str, plan: &str, limit: &str, sub: Option<&str>) -> String {
     with_sub(
-        format!("{PREFIX}:{tag}:r:{}:{}:{}", escape(policy), escape(plan), escape(limit)),
+        format!(
+            "{PREFIX}:{tag}:r:{}:{}:{}",
+            escape(policy),
+            escape(plan),
+            escape(limit)
+        ),
         sub,
     )
 }
@@ -157,7 +162,11 @@ pub fn quota(
 /// A remembered nonce. `scope` separates kinds of nonces (`dpop`,
 /// `attestation`, `signature`…); the value is hashed.
 pub fn nonce(tag: &str, scope: &str, value: &str) -> String {
-    format!("{PREFIX}:{tag}:n:{}:{}", escape(scope), digest(&["nonce", scope, value]))
+    format!(
+        "{PREFIX}:{tag}:n:{}:{}",
+        escape(scope),
+        digest(&["nonce", scope, value])
+    )
 }
 
 /// The per-app usage hash of a UTC day (`YYYY-MM-DD`).
@@ -214,14 +223,20 @@ mod tests {
     #[test]
     fn digests_separate_parts() {
         assert_ne!(digest(&["ab", "c"]), digest(&["a", "bc"]));
-        assert_ne!(user_digest("https://a/", "x"), user_digest("https://b/", "x"));
+        assert_ne!(
+            user_digest("https://a/", "x"),
+            user_digest("https://b/", "x")
+        );
         assert_eq!(user_digest("i", "s").len(), 32);
     }
 
     #[test]
     fn usage_keys_parse_back() {
         let key = usage_app("my app", "2024-03-07");
-        assert_eq!(parse_usage(&key), Some(("my app".into(), "2024-03-07".into(), None)));
+        assert_eq!(
+            parse_usage(&key),
+            Some(("my app".into(), "2024-03-07".into(), None))
+        );
         let key = usage_user("a", "2024-03-07", "abcd");
         assert_eq!(
             parse_usage(&key),

@@ -143,7 +143,8 @@ impl RedisStore {
         timeout: Duration,
         retention: Retention,
     ) -> Result<Self, StoreError> {
-        let invalid = |e: RedisError| StoreError::Unavailable(format!("Redis client: {}", e.kind_name()));
+        let invalid =
+            |e: RedisError| StoreError::Unavailable(format!("Redis client: {}", e.kind_name()));
         let conn = match urls {
             [] => return Err(StoreError::Unavailable("no Redis URL".to_owned())),
             [url] if !cluster => {
@@ -216,7 +217,12 @@ impl RedisStore {
         });
     }
 
-    async fn eval(&self, script: &redis::Script, group: &Group, now_us: u64) -> RedisResult<Vec<i64>> {
+    async fn eval(
+        &self,
+        script: &redis::Script,
+        group: &Group,
+        now_us: u64,
+    ) -> RedisResult<Vec<i64>> {
         let (keys, argv) = scripts::layout(group, now_us);
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -308,10 +314,8 @@ impl RedisStore {
             Conn::Cluster(lazy) => {
                 let mut conn = lazy.get().await.map_err(map_error)?;
                 for (host, port) in cluster_primaries(&mut conn).await? {
-                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host,
-                        port,
-                    });
+                    let route =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
                     scan(&mut conn, &pattern, Some(route), &mut found).await?;
                 }
             }
@@ -367,7 +371,10 @@ async fn eviction_policy(conn: &Conn) -> Result<(String, String), StoreError> {
     .map_err(map_error)?;
     Ok((
         reply.get("maxmemory-policy").cloned().unwrap_or_default(),
-        reply.get("maxmemory").cloned().unwrap_or_else(|| "0".to_owned()),
+        reply
+            .get("maxmemory")
+            .cloned()
+            .unwrap_or_else(|| "0".to_owned()),
     ))
 }
 
@@ -381,7 +388,11 @@ async fn scan<C: RouteCommand>(
     let mut cursor: u64 = 0;
     loop {
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
         let value = conn.route(cmd, route.clone()).await.map_err(map_error)?;
         let (next, batch): (u64, Vec<String>) =
             redis::from_redis_value(value).map_err(|e| StoreError::Protocol(e.to_string()))?;
@@ -562,7 +573,10 @@ mod tests {
         assert_eq!(states.len(), 2);
         assert!(states[0].allowed && !states[1].allowed);
         assert_eq!(states[1].retry_after_us, 7);
-        assert!(matches!(parse_admit(&[1, 2]).unwrap().0, GroupStatus::Replay(1)));
+        assert!(matches!(
+            parse_admit(&[1, 2]).unwrap().0,
+            GroupStatus::Replay(1)
+        ));
         assert!(parse_admit(&[0, 0, 1]).is_err());
     }
 }

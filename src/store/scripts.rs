@@ -17,7 +17,7 @@
 //! - [`ADMIT`] (`scripts/admit.lua`) checks every nonce (EXISTS) and every
 //!   limit, and only when all pass remembers the nonces (SET … PX), moves the
 //!   GCRA TATs (SET … PX), increments the quota counters (INCRBY +
-//!   PEXPIREAT) and the usage hashes (HINCRBY + EXPIREAT). Reply: `{status,
+//!   PEXPIRE) and the usage hashes (HINCRBY + EXPIRE). Reply: `{status,
 //!   replay_index, then 4 integers per limit: allowed, remaining, reset_us,
 //!   retry_after_us}`, status 0 admitted, 1 replay, 2 exceeded.
 //! - [`REFUND`] (`scripts/refund.lua`) undoes an admitted group when another
@@ -28,7 +28,9 @@
 //! script is loaded again and the call retried, transparently
 //! (`redis::Script::invoke_async`; on a Cluster `SCRIPT LOAD` goes to every
 //! primary). Scripts read no clock and no random source, so they replicate
-//! deterministically.
+//! deterministically. Expiries are *relative* (PX, PEXPIRE, EXPIRE computed
+//! from the caller's `now`), so they mean the same whatever Redis's own
+//! clock says.
 
 use std::sync::LazyLock;
 
@@ -46,9 +48,8 @@ pub static REFUND: LazyLock<redis::Script> =
 pub fn layout(group: &Group, now_us: u64) -> (Vec<&str>, Vec<String>) {
     let mut keys: Vec<&str> =
         Vec::with_capacity(group.nonces.len() + group.limits.len() + group.usage.len());
-    let mut argv: Vec<String> = Vec::with_capacity(
-        4 + group.nonces.len() + 5 * group.limits.len() + 2 * group.usage.len(),
-    );
+    let mut argv: Vec<String> =
+        Vec::with_capacity(4 + group.nonces.len() + 5 * group.limits.len() + 2 * group.usage.len());
     argv.push(now_us.to_string());
     argv.push(group.nonces.len().to_string());
     argv.push(group.limits.len().to_string());

@@ -75,7 +75,9 @@ for j = 1, l do
     redis.call('SET', key, string.format('%.0f', new_tats[j]), 'PX', string.format('%.0f', ttl_ms))
   elseif cost > 0 then
     redis.call('INCRBY', key, cost)
-    redis.call('PEXPIREAT', key, string.format('%.0f', math.floor(tonumber(ARGV[at + 5]) / 1000)))
+    local ttl_ms = math.ceil((tonumber(ARGV[at + 5]) - now) / 1000)
+    if ttl_ms < 1 then ttl_ms = 1 end
+    redis.call('PEXPIRE', key, string.format('%.0f', ttl_ms))
   end
 end
 local ubase = lbase + l * 5
@@ -84,6 +86,8 @@ for k = 1, u do
   local at = ubase + (k - 1) * 2
   redis.call('HINCRBY', key, 'requests', 1)
   redis.call('HINCRBY', key, 'cost', ARGV[at + 1])
-  redis.call('EXPIREAT', key, ARGV[at + 2])
+  local ttl_s = tonumber(ARGV[at + 2]) - math.floor(now / 1000000)
+  if ttl_s < 1 then ttl_s = 1 end
+  redis.call('EXPIRE', key, string.format('%.0f', ttl_s))
 end
 return reply

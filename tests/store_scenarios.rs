@@ -1,0 +1,603 @@
+//! One scenario suite, run against every store: in-memory, a single real
+//! `redis-server`, and a real 3-primary Redis Cluster on loopback. The
+//! stores cannot drift: the same assertions hold on each.
+//!
+//! Time is injected (`Admission::now_us`), never slept: GCRA refill, month
+//! boundaries and DST days are reached by setting the clock.
+//!
+//! Besides the suite: exactness under concurrency (two store clients, like
+//! two tollgate replicas, sharing one Redis), `NOSCRIPT` recovery, start-up
+//! with Redis down, and the measurement of Redis commands per request and
+//! store latency (printed; run with `--nocapture` to read them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use redis_support::{RedisCluster, RedisServer};
+use tollgate::limits::admission::{self, Request, Subject};
+use tollgate::limits::{Nonce, Plans};
+use tollgate::policy::types::ApiPolicySpec;
+use tollgate::store::{
+    Admission, LimitState, MemoryStore, Outcome, RedisStore, RedisUrl, Retention, Store,
+    UsageQuery, Verdict,
+};
+
+const SECOND: u64 = 1_000_000;
+
+/// µs since the epoch of an RFC 3339 instant.
+fn at(instant: &str) -> u64 {
+    u64::try_from(instant.parse::<Timestamp>().unwrap().as_microsecond()).unwrap()
+}
+
+fn plans(yaml: &str) -> Plans {
+    let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    let spec: ApiPolicySpec = serde_json::from_value(value).unwrap();
+    Plans::compile(&spec).unwrap()
+}
+
+/// A store under test and a way to make a second, independent client of
+/// the same backend (a second replica).
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    replica: Box<dyn Fn() -> Arc<dyn Store>>,
+}
+
+fn redis_store(urls: &[String], cluster: bool) -> Arc<dyn Store> {
+    let urls: Vec<RedisUrl> = urls.iter().map(|u| u.parse().unwrap()).collect();
+    Arc::new(
+        RedisStore::connect(&urls, cluster, Duration::from_secs(2), Retention::default()).unwrap(),
+    )
+}
+
+/// One request against `plan` of `plans` at `now`.
+struct Call<'a> {
+    plans: &'a Plans,
+    plan: &'a str,
+    app: Option<&'a str>,
+    user: Option<(&'a str, &'a str)>,
+    ip: Option<std::net::IpAddr>,
+    cost: u64,
+    nonces: Vec<Nonce>,
+    now: u64,
+}
+
+impl<'a> Call<'a> {
+    fn new(plans: &'a Plans, plan: &'a str, app: &'a str, now: u64) -> Self {
+        Self {
+            plans,
+            plan,
+            app: Some(app),
+            user: None,
+            ip: Some("192.0.2.7".parse().unwrap()),
+            cost: 1,
+            nonces: Vec::new(),
+            now,
+        }
+    }
+
+    fn admission(&self) -> (Admission, usize) {
+        let plan = self.plans.get(self.plan).unwrap();
+        let built = admission::build(&Request {
+            policy: "test/scenarios",
+            plan: Some(plan),
+            subject: Subject {
+                app: self.app,
+                user: self.user,
+                device: None,
+                ip: self.ip,
+            },
+            cost: self.cost,
+            nonces: &self.nonces,
+            now_us: self.now,
+            retention: Retention::default(),
+        })
+        .unwrap();
+        let limits = built.limits.iter().map(Vec::len).sum();
+        (built.admission, limits)
+    }
+
+    async fn send(&self, store: &dyn Store) -> Outcome {
+        let (admission, _) = self.admission();
+        store.admit(&admission).await.unwrap()
+    }
+}
+
+fn states(outcome: &Outcome) -> Vec<LimitState> {
+    outcome.limits.iter().flatten().copied().collect()
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// GCRA: `burst` pass at once, the next waits one interval, then exactly
+/// one more passes per interval.
+async fn gcra_burst_and_refill(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [{name: ps, rate: {requests: 10, period: 1s, burst: 5}}]}]",
+    );
+    let t0 = at("2024-05-01T12:00:00Z");
+    for i in 0..5u64 {
+        let out = Call::new(&p, "p", app, t0).send(store).await;
+        assert_eq!(out.verdict, Verdict::Admitted, "burst request {i}");
+        assert_eq!(states(&out)[0].remaining, 4 - i);
+    }
+    let out = Call::new(&p, "p", app, t0).send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    assert_eq!(states(&out)[0].retry_after_us, 100_000);
+    // 99 ms later: still denied; 100 ms: one passes, and only one.
+    let out = Call::new(&p, "p", app, t0 + 99_000).send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    assert_eq!(states(&out)[0].retry_after_us, 1_000);
+    let out = Call::new(&p, "p", app, t0 + 100_000).send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    let out = Call::new(&p, "p", app, t0 + 100_000).send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    // After a full second the whole burst is back.
+    for _ in 0..5 {
+        let out = Call::new(&p, "p", app, t0 + 2 * SECOND).send(store).await;
+        assert_eq!(out.verdict, Verdict::Admitted);
+    }
+}
+
+/// A denied request consumes nothing, from any limit: the limit that would
+/// have passed keeps its units.
+async fn denied_requests_consume_nothing(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: ps, rate: {requests: 100, period: 1s, burst: 10}},
+            {name: daily, quota: {requests: 2, reset: day}}]}]",
+    );
+    let t = at("2024-05-02T08:00:00Z");
+    for _ in 0..2 {
+        assert_eq!(
+            Call::new(&p, "p", app, t).send(store).await.verdict,
+            Verdict::Admitted
+        );
+    }
+    for _ in 0..5 {
+        let out = Call::new(&p, "p", app, t).send(store).await;
+        assert_eq!(out.verdict, Verdict::Exceeded);
+        let s = states(&out);
+        assert!(s[0].allowed && !s[1].allowed);
+        // The rate limit still has 10 − 2 consumed − this one = 7 left:
+        // the five denials took nothing.
+        assert_eq!(s[0].remaining, 7);
+        assert_eq!(s[1].remaining, 0);
+    }
+}
+
+/// A route's cost is consumed from every limit; a request whose cost no
+/// longer fits is denied while a cheaper one still passes.
+async fn cost_is_consumed_from_every_limit(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: ps, rate: {requests: 10, period: 1s, burst: 10}},
+            {name: daily, quota: {requests: 12, reset: day}}]}]",
+    );
+    let t = at("2024-05-03T08:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    call.cost = 5;
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(
+        states(&out).iter().map(|s| s.remaining).collect::<Vec<_>>(),
+        [5, 7]
+    );
+    // A second cost-5 request drains the rate burst (10 of 10).
+    call.now = t + 1;
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    // A third is denied by both; a cost-2 one after a 0.2 s refill passes
+    // the rate but the quota has 2 left: it passes exactly.
+    assert_eq!(call.send(store).await.verdict, Verdict::Exceeded);
+    call.cost = 2;
+    call.now = t + 200_001;
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted, "{out:?}");
+    assert_eq!(states(&out)[1].remaining, 0);
+    call.cost = 1;
+    assert_eq!(call.send(store).await.verdict, Verdict::Exceeded);
+}
+
+/// A monthly quota resets at the calendar month boundary, not 30 days
+/// after the first request.
+async fn month_boundary_resets(store: &dyn Store, app: &str) {
+    let p =
+        plans("plans: [{name: p, limits: [{name: monthly, quota: {requests: 2, reset: month}}]}]");
+    let end = at("2024-02-29T23:59:59Z");
+    for _ in 0..2 {
+        assert_eq!(
+            Call::new(&p, "p", app, end).send(store).await.verdict,
+            Verdict::Admitted
+        );
+    }
+    let out = Call::new(&p, "p", app, end).send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    assert_eq!(states(&out)[0].retry_after_us, SECOND);
+    let march = at("2024-03-01T00:00:00Z");
+    let out = Call::new(&p, "p", app, march).send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(states(&out)[0].remaining, 1);
+}
+
+/// A daily quota in a zone with DST: 2024-03-10 in New York is 23 hours
+/// long (05:00Z to 04:00Z next day).
+async fn dst_day_in_new_york(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [{name: daily, quota: {requests: 1, reset: day, timeZone: America/New_York}}]}]",
+    );
+    let start = at("2024-03-10T05:00:00Z");
+    assert_eq!(
+        Call::new(&p, "p", app, start).send(store).await.verdict,
+        Verdict::Admitted
+    );
+    let last = at("2024-03-11T03:59:59Z");
+    let out = Call::new(&p, "p", app, last).send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded, "still 10 March in New York");
+    assert_eq!(states(&out)[0].retry_after_us, SECOND);
+    let next = at("2024-03-11T04:00:00Z");
+    assert_eq!(
+        Call::new(&p, "p", app, next).send(store).await.verdict,
+        Verdict::Admitted
+    );
+}
+
+/// Nonces: fresh once, then a replay; scopes do not collide; a request
+/// denied by a quota does not remember its nonce.
+async fn nonces_refuse_replays(store: &dyn Store, app: &str) {
+    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 2, reset: day}}]}]");
+    let t = at("2024-05-04T08:00:00Z");
+    let nonce = |scope: &str, value: &str| Nonce {
+        scope: scope.to_owned(),
+        value: value.to_owned(),
+        ttl: Duration::from_secs(300),
+    };
+    let mut call = Call::new(&p, "p", app, t);
+    call.nonces = vec![nonce("dpop", "jti-1")];
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    let out = call.send(store).await;
+    assert!(
+        matches!(out.verdict, Verdict::Replay { index: 0, .. }),
+        "{out:?}"
+    );
+    call.nonces = vec![nonce("attestation", "jti-1")];
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    // The quota is now used up: a request with a new nonce is denied by the
+    // quota and its nonce is not remembered…
+    call.nonces = vec![nonce("dpop", "jti-2")];
+    assert_eq!(call.send(store).await.verdict, Verdict::Exceeded);
+    // …so the next day the same nonce is still fresh.
+    call.now = at("2024-05-05T08:00:00Z");
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    // A replayed nonce consumes nothing either.
+    let out = call.send(store).await;
+    assert!(matches!(out.verdict, Verdict::Replay { .. }));
+    call.nonces = vec![nonce("dpop", "jti-3")];
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+}
+
+/// A limit keyed by IP lives under its own hash tag: when it denies, what
+/// the app's group consumed is refunded.
+async fn cross_tag_deny_refunds(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: app-rate, key: app, rate: {requests: 10, period: 1s, burst: 10}},
+            {name: per-ip, key: ip, quota: {requests: 1, reset: day}}]}]",
+    );
+    let t = at("2024-05-06T08:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    call.ip = Some(format!("198.51.100.{}", app.len()).parse().unwrap());
+    let (admission, _) = call.admission();
+    assert_eq!(admission.groups.len(), 2, "app and ip tags");
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    for _ in 0..3 {
+        let out = call.send(store).await;
+        assert_eq!(out.verdict, Verdict::Exceeded);
+    }
+    // Only the one admitted request is left on the app's rate: 9 remain
+    // after this next request from another address (8 after it).
+    call.ip = Some("203.0.113.99".parse().unwrap());
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(
+        states(&out)[0].remaining,
+        8,
+        "denied requests were refunded"
+    );
+}
+
+/// Usage: allowed requests and their cost, per app per day and per
+/// app-user per day; denied requests are not metered.
+async fn usage_is_metered(store: &dyn Store, app: &str) {
+    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 10, reset: day}}]}]");
+    let t = at("2024-05-07T08:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    call.user = Some(("https://id.example/", "alice"));
+    call.cost = 3;
+    for _ in 0..4 {
+        call.send(store).await; // 3 pass (9 units), the 4th is denied
+    }
+    call.now = at("2024-05-08T08:00:00Z");
+    call.cost = 1;
+    call.send(store).await;
+    let rows = store
+        .usage(&UsageQuery {
+            app: Some(app.to_owned()),
+            from: "2024-05-01".into(),
+            to: "2024-05-31".into(),
+            users: true,
+        })
+        .await
+        .unwrap();
+    let summary: Vec<(String, bool, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.day.clone(), r.user.is_some(), r.requests, r.cost))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("2024-05-07".into(), false, 3, 9),
+            ("2024-05-07".into(), true, 3, 9),
+            ("2024-05-08".into(), false, 1, 1),
+            ("2024-05-08".into(), true, 1, 1),
+        ]
+    );
+    let only_apps = store
+        .usage(&UsageQuery {
+            app: None,
+            from: "2024-05-08".into(),
+            to: "2024-05-08".into(),
+            users: false,
+        })
+        .await
+        .unwrap();
+    assert!(only_apps.iter().any(|r| r.app == app && r.requests == 1));
+    assert!(only_apps.iter().all(|r| r.user.is_none()));
+}
+
+/// Two replicas, hundreds of concurrent requests, a quota of 100: exactly
+/// 100 pass.
+async fn exact_under_concurrency(backend: &Backend, app: &str) {
+    let p = Arc::new(plans(
+        "plans: [{name: p, limits: [{name: daily, quota: {requests: 100, reset: day}}]}]",
+    ));
+    let t = at("2024-05-09T08:00:00Z");
+    let replicas = [backend.store.clone(), (backend.replica)()];
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let store = replicas[i % 2].clone();
+        let p = p.clone();
+        let app = app.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let call = Call::new(&p, "p", &app, t + i as u64);
+            call.send(store.as_ref()).await.verdict == Verdict::Admitted
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 100, "{}: exactly the quota passes", backend.name);
+}
+
+async fn run_suite(backend: Backend) {
+    // Each scenario uses its own app id, so they share one server.
+    let tag = backend.name;
+    gcra_burst_and_refill(backend.store.as_ref(), &format!("{tag}-gcra")).await;
+    denied_requests_consume_nothing(backend.store.as_ref(), &format!("{tag}-denied")).await;
+    cost_is_consumed_from_every_limit(backend.store.as_ref(), &format!("{tag}-cost")).await;
+    month_boundary_resets(backend.store.as_ref(), &format!("{tag}-month")).await;
+    dst_day_in_new_york(backend.store.as_ref(), &format!("{tag}-dst")).await;
+    nonces_refuse_replays(backend.store.as_ref(), &format!("{tag}-nonce")).await;
+    cross_tag_deny_refunds(backend.store.as_ref(), &format!("{tag}-cross")).await;
+    usage_is_metered(backend.store.as_ref(), &format!("{tag}-usage")).await;
+    exact_under_concurrency(&backend, &format!("{tag}-exact")).await;
+}
+
+#[tokio::test]
+async fn scenarios_in_memory() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let shared = store.clone();
+    run_suite(Backend {
+        name: "memory",
+        store,
+        // In memory, a second "replica" can only be the same store.
+        replica: Box::new(move || shared.clone()),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    run_suite(Backend {
+        name: "redis",
+        store: redis_store(std::slice::from_ref(&url), false),
+        replica: Box::new(move || redis_store(std::slice::from_ref(&url), false)),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_on_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let store = redis_store(&urls, true);
+    assert_eq!(store.kind(), "redis-cluster");
+    run_suite(Backend {
+        name: "cluster",
+        store,
+        replica: Box::new(move || redis_store(&urls, true)),
+    })
+    .await;
+    // The suite's keys really were spread over the primaries.
+    let spread = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            let size: u64 = redis::cmd("DBSIZE").query(&mut n.connection()).unwrap();
+            size > 0
+        })
+        .count();
+    assert!(spread >= 2, "keys landed on {spread} of 3 primaries");
+}
+
+// ------------------------------------------------------- Redis-only faults
+
+/// `SCRIPT FLUSH` (what a restart or failover does to the script cache):
+/// the next call gets `NOSCRIPT`, reloads the script and succeeds.
+#[tokio::test]
+async fn noscript_is_reloaded_transparently() {
+    let redis = RedisServer::start();
+    let store = redis_store(&[redis.url()], false);
+    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 5, reset: day}}]}]");
+    let t = at("2024-05-10T08:00:00Z");
+    assert_eq!(
+        Call::new(&p, "p", "ns", t)
+            .send(store.as_ref())
+            .await
+            .verdict,
+        Verdict::Admitted
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.connection())
+        .unwrap();
+    redis.reset_stats();
+    let out = Call::new(&p, "p", "ns", t).send(store.as_ref()).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(
+        states(&out)[0].remaining,
+        3,
+        "the first request still counts"
+    );
+    let stats = redis.command_stats();
+    assert_eq!(stats.get("script|load").copied(), Some(1), "{stats:?}");
+    assert_eq!(
+        stats.get("evalsha").copied(),
+        Some(2),
+        "one NOSCRIPT, one retry"
+    );
+}
+
+/// tollgate starts while Redis is down: calls fail fast (within the store
+/// timeout) instead of hanging, and the same store heals once Redis is up.
+#[tokio::test]
+async fn starts_with_redis_down_and_heals() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let timeout = Duration::from_millis(200);
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(
+            &[url.parse().unwrap()],
+            false,
+            timeout,
+            Retention::default(),
+        )
+        .unwrap(),
+    );
+    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 5, reset: day}}]}]");
+    let t = at("2024-05-11T08:00:00Z");
+    let (admission, _) = Call::new(&p, "p", "down", t).admission();
+    let started = Instant::now();
+    let err = store.admit(&admission).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        started.elapsed() < timeout * 5,
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    redis.restart();
+    let healed = wait_until_admitted(store.as_ref(), &admission, Duration::from_secs(15)).await;
+    println!("store healed {healed:?} after redis-server came back");
+}
+
+/// Retries `admission` until it is admitted; the bound is generous (a
+/// broken reconnect fails the test, a slow machine does not).
+async fn wait_until_admitted(
+    store: &dyn Store,
+    admission: &Admission,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(out) = store.admit(admission).await {
+            assert_eq!(out.verdict, Verdict::Admitted);
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "store did not recover within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Measures what one allowed request costs Redis and how long a store
+/// call takes on loopback; printed for the docs (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_commands_and_latency() {
+    let redis = RedisServer::start();
+    let store = redis_store(&[redis.url()], false);
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: ps, rate: {requests: 100000, period: 1s, burst: 100000}},
+            {name: daily, quota: {requests: 1000000, reset: day}}]}]",
+    );
+    let t = at("2024-05-12T08:00:00Z");
+    // Warm up (loads the script once).
+    Call::new(&p, "p", "m", t).send(store.as_ref()).await;
+    redis.reset_stats();
+    let n = 1000u64;
+    let mut latencies = Vec::with_capacity(1000);
+    for i in 0..n {
+        let mut call = Call::new(&p, "p", "m", t + i);
+        call.user = Some(("https://id.example/", "u"));
+        call.nonces = vec![Nonce {
+            scope: "dpop".into(),
+            value: format!("jti-{i}"),
+            ttl: Duration::from_secs(60),
+        }];
+        let (admission, _) = call.admission();
+        let started = Instant::now();
+        let out = store.admit(&admission).await.unwrap();
+        latencies.push(started.elapsed());
+        assert_eq!(out.verdict, Verdict::Admitted);
+    }
+    let stats = redis.command_stats();
+    let client_calls: u64 = stats
+        .iter()
+        .filter(|(name, _)| !name.starts_with("config") && !name.starts_with("info"))
+        .filter(|(name, _)| ["evalsha", "eval", "script|load"].contains(&name.as_str()))
+        .map(|(_, calls)| calls)
+        .sum();
+    let inside: u64 = stats
+        .iter()
+        .filter(|(name, _)| {
+            !["evalsha", "eval", "script|load", "config|resetstat", "info"].contains(&name.as_str())
+        })
+        .map(|(_, calls)| calls)
+        .sum();
+    latencies.sort();
+    let pct = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "per allowed request (1 nonce, 2 limits, app+user usage): {:.2} client commands \
+         (round trips), {:.2} commands inside the script; store latency p50 {:?} p99 {:?} max {:?}",
+        client_calls as f64 / n as f64,
+        inside as f64 / n as f64,
+        pct(0.5),
+        pct(0.99),
+        latencies[latencies.len() - 1]
+    );
+    println!("commandstats: {stats:?}");
+    assert_eq!(client_calls, n, "one EVALSHA per request");
+}
