@@ -11,7 +11,8 @@
 //! - [`api_key`] — API keys, by digest only;
 //! - [`attestation`] — Approov-style app tokens and the `pay` binding;
 //! - [`certificate`] — client certificate thumbprints and fingerprints;
-//! - [`scope`] — per-route scope and claim requirements.
+//! - [`scope`] — per-route scope and claim requirements;
+//! - [`mint`] — development keys and tokens (`tollgate token`, tests).
 
 pub mod api_key;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod certificate;
 pub mod jwk;
 pub mod jwt;
 pub mod keys;
+pub mod mint;
 pub mod scope;
 pub mod token_cache;
 pub mod user;
