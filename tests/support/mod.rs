@@ -12,6 +12,8 @@
 //! - [`tls`] makes a throw-away CA, server and client certificates;
 //! - [`stack`] wires the three servers together so a scenario is a few
 //!   lines: `Stack::start(POLICY).get("/x").host("h").send()`;
+//! - [`idp`] is a local OpenID Provider (discovery + JWKS) whose keys can
+//!   be rotated and which can be taken down;
 //! - [`redis`] starts `redis-server` (and a Redis Cluster) for store tests.
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
@@ -24,6 +26,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod idp;
 pub mod redis;
 pub mod stack;
 pub mod tls;
