@@ -109,18 +109,19 @@ impl Request {
     /// answers something that is not HTTP (for readiness probes).
     pub fn try_send(self) -> Result<Response, String> {
         let raw = self.encode();
+        let head = self.method == "HEAD";
         let tcp = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))
             .and_then(|()| tcp.set_write_timeout(Some(IO_TIMEOUT)))
             .map_err(|e| e.to_string())?;
         let bytes = match &self.tls {
-            None => exchange(tcp, &raw)?,
+            None => exchange(tcp, &raw, head)?,
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
                 let conn = rustls::ClientConnection::new(config.clone(), name)
                     .map_err(|e| e.to_string())?;
-                exchange(rustls::StreamOwned::new(conn, tcp), &raw)?
+                exchange(rustls::StreamOwned::new(conn, tcp), &raw, head)?
             }
         };
         Response::parse(&bytes)
@@ -145,8 +146,11 @@ impl Request {
     }
 }
 
-/// Writes `request` and reads until the server closes the connection.
-fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, String> {
+/// Writes `request` and reads until the response is complete (or the
+/// server closes the connection). Not waiting for the close matters:
+/// after an error response Envoy waits up to a second for the client to
+/// close first.
+fn exchange(mut stream: impl Read + Write, request: &[u8], head: bool) -> Result<Vec<u8>, String> {
     stream
         .write_all(request)
         .and_then(|()| stream.flush())
@@ -156,7 +160,12 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, St
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                bytes.extend_from_slice(&buf[..n]);
+                if is_complete(&bytes, head) {
+                    break;
+                }
+            }
             // A TLS peer that closes without close_notify: the response
             // is complete when it parses (checked by the caller).
             Err(e) if e.kind() == ErrorKind::UnexpectedEof && !bytes.is_empty() => break,
@@ -164,6 +173,49 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, St
         }
     }
     Ok(bytes)
+}
+
+/// True when `bytes` hold a whole response whose end is known without the
+/// connection closing (a length, a last chunk, or no body by definition).
+fn is_complete(bytes: &[u8], head: bool) -> bool {
+    let Ok((status, headers, body_start)) = parse_head(bytes) else {
+        return false;
+    };
+    let rest = &bytes[body_start..];
+    if head || status / 100 == 1 || status == 204 || status == 304 {
+        return true;
+    }
+    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return decode_chunked(rest).is_ok();
+    }
+    match find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => rest.len() >= len,
+        None => false,
+    }
+}
+
+/// Status, headers and where the body starts.
+type Head = (u16, Vec<(String, String)>, usize);
+
+fn parse_head(bytes: &[u8]) -> Result<Head, String> {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&bytes[..split]).map_err(|e| e.to_string())?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("empty response")?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers, split + 4))
 }
 
 /// A response as the client received it.
@@ -179,23 +231,8 @@ impl Response {
     /// Parses a complete HTTP/1.1 response (fixed length, chunked or
     /// read-to-EOF body).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let split = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("no end of headers")?;
-        let head = std::str::from_utf8(&bytes[..split]).map_err(|e| e.to_string())?;
-        let rest = &bytes[split + 4..];
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().ok_or("empty response")?;
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let (status, headers, body_start) = parse_head(bytes)?;
+        let rest = &bytes[body_start..];
         let find = |name: &str| {
             headers
                 .iter()
