@@ -601,3 +601,231 @@ async fn measure_commands_and_latency() {
     println!("commandstats: {stats:?}");
     assert_eq!(client_calls, n, "one EVALSHA per request");
 }
+
+// ------------------------------------------------------------ through decide
+
+mod through_decide {
+    //! The admission stage inside the real decision core: policies compiled
+    //! from YAML, requests decided by `pipeline::decide`.
+
+    use super::*;
+    use tollgate::clock::ManualClock;
+    use tollgate::decision::Decision;
+    use tollgate::pipeline::{Deps, Settings, decide};
+    use tollgate::policy::snapshot::Snapshot;
+    use tollgate::request::RequestContext;
+
+    const POLICIES: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: closed, namespace: q }
+spec:
+  hosts: [closed.example]
+  transport: { requireHttps: false }
+  defaultPlan: anon
+  plans:
+    - name: anon
+      limits:
+        - { name: per-ip, key: ip, rate: { requests: 10, period: 1s, burst: 5 } }
+        - { name: daily, key: ip, quota: { requests: 100, reset: day } }
+  routes:
+    - { name: search, match: { pathPrefix: /search }, cost: 3 }
+  response: { rateLimitHeaders: true }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: open, namespace: q }
+spec:
+  hosts: [open.example]
+  transport: { requireHttps: false }
+  defaultPlan: anon
+  plans:
+    - name: anon
+      limits:
+        - { name: daily, key: ip, quota: { requests: 1000, reset: day } }
+  onStoreError: allow
+"#;
+
+    fn snapshot() -> Snapshot {
+        let docs = tollgate::policy::document::parse_documents(
+            std::path::Path::new("quota.yaml"),
+            POLICIES,
+        )
+        .unwrap();
+        tollgate::policy::compile::compile(&docs, 1).unwrap()
+    }
+
+    fn deps(store: Arc<dyn Store>, now: u64) -> Deps {
+        Deps {
+            store,
+            clock: Arc::new(ManualClock::new(Duration::from_micros(now))),
+            settings: Settings::default(),
+        }
+    }
+
+    fn request(host: &str, path: &str, ip: &str) -> RequestContext {
+        RequestContext {
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: host.into(),
+            path: path.into(),
+            peer_ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    fn header<'a>(decision: &'a Decision, name: &str) -> Option<&'a str> {
+        let headers = match &decision.verdict {
+            tollgate::decision::Verdict::Allow(allow) => &allow.response_headers,
+            tollgate::decision::Verdict::Deny(deny) => &deny.headers,
+        };
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn reason(decision: &Decision) -> Option<&'static str> {
+        decision.denial().map(|d| d.reason.code())
+    }
+
+    /// Burst of 6 against `burst: 5`: the 6th is 429 with Retry-After, the
+    /// limit named, RateLimit headers on both; cost 3 routes consume 3.
+    #[tokio::test]
+    async fn quota_denial_contract() {
+        let snap = snapshot();
+        let t = at("2024-06-03T10:00:00Z");
+        let deps = deps(Arc::new(MemoryStore::new()), t);
+        let req = request("closed.example", "/items", "192.0.2.1");
+        for i in 0..5u64 {
+            let d = decide(&snap, &req, &deps).await;
+            assert!(d.is_allow(), "request {i}: {:?}", d.denial());
+            assert_eq!(d.identity.plan.as_deref(), Some("anon"));
+            let expected = format!("\"per-ip\";r={};t=1", 4 - i);
+            assert_eq!(header(&d, "ratelimit"), Some(expected.as_str()));
+        }
+        let d = decide(&snap, &req, &deps).await;
+        let deny = d.denial().expect("6th denied");
+        assert_eq!(deny.reason.code(), "quota_exceeded");
+        assert_eq!(deny.reason.http_status(), 429);
+        assert!(deny.detail.contains("\"per-ip\""), "{}", deny.detail);
+        assert_eq!(header(&d, "retry-after"), Some("1"));
+        assert_eq!(
+            header(&d, "ratelimit-policy"),
+            Some("\"per-ip\";q=10;w=1;tollgate-burst=5, \"daily\";q=100;w=86400")
+        );
+        assert_eq!(header(&d, "ratelimit"), Some("\"per-ip\";r=0;t=1"));
+        // Route cost: a fresh address, one cost-3 search leaves 2 of 5.
+        let search = request("closed.example", "/search", "192.0.2.3");
+        let d = decide(&snap, &search, &deps).await;
+        assert!(d.is_allow());
+        assert_eq!(header(&d, "ratelimit"), Some("\"per-ip\";r=2;t=1"));
+        let d = decide(&snap, &search, &deps).await;
+        assert_eq!(reason(&d), Some("quota_exceeded"));
+    }
+
+    /// Two tollgate replicas (two decision cores, two Redis clients) share
+    /// one Redis: 300 concurrent requests against a daily quota of 100 from
+    /// one address → exactly 100 allowed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_exactly_100() {
+        let redis = RedisServer::start();
+        let t = at("2024-06-04T10:00:00Z");
+        let replicas = [
+            Arc::new(deps(redis_store(&[redis.url()], false), t)),
+            Arc::new(deps(redis_store(&[redis.url()], false), t)),
+        ];
+        let exact = exact_policy();
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let deps = replicas[i % 2].clone();
+            let snap = exact.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = request("exact.example", "/items", "192.0.2.60");
+                decide(&snap, &req, &deps).await.is_allow()
+            }));
+        }
+        let mut allowed = 0;
+        for task in tasks {
+            allowed += usize::from(task.await.unwrap());
+        }
+        assert_eq!(allowed, 100);
+    }
+
+    fn exact_policy() -> Arc<Snapshot> {
+        let yaml = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: exact, namespace: q }
+spec:
+  hosts: [exact.example]
+  transport: { requireHttps: false }
+  defaultPlan: anon
+  plans: [{ name: anon, limits: [{ name: daily, key: ip, quota: { requests: 100, reset: day } }] }]
+"#;
+        let docs =
+            tollgate::policy::document::parse_documents(std::path::Path::new("exact.yaml"), yaml)
+                .unwrap();
+        Arc::new(tollgate::policy::compile::compile(&docs, 1).unwrap())
+    }
+
+    /// Redis killed mid-traffic: `store_unavailable` (503) within the store
+    /// timeout under `onStoreError: deny`, allowed under `allow`; Redis
+    /// restarted on the same port: allowed again within seconds, same
+    /// process, same store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_killed_then_restarted() {
+        let mut redis = RedisServer::start();
+        let timeout = Duration::from_millis(50);
+        let store: Arc<dyn Store> = Arc::new(
+            RedisStore::connect(
+                &[redis.url().parse().unwrap()],
+                false,
+                timeout,
+                Retention::default(),
+            )
+            .unwrap(),
+        );
+        let snap = snapshot();
+        let deps = deps(store, at("2024-06-05T10:00:00Z"));
+        let closed = request("closed.example", "/items", "192.0.2.70");
+        let open = request("open.example", "/items", "192.0.2.70");
+        for _ in 0..3 {
+            assert!(decide(&snap, &closed, &deps).await.is_allow());
+            assert!(decide(&snap, &open, &deps).await.is_allow());
+        }
+        redis.kill();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..5 {
+            let started = Instant::now();
+            let d = decide(&snap, &closed, &deps).await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(reason(&d), Some("store_unavailable"));
+            assert_eq!(d.denial().unwrap().reason.http_status(), 503);
+            let d = decide(&snap, &open, &deps).await;
+            assert!(d.is_allow(), "onStoreError: allow lets it pass");
+            assert!(
+                d.trace
+                    .iter()
+                    .any(|s| s.note.contains("onStoreError allow"))
+            );
+        }
+        println!("slowest decision with Redis down: {slowest:?} (store timeout {timeout:?})");
+        // A bound against hanging, not a speed assertion: far below
+        // Envoy's ext_authz timeout.
+        assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+        redis.restart();
+        let started = Instant::now();
+        loop {
+            if decide(&snap, &closed, &deps).await.is_allow() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "did not recover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("allowed again {:?} after the restart", started.elapsed());
+    }
+}

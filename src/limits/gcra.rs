@@ -59,7 +59,7 @@ impl Gcra {
             });
         }
         let interval_us = period_us.div_ceil(requests);
-        let capacity = burst.checked_mul(interval_us).unwrap_or(u64::MAX);
+        let capacity = burst.saturating_mul(interval_us);
         if burst == 0 || capacity > MAX_CAPACITY_US {
             return Err(GcraError {
                 field: "burst",
