@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `tollgate serve` | [`serve`]: the data plane (ext_authz gRPC + admin HTTP) |
 //! | `tollgate check` | [`check`]: decide one request offline and explain it |
+//! | `tollgate usage` | [`usage`]: usage counters from Redis, for billing and support |
 //!
 //! A new subcommand is a variant of [`Command`] with its `clap::Args`
 //! struct, one arm in [`Command::run`], and a module under `cli/`.
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod serve;
+pub mod usage;
 
 /// tollgate: Envoy external authorization that verifies the user,
 /// authenticates the app, refuses replays and enforces the app's plan in
@@ -34,6 +36,9 @@ pub enum Command {
     /// Decide one request against policy files offline and print every
     /// stage's verdict. Exit status: 0 allow, 1 deny, 2 error.
     Check(check::CheckArgs),
+    /// Print usage (allowed requests and cost per app per UTC day, and per
+    /// app-user) from Redis, as a table, JSON or CSV.
+    Usage(usage::UsageArgs),
 }
 
 impl Command {
@@ -42,6 +47,7 @@ impl Command {
         match self {
             Command::Serve(config) => serve::main(config),
             Command::Check(args) => check::main(args),
+            Command::Usage(args) => usage::main(args),
         }
     }
 }

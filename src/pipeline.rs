@@ -16,6 +16,7 @@
 //!
 //! Nothing here imports tonic, Envoy protos or kube types.
 
+mod admission;
 mod respond;
 mod route;
 mod select;
@@ -269,10 +270,21 @@ async fn enforce(
         result?;
     }
 
-    Ok(respond::allow(
+    let rate_headers = admission::check(
         policy,
-        request,
-        &run.identity,
-        user.as_ref(),
-    ))
+        admission::Inputs {
+            route,
+            user: user.as_ref(),
+            app: app.as_ref(),
+            origin,
+            nonces: &[],
+        },
+        deps,
+        run,
+    )
+    .await?;
+
+    let mut allow = respond::allow(policy, request, &run.identity, user.as_ref());
+    allow.response_headers.extend(rate_headers);
+    Ok(allow)
 }
