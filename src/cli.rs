@@ -5,6 +5,7 @@
 //! | `tollgate serve` | [`serve`]: the data plane (ext_authz gRPC + admin HTTP) |
 //! | `tollgate check` | [`check`]: decide one request offline and explain it |
 //! | `tollgate usage` | [`usage`]: usage counters from Redis, for billing and support |
+//! | `tollgate token` | [`token`]: development keys and tokens (user, app attestation) |
 //!
 //! A new subcommand is a variant of [`Command`] with its `clap::Args`
 //! struct, one arm in [`Command::run`], and a module under `cli/`.
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod serve;
+pub mod token;
 pub mod usage;
 
 /// tollgate: Envoy external authorization that verifies the user,
@@ -39,6 +41,9 @@ pub enum Command {
     /// Print usage (allowed requests and cost per app per UTC day, and per
     /// app-user) from Redis, as a table, JSON or CSV.
     Usage(usage::UsageArgs),
+    /// Mint development keys and tokens: a key pair and JWKS, a user
+    /// access token, an app attestation token with the `pay` binding.
+    Token(token::TokenArgs),
 }
 
 impl Command {
@@ -48,6 +53,7 @@ impl Command {
             Command::Serve(config) => serve::main(config),
             Command::Check(args) => check::main(args),
             Command::Usage(args) => usage::main(args),
+            Command::Token(args) => token::main(args),
         }
     }
 }
