@@ -436,3 +436,45 @@ fn shipped_envoy_examples_pass_envoys_validation() {
         );
     }
 }
+
+#[test]
+fn shipped_sidecar_example_works_behind_a_gateway() {
+    // The sidecar trusts the gateway's X-Forwarded-For/-Proto, and tollgate
+    // runs with the forwarded origin, one trusted hop (docs/envoy.md).
+    const SIDECAR_POLICY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: bikes, namespace: mobility }
+spec:
+  transport: { denyCidrs: [203.0.113.0/24] }
+  response: { upstreamHeaders: { x-policy: "{policy}" } }
+"#;
+    let upstream = support::Upstream::start();
+    let tollgate = support::Tollgate::start_with(
+        SIDECAR_POLICY,
+        &["--trusted-origin", "forwarded", "--trusted-hops", "1"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = envoy::adapt_example(
+        "deploy/envoy/sidecar.yaml",
+        dir.path(),
+        tollgate.grpc_addr(),
+        upstream.addr(),
+        None,
+        &["http"],
+    );
+    let envoy = support::Envoy::start_bootstrap(dir, &bootstrap, None);
+    // What the gateway sends after terminating the client's TLS.
+    let from_gateway = |client: &str, proto: &str| {
+        support::Request::new(envoy.http_addr(), "GET", "/v1/bikes")
+            .host("api.bikes.example")
+            .header("x-forwarded-for", client)
+            .header("x-forwarded-proto", proto)
+            .send()
+    };
+    let allowed = from_gateway("198.51.100.7", "https");
+    assert_eq!(allowed.upstream().header_once("x-policy"), "mobility/bikes");
+    assert_denied(&from_gateway("203.0.113.5", "https"), 403, "ip_denied");
+    assert_denied(&from_gateway("198.51.100.7", "http"), 403, "https_required");
+    assert_eq!(upstream.count(), 1);
+}
