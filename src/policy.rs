@@ -1,9 +1,10 @@
 //! The policy model: the CRD types ([`types`]), the policy file documents
 //! ([`document`]), the compile step ([`compile`]) into the immutable
 //! [`snapshot`] the request path reads, and the sources that keep it
-//! current ([`source`]).
+//! current ([`source`]); [`crd`] prints the CustomResourceDefinitions.
 
 pub mod compile;
+pub mod crd;
 pub mod document;
 pub mod duration;
 pub mod hosts;

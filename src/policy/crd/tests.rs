@@ -1,0 +1,191 @@
+use serde_json::json;
+
+use super::*;
+
+/// The OpenAPI formats the Kubernetes API server knows (a subset is
+/// enough: the ones a generated schema may carry).
+const FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "date",
+    "date-time",
+    "duration",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "uuid",
+    "password",
+];
+
+/// Checks the structural-schema rules the API server enforces (and the
+/// ones that would silently prune fields), collecting every violation.
+fn check_structural(node: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else {
+        errors.push(format!("{path}: not a schema object"));
+        return;
+    };
+    for forbidden in ["$ref", "$schema", "definitions", "$defs", "uniqueItems"] {
+        if obj.contains_key(forbidden) {
+            errors.push(format!("{path}: {forbidden} is not allowed"));
+        }
+    }
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    match obj.get("type") {
+        Some(Value::String(t))
+            if ["object", "array", "string", "integer", "number", "boolean"]
+                .contains(&t.as_str()) => {}
+        None if preserve || int_or_string => {}
+        other => errors.push(format!(
+            "{path}: type must be one type name, found {other:?}"
+        )),
+    }
+    match obj.get("additionalProperties") {
+        None => {}
+        Some(Value::Object(_)) if !obj.contains_key("properties") => {}
+        Some(other) => errors.push(format!(
+            "{path}: additionalProperties {other} (with properties: {})",
+            obj.contains_key("properties")
+        )),
+    }
+    if obj.get("type") == Some(&json!("array")) && !obj.contains_key("items") {
+        errors.push(format!("{path}: an array needs items"));
+    }
+    if let Some(format) = obj.get("format").and_then(Value::as_str)
+        && !FORMATS.contains(&format)
+    {
+        errors.push(format!("{path}: unknown format {format}"));
+    }
+    for junctor in ["anyOf", "oneOf", "allOf", "not"] {
+        if obj.contains_key(junctor) {
+            // Allowed only as value validation without types; the
+            // generated schemas need none, so any is suspicious.
+            errors.push(format!("{path}: {junctor} present"));
+        }
+    }
+    if let Some(Value::Object(props)) = obj.get("properties") {
+        for (name, child) in props {
+            check_structural(child, &format!("{path}.{name}"), errors);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        check_structural(items, &format!("{path}[]"), errors);
+    }
+    if let Some(additional @ Value::Object(_)) = obj.get("additionalProperties") {
+        check_structural(additional, &format!("{path}{{}}"), errors);
+    }
+}
+
+fn parsed() -> Vec<Value> {
+    let yaml = crds_yaml();
+    serde_saphyr::from_multiple::<Value>(&yaml).unwrap()
+}
+
+#[test]
+fn both_crds_round_trip_with_names_group_and_version() {
+    let crds = parsed();
+    assert_eq!(crds.len(), 2);
+    let expected = [
+        ("apipolicies.tollgate.dev", "ApiPolicy", "apipolicies"),
+        (
+            "appregistrations.tollgate.dev",
+            "AppRegistration",
+            "appregistrations",
+        ),
+    ];
+    for (crd, (name, kind, plural)) in crds.iter().zip(expected) {
+        assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
+        assert_eq!(crd["kind"], "CustomResourceDefinition");
+        assert_eq!(crd["metadata"]["name"], name);
+        assert_eq!(crd["spec"]["group"], "tollgate.dev");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["kind"], kind);
+        assert_eq!(crd["spec"]["names"]["plural"], plural);
+        let versions = crd["spec"]["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0]["name"], "v1alpha1");
+        assert_eq!(versions[0]["served"], true);
+        assert_eq!(versions[0]["storage"], true);
+        assert!(versions[0]["subresources"]["status"].is_object());
+    }
+    // The YAML equals the JSON values it was made from.
+    assert_eq!(crds, super::crds());
+}
+
+#[test]
+fn schemas_are_structural() {
+    let yaml = crds_yaml();
+    assert!(!yaml.contains("additionalProperties: false"), "{yaml}");
+    for crd in parsed() {
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut errors = Vec::new();
+        check_structural(schema, "openAPIV3Schema", &mut errors);
+        assert!(
+            errors.is_empty(),
+            "{}: {errors:#?}",
+            crd["metadata"]["name"]
+        );
+        assert!(schema["properties"]["spec"]["properties"].is_object());
+    }
+}
+
+#[test]
+fn free_form_and_optional_fields_keep_their_data() {
+    let crd = &parsed()[0];
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let inline = &spec["properties"]["user"]["properties"]["issuers"]["items"]["properties"]["jwks"]
+        ["properties"]["inline"];
+    assert_eq!(
+        inline["x-kubernetes-preserve-unknown-fields"], true,
+        "{inline}"
+    );
+    assert_eq!(inline["nullable"], true);
+    let cost = &spec["properties"]["routes"]["items"]["properties"]["cost"];
+    assert_eq!(cost["format"], "int64");
+    assert_eq!(cost["minimum"].as_f64(), Some(0.0));
+    assert_eq!(cost["nullable"], true);
+}
+
+#[test]
+fn rewrites_non_structural_constructs() {
+    let mut schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "a": { "type": ["integer", "null"], "format": "uint32" },
+            "b": { "anyOf": [ { "type": "string", "enum": ["x"] }, { "type": "null" } ] },
+            "c": { "type": "object", "additionalProperties": true },
+            "d": { "type": "array", "items": { "type": "string" }, "uniqueItems": true }
+        }
+    });
+    make_structural(&mut schema);
+    assert_eq!(
+        schema,
+        json!({
+            "type": "object",
+            "properties": {
+                "a": { "type": "integer", "nullable": true, "format": "int32", "minimum": 0 },
+                "b": { "type": "string", "enum": ["x"], "nullable": true },
+                "c": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                "d": { "type": "array", "items": { "type": "string" } }
+            }
+        })
+    );
+    let mut errors = Vec::new();
+    check_structural(&schema, "s", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    // And the checker does catch what the rewrite removes.
+    check_structural(
+        &json!({ "type": "object", "additionalProperties": false, "properties": { "x": {} } }),
+        "s",
+        &mut errors,
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
