@@ -38,7 +38,7 @@ fn stack(redis: &RedisServer) -> Stack {
         .start()
 }
 
-fn assert_quota_exceeded(response: &support::Response) {
+fn assert_quota_exceeded(response: &support::Response, limit: &str) {
     assert_eq!(
         (response.status, response.reason()),
         (429, Some("quota_exceeded")),
@@ -55,7 +55,10 @@ fn assert_quota_exceeded(response: &support::Response) {
     assert!((1..=3600).contains(&retry), "Retry-After {retry}");
     let problem = response.json();
     assert!(
-        problem["detail"].as_str().unwrap().contains("\"hourly\""),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("\"{limit}\"")),
         "the limit is named: {problem}"
     );
 }
@@ -81,7 +84,7 @@ fn sixth_request_of_a_burst_of_six_is_429() {
         );
     }
     let response = stack.get("/items").host("metered.example").send();
-    assert_quota_exceeded(&response);
+    assert_quota_exceeded(&response, "hourly");
     assert_eq!(
         response
             .header("ratelimit")
@@ -111,7 +114,7 @@ fn route_cost_and_denials_consume_nothing() {
             .starts_with("\"hourly\";r=2;")
     );
     for _ in 0..3 {
-        assert_quota_exceeded(&search());
+        assert_quota_exceeded(&search(), "hourly");
     }
     for left in [1, 0] {
         let response = stack.get("/items").host("metered.example").send();
@@ -119,11 +122,121 @@ fn route_cost_and_denials_consume_nothing() {
         let expected = format!("\"hourly\";r={left};");
         assert!(response.header("ratelimit").unwrap().starts_with(&expected));
     }
-    assert_quota_exceeded(&stack.get("/items").host("metered.example").send());
+    assert_quota_exceeded(
+        &stack.get("/items").host("metered.example").send(),
+        "hourly",
+    );
     assert_eq!(stack.upstream.count(), 3);
     // One EVALSHA per allowed or denied request (plus the one answered
     // NOSCRIPT before the script was first loaded), nothing more.
     let stats = redis.command_stats();
     let loads = stats.get("script|load").copied().unwrap_or(0);
     assert_eq!(stats.get("evalsha").copied(), Some(7 + loads), "{stats:?}");
+}
+
+const APPS: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: apps, namespace: e2e }
+spec:
+  hosts: [apps.example]
+  transport: { requireHttps: false }
+  app:
+    required: true
+    identify: { apiKey: { header: x-api-key } }
+  defaultPlan: free
+  plans:
+    - name: free
+      limits: [{ name: burst, key: app, rate: { requests: 1, period: 1h, burst: 2 } }]
+    - name: gold
+      limits: [{ name: burst, key: app, rate: { requests: 1, period: 1h, burst: 4 } }]
+  response:
+    upstreamHeaders: { x-plan: "{plan}" }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: keys, namespace: e2e }
+stringData: { gold: "gold-7f3a9c2e5b8d1f4a6c0e9b2d5f8a1c3e", free: "free-4e8b1d7a3f9c2e6b0d5a8f1c4e7b2d9a" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: { name: gold, namespace: e2e }
+spec:
+  appId: gold-app
+  plan: gold
+  apiKey: { secretRef: { name: keys, key: gold } }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: { name: free, namespace: e2e }
+spec:
+  appId: free-app
+  apiKey: { secretRef: { name: keys, key: free } }
+"#;
+
+/// Limits keyed by app: each app has its own bucket sized by its plan
+/// (`plan` of the registration, else `defaultPlan`), and `tollgate usage`
+/// reads what each app consumed from the same Redis.
+#[test]
+fn per_app_plans_and_usage_cli() {
+    let redis = RedisServer::start();
+    let stack = Stack::builder(APPS)
+        .tollgate_args(&["--redis", &redis.url(), "--store-timeout", "200ms"])
+        .start();
+    let send = |key: &str| {
+        stack
+            .get("/items")
+            .host("apps.example")
+            .header("x-api-key", key)
+            .send()
+    };
+    let mut passed = std::collections::BTreeMap::new();
+    for (app, key) in [
+        ("gold-app", "gold-7f3a9c2e5b8d1f4a6c0e9b2d5f8a1c3e"),
+        ("free-app", "free-4e8b1d7a3f9c2e6b0d5a8f1c4e7b2d9a"),
+    ] {
+        let mut n = 0;
+        for _ in 0..6 {
+            let response = send(key);
+            match response.status {
+                200 => {
+                    n += 1;
+                    let plan = if app == "gold-app" { "gold" } else { "free" };
+                    assert_eq!(response.upstream().header_once("x-plan"), plan);
+                }
+                429 => assert_quota_exceeded(&response, "burst"),
+                other => panic!("{app}: unexpected {other}: {}", response.text()),
+            }
+        }
+        passed.insert(app, n);
+    }
+    assert_eq!(passed["gold-app"], 4);
+    assert_eq!(passed["free-app"], 2);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["usage", "--redis", &redis.url(), "--format", "json"])
+        .output()
+        .expect("run tollgate usage");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary: Vec<(String, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["app"].as_str().unwrap().to_owned(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("free-app".to_owned(), 2), ("gold-app".to_owned(), 4)],
+        "denied requests are not metered"
+    );
 }
