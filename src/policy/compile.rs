@@ -163,11 +163,7 @@ pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, Compil
     let app_index = match AppIndex::compile(&apps, &secrets) {
         Ok(index) => Some(index),
         Err(message) => {
-            errors.push(CompileError {
-                document: "AppRegistrations".to_owned(),
-                policy: None,
-                error: FieldError::new("spec", message),
-            });
+            errors.push(app_index_error(docs, &message));
             None
         }
     };
@@ -243,6 +239,28 @@ pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, Compil
         version,
         warnings,
     })
+}
+
+/// Attributes an [`AppIndex::compile`] message (`AppRegistration ns/name:
+/// spec.apiKey: …`) to its document, so it reads like every other error.
+fn app_index_error(docs: &[LoadedDocument], message: &str) -> CompileError {
+    let found = message
+        .strip_prefix("AppRegistration ")
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(id, rest)| {
+            let doc = docs.iter().find(|d| {
+                matches!(d.document, Document::AppRegistration(_))
+                    && format!("{}/{}", d.document.namespace(), d.document.name()) == id
+            })?;
+            Some((doc.describe(), split_field("", rest)))
+        });
+    let (document, error) =
+        found.unwrap_or_else(|| ("AppRegistrations".to_owned(), split_field("", message)));
+    CompileError {
+        document,
+        policy: None,
+        error,
+    }
 }
 
 /// Registrations that point at policies or plans that do not exist: not
@@ -445,8 +463,9 @@ pub fn compile_policy(
     })
 }
 
-/// Turns `plans[0].limits[1].rate: …` into a field error under `prefix`;
-/// a message without a leading path is attached to `prefix` itself.
+/// Turns `plans[0].limits[1].rate: …` into a field error under `prefix`
+/// (no prefix: the path as is); a message without a leading path is
+/// attached to `prefix` itself (or to `spec`).
 fn split_field(prefix: &str, message: &str) -> FieldError {
     match message.split_once(": ") {
         Some((path, rest))
@@ -455,8 +474,14 @@ fn split_field(prefix: &str, message: &str) -> FieldError {
                     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'[' | b']' | b'_' | b'-')
                 }) =>
         {
-            FieldError::new(format!("{prefix}.{path}"), rest)
+            let field = if prefix.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            };
+            FieldError::new(field, rest)
         }
+        _ if prefix.is_empty() => FieldError::new("spec", message),
         _ => FieldError::new(prefix, message),
     }
 }

@@ -334,3 +334,45 @@ fn app_registrations_pointing_nowhere_are_warnings() {
             .any(|w| w.contains("spec.policies[1]: no ApiPolicy mobility/trains"))
     );
 }
+
+#[test]
+fn app_index_errors_name_the_registration_document() {
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: { name: k, namespace: mobility }\nstringData: { apiKey: short }\n---\napiVersion: tollgate.dev/v1alpha1\nkind: AppRegistration\nmetadata: { name: ios, namespace: mobility }\nspec: { appId: ios, apiKey: { secretRef: { name: k, key: apiKey } } }\n";
+    let all = errors(text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].starts_with("p.yaml: document 2 (AppRegistration mobility/ios): spec.apiKey: "),
+        "{}",
+        all[0]
+    );
+    assert!(
+        !all[0].contains("short"),
+        "the key must not be shown: {}",
+        all[0]
+    );
+}
+
+/// The shipped examples: bikes.yaml runs as is (no credentials, no
+/// limits); bikes-full.yaml is the complete design.
+#[test]
+fn shipped_examples_compile() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let docs = crate::policy::document::load_files(&[dir.join("bikes.yaml")]).unwrap();
+    let snapshot = compile(&docs, 1).unwrap();
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+    let p = snapshot.policy("mobility/bikes").unwrap();
+    assert!(p.user.is_none() && p.app.is_none());
+    assert!(p.routes.iter().any(|r| r.name == "health" && r.public));
+    assert_eq!(
+        snapshot.hosts.lookup("api.bikes.example"),
+        Some(&PolicyId::new("mobility", "bikes"))
+    );
+
+    let docs = crate::policy::document::load_files(&[dir.join("bikes-full.yaml")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let snapshot = compile(&docs, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+    let p = snapshot.policy("mobility/bikes").unwrap();
+    assert!(p.user.is_some() && p.app.is_some());
+    assert_eq!(snapshot.apps.len(), 1);
+}
