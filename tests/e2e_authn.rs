@@ -428,14 +428,16 @@ fn app_attestation_and_registration_failures() {
     };
     let app_challenge = r#"App realm="tollgate", header="approov-token""#;
     let key_challenge = r#"App realm="tollgate", header="x-api-key""#;
-    let cases: Vec<(
-        Option<&str>,
+    // (API key, app token, Authorization, status, reason, challenge)
+    type Case<'a> = (
+        Option<&'a str>,
         Option<String>,
-        Option<&str>,
+        Option<&'a str>,
         u16,
-        &str,
-        Option<&str>,
-    )> = vec![
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             None,
             None,
