@@ -273,3 +273,37 @@ impl Store for MemoryStore {
         self.retention
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Group, NonceOp};
+
+    fn with_nonce(now_us: u64) -> Admission {
+        Admission {
+            now_us,
+            groups: vec![Group {
+                tag: "{a:x}".into(),
+                nonces: vec![NonceOp {
+                    key: "tg:{a:x}:n:dpop:abc".into(),
+                    ttl_ms: 1_000,
+                }],
+                ..Group::default()
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn nonces_expire_with_their_ttl_on_the_injected_clock() {
+        let store = MemoryStore::new();
+        let t = 1_000_000_000;
+        assert_eq!(
+            store.admit(&with_nonce(t)).await.unwrap().verdict,
+            Verdict::Admitted
+        );
+        let again = store.admit(&with_nonce(t + 999_999)).await.unwrap();
+        assert_eq!(again.verdict, Verdict::Replay { group: 0, index: 0 });
+        let later = store.admit(&with_nonce(t + 1_000_000)).await.unwrap();
+        assert_eq!(later.verdict, Verdict::Admitted);
+    }
+}
