@@ -34,10 +34,24 @@ use crate::authn::user::UserPolicy;
 use crate::limits::Plans;
 
 /// Secret values loaded from `v1 Secret` documents (or the cluster):
-/// (namespace, name) → key → bytes.
-#[derive(Debug, Default)]
+/// (namespace, name) → key → bytes. `Debug` shows the keys, never the
+/// values.
+#[derive(Default)]
 pub struct Secrets {
     pub map: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.map.iter().map(|((namespace, name), values)| {
+                (
+                    format!("{namespace}/{name}"),
+                    values.keys().collect::<Vec<_>>(),
+                )
+            }))
+            .finish()
+    }
 }
 
 impl Secrets {
@@ -230,7 +244,10 @@ pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, Compil
         }
         policies.insert(policy.id.clone(), Arc::new(policy));
     }
-    warnings.extend(app_warnings(docs, &policies));
+    for warning in app_warnings(docs, &policies) {
+        tracing::warn!(%warning, "policy warning");
+        warnings.push(warning);
+    }
 
     Ok(Snapshot {
         policies,

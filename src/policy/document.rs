@@ -39,12 +39,31 @@ pub const API_VERSION: &str = "tollgate.dev/v1alpha1";
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One document of a policy file (or, later, an object from the cluster).
-#[derive(Clone, Debug)]
+/// Its `Debug` output never shows a Secret's values.
+#[derive(Clone)]
 pub enum Document {
     ApiPolicy(Box<ApiPolicy>),
     AppRegistration(Box<AppRegistration>),
     /// A `v1 Secret`; `stringData` is already merged into `data`.
     Secret(Box<Secret>),
+}
+
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Document::ApiPolicy(p) => f.debug_tuple("ApiPolicy").field(p).finish(),
+            Document::AppRegistration(a) => f.debug_tuple("AppRegistration").field(a).finish(),
+            Document::Secret(s) => f
+                .debug_struct("Secret")
+                .field("namespace", &self.namespace())
+                .field("name", &self.name())
+                .field(
+                    "keys",
+                    &s.data.iter().flatten().map(|(k, _)| k).collect::<Vec<_>>(),
+                )
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Document {

@@ -47,11 +47,10 @@ pub enum PolicyError {
 
 /// Start-up: reads and compiles `paths` into snapshot version 1. Any error
 /// is returned (the binary exits non-zero with it); warnings (host
-/// conflicts…) are logged.
+/// conflicts…) are logged by the compile step.
 pub fn load_initial(paths: &[PathBuf]) -> Result<Snapshot, PolicyError> {
     let docs = document::load_files(paths)?;
     let snapshot = compile::compile(&docs, 1)?;
-    log_warnings(&snapshot);
     metrics::gauge!("tollgate_policy_snapshot_version").set(snapshot.version as f64);
     Ok(snapshot)
 }
@@ -135,7 +134,6 @@ async fn watch(
         };
         let outcome = match result {
             Ok(snapshot) => {
-                log_warnings(&snapshot);
                 let policies = snapshot.policies.len();
                 shared.store(Arc::new(snapshot));
                 metrics::gauge!("tollgate_policy_snapshot_version").set(version as f64);
@@ -198,12 +196,6 @@ fn digest_of_error(error: &DocumentError) -> [u8; 32] {
 fn build(files: &[(PathBuf, String)], version: u64) -> Result<Snapshot, PolicyError> {
     let docs = document::parse_files(files)?;
     Ok(compile::compile(&docs, version)?)
-}
-
-fn log_warnings(snapshot: &Snapshot) {
-    for warning in &snapshot.warnings {
-        tracing::warn!(%warning, "policy warning");
-    }
 }
 
 #[cfg(test)]

@@ -376,3 +376,15 @@ fn shipped_examples_compile() {
     assert!(p.user.is_some() && p.app.is_some());
     assert_eq!(snapshot.apps.len(), 1);
 }
+
+#[test]
+fn debug_output_never_shows_secret_values() {
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: { name: s, namespace: n }\nstringData: { k: hunter2-very-secret }\n";
+    let docs = docs(text);
+    let secrets = Secrets::from_documents(&docs);
+    for shown in [format!("{docs:?}"), format!("{secrets:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("104, 117"), "bytes of the value: {shown}");
+        assert!(shown.contains('k'), "{shown}");
+    }
+}
