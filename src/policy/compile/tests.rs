@@ -388,3 +388,25 @@ fn debug_output_never_shows_secret_values() {
         assert!(shown.contains('k'), "{shown}");
     }
 }
+
+const FULL_EXAMPLE: &str = include_str!("../../../deploy/examples/bikes-full.yaml");
+
+proptest::proptest! {
+    /// Edits of the full example (a character inserted, a span deleted)
+    /// never panic the reader or the compile step, whatever they break.
+    #[test]
+    fn edited_policies_never_panic(
+        at in 0usize..FULL_EXAMPLE.len(),
+        delete in 0usize..40,
+        insert in "[ -~\n]{0,8}",
+    ) {
+        let mut text = FULL_EXAMPLE.to_owned();
+        let end = (at + delete).min(text.len());
+        if text.is_char_boundary(at) && text.is_char_boundary(end) {
+            text.replace_range(at..end, &insert);
+        }
+        if let Ok(docs) = parse_documents(Path::new("p.yaml"), &text) {
+            let _ = compile(&docs, 1);
+        }
+    }
+}
