@@ -86,7 +86,7 @@ impl Attestation {
             algorithms.push(jwk::parse_algorithm(name).map_err(|e| format!("algorithms: {e}"))?);
         }
         let source = keys::compile_source(&spec.keys, ctx, spec.issuer.as_deref())
-            .map_err(|e| format!("keys: {e}"))?;
+            .map_err(|e| keys::nest("keys", &e))?;
         if let Some(alg) = algorithms.iter().find(|a| is_symmetric(**a))
             && !source.from_secret
         {

@@ -210,6 +210,22 @@ pub fn compile_source(
     })
 }
 
+/// Prefixes an error of a nested section with `field`: `uri: bad` under
+/// `jwks` becomes `jwks.uri: bad`, a message without a field `jwks: …`.
+pub fn nest(field: &str, error: &str) -> String {
+    match error.split_once(": ") {
+        Some((inner, rest))
+            if !inner.is_empty()
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']')) =>
+        {
+            format!("{field}.{inner}: {rest}")
+        }
+        _ => format!("{field}: {error}"),
+    }
+}
+
 /// Where a remote JWKS is found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteSource {
@@ -594,6 +610,19 @@ mod tests {
         assert!(check_url("http://10.0.0.1/jwks").is_err());
         assert!(check_url("file:///etc/passwd").is_err());
         assert!(check_url("not a url").is_err());
+    }
+
+    #[test]
+    fn nested_field_paths() {
+        assert_eq!(nest("jwks", "uri: plain HTTP"), "jwks.uri: plain HTTP");
+        assert_eq!(
+            nest("jwks", "exactly one of a, b"),
+            "jwks: exactly one of a, b"
+        );
+        assert_eq!(
+            nest("jwks", "Secret m/x not found"),
+            "jwks: Secret m/x not found"
+        );
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl UserPolicy {
                 algorithms.push(jwk::parse_algorithm(name).map_err(|e| at("algorithms", e))?);
             }
             let source = keys::compile_source(&issuer_spec.jwks, ctx, Some(&issuer_spec.issuer))
-                .map_err(|e| at("jwks", e))?;
+                .map_err(|e| format!("issuers[{i}].{}", keys::nest("jwks", &e)))?;
             if let Some(alg) = algorithms.iter().find(|a| is_symmetric(**a))
                 && !source.from_secret
             {
