@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `tollgate serve` | [`serve`]: the data plane (ext_authz gRPC + admin HTTP) |
 //! | `tollgate check` | [`check`]: decide one request offline and explain it |
+//! | `tollgate crds` | [`crds`]: the CustomResourceDefinitions, generated from the types |
 //! | `tollgate usage` | [`usage`]: usage counters from Redis, for billing and support |
 //! | `tollgate token` | [`token`]: development keys and tokens (user, app attestation) |
 //!
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod check;
+pub mod crds;
 pub mod serve;
 pub mod token;
 pub mod usage;
@@ -38,6 +40,9 @@ pub enum Command {
     /// Decide one request against policy files offline and print every
     /// stage's verdict. Exit status: 0 allow, 1 deny, 2 error.
     Check(check::CheckArgs),
+    /// Print the CustomResourceDefinitions (ApiPolicy, AppRegistration)
+    /// generated from the Rust types, for `kubectl apply -f -`.
+    Crds(crds::CrdsArgs),
     /// Print usage (allowed requests and cost per app per UTC day, and per
     /// app-user) from Redis, as a table, JSON or CSV.
     Usage(usage::UsageArgs),
@@ -52,6 +57,7 @@ impl Command {
         match self {
             Command::Serve(config) => serve::main(config),
             Command::Check(args) => check::main(args),
+            Command::Crds(args) => crds::main(args),
             Command::Usage(args) => usage::main(args),
             Command::Token(args) => token::main(args),
         }

@@ -218,3 +218,26 @@ fn errors_exit_2_naming_the_problem() {
     let no_url = check(&f.policy, &[]);
     assert_eq!(no_url.status.code(), Some(2), "clap usage errors are 2 too");
 }
+
+#[test]
+fn crds_prints_both_custom_resource_definitions() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("crds")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let yaml = stdout(&output);
+    assert!(yaml.contains("name: apipolicies.tollgate.dev"), "{yaml}");
+    assert!(yaml.contains("name: appregistrations.tollgate.dev"), "{yaml}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crds.yaml");
+    let written = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["crds", "--output"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(written.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), yaml);
+}
