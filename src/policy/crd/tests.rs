@@ -189,3 +189,14 @@ fn rewrites_non_structural_constructs() {
     );
     assert_eq!(errors.len(), 2, "{errors:?}");
 }
+
+#[test]
+fn resources_are_described_for_kubectl_explain() {
+    for crd in parsed() {
+        let description = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(description.contains("docs/policy.md"), "{description}");
+    }
+}
