@@ -10,6 +10,7 @@
 //! - [`app`] — app identification and the registered-app index;
 //! - [`api_key`] — API keys, by digest only;
 //! - [`attestation`] — Approov-style app tokens and the `pay` binding;
+//! - [`dpop`] — DPoP proofs of possession for user tokens (RFC 9449);
 //! - [`certificate`] — client certificate thumbprints and fingerprints;
 //! - [`scope`] — per-route scope and claim requirements;
 //! - [`mint`] — development keys and tokens (`tollgate token`, tests).
@@ -18,6 +19,7 @@ pub mod api_key;
 pub mod app;
 pub mod attestation;
 pub mod certificate;
+pub mod dpop;
 pub mod jwk;
 pub mod jwt;
 pub mod keys;
