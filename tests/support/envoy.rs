@@ -357,15 +357,14 @@ impl Envoy {
             https: None,
             pki: None,
         };
-        envoy.admin = wait_for("Envoy's admin address", START_LIMIT, || {
+        // The address file is re-read on every try: a read racing Envoy's
+        // write could see a truncated port.
+        envoy.admin = wait_for("Envoy to be ready", START_LIMIT, || {
             envoy.assert_running();
             let text = std::fs::read_to_string(&admin_path).ok()?;
-            text.trim().parse().ok()
-        });
-        wait_for("Envoy to be ready", START_LIMIT, || {
-            envoy.assert_running();
-            let ready = Request::new(envoy.admin, "GET", "/ready").try_send().ok()?;
-            (ready.status == 200).then_some(())
+            let admin: SocketAddr = text.trim().parse().ok()?;
+            let ready = Request::new(admin, "GET", "/ready").try_send().ok()?;
+            (ready.status == 200 && ready.text().trim() == "LIVE").then_some(admin)
         });
         let listeners = envoy.admin_get("/listeners?format=json").json();
         let port_of = |name: &str| -> Option<SocketAddr> {
