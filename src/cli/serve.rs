@@ -51,8 +51,20 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::debug!(?config, "configuration");
     // Installed first, so start-up metrics (the policy version) land in it.
     let metrics = telemetry::prometheus();
-    let snapshot =
-        source::load_initial(&config.policy_files).context("the policy files cannot be served")?;
+    let snapshot = match source::load_initial(&config.policy_files) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            // One line per problem, each naming file, document and field.
+            let problems = error.to_string();
+            for problem in problems.lines() {
+                tracing::error!(problem, "policy error");
+            }
+            anyhow::bail!(
+                "the policy files cannot be served ({} problem(s) logged above)",
+                problems.lines().count()
+            );
+        }
+    };
     tracing::info!(
         files = ?config.policy_files,
         policies = snapshot.policies.len(),

@@ -240,4 +240,65 @@ mod tests {
         assert_eq!(response.status.as_ref().unwrap().code, 0);
         assert_eq!(metadata(&response, "dry_run").as_deref(), Some("ip_denied"));
     }
+
+    /// `docs/decision-contract.md` holds the reason table; every row must
+    /// match `src/reason.rs` exactly, and every reason must have a row.
+    #[test]
+    fn every_reason_is_documented() {
+        use crate::reason::{Challenge, GrpcCode};
+        let doc = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/decision-contract.md"
+        ));
+        let mut missing = Vec::new();
+        for reason in Reason::ALL {
+            let grpc = match reason.grpc_code() {
+                GrpcCode::Ok => "OK (0)",
+                GrpcCode::InvalidArgument => "INVALID_ARGUMENT (3)",
+                GrpcCode::PermissionDenied => "PERMISSION_DENIED (7)",
+                GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED (8)",
+                GrpcCode::Unavailable => "UNAVAILABLE (14)",
+                GrpcCode::Unauthenticated => "UNAUTHENTICATED (16)",
+            };
+            let challenge = match reason.challenge() {
+                None => "—",
+                Some(Challenge::Bearer) => "`Bearer`",
+                Some(Challenge::Dpop) => "`DPoP`",
+                Some(Challenge::App) => "`App`",
+                Some(Challenge::Signature) => "`Signature`",
+            };
+            let row = format!(
+                "| `{}` | {} | {} | {} | {} |",
+                reason.code(),
+                reason.http_status(),
+                grpc,
+                challenge,
+                reason.title()
+            );
+            if !doc.lines().any(|line| line == row) {
+                missing.push(row);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/decision-contract.md lacks these rows (or they differ):\n{}",
+            missing.join("\n")
+        );
+        let documented = doc
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.contains("(") && l.ends_with(" |"))
+            .filter(|l| {
+                l.contains("INVALID_ARGUMENT")
+                    || l.contains("UNAUTHENTICATED")
+                    || l.contains("PERMISSION_DENIED")
+                    || l.contains("RESOURCE_EXHAUSTED")
+                    || l.contains("UNAVAILABLE")
+            })
+            .count();
+        assert_eq!(
+            documented,
+            Reason::ALL.len(),
+            "the doc lists reasons the code does not have"
+        );
+    }
 }
