@@ -115,9 +115,11 @@ fn read_http(http: &HttpRequest, request: &mut RequestContext) {
         request.authority = host.to_owned();
     }
     request.set_target(&http.path);
+    // The id goes into log lines: only a short, printable one is taken.
     request.id = request
         .headers
         .get("x-request-id")
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| http.id.clone());
     read_body(http, request);
@@ -357,6 +359,10 @@ mod tests {
     fn request_id_falls_back_to_the_stream_id() {
         let request = to_context(&check(http(&[])));
         assert_eq!(request.id, "7");
+        let forged = to_context(&check(http(&[("x-request-id", "a\x1b[31mb")])));
+        assert_eq!(forged.id, "7", "control characters never reach a log line");
+        let long = "a".repeat(129);
+        assert_eq!(to_context(&check(http(&[("x-request-id", &long)]))).id, "7");
     }
 
     #[test]
