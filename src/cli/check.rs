@@ -41,7 +41,7 @@ pub struct CheckArgs {
     pub method: String,
 
     /// The request URL: scheme, authority (the `:authority` Envoy sees),
-    /// path and query, e.g. https://api.bikes.example/v1/search?q=1.
+    /// path and query, e.g. `https://api.bikes.example/v1/search?q=1`.
     #[arg(long)]
     pub url: String,
 
