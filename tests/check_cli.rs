@@ -229,7 +229,10 @@ fn crds_prints_both_custom_resource_definitions() {
     assert_eq!(output.status.code(), Some(0));
     let yaml = stdout(&output);
     assert!(yaml.contains("name: apipolicies.tollgate.dev"), "{yaml}");
-    assert!(yaml.contains("name: appregistrations.tollgate.dev"), "{yaml}");
+    assert!(
+        yaml.contains("name: appregistrations.tollgate.dev"),
+        "{yaml}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("crds.yaml");
