@@ -773,6 +773,18 @@ async fn drain_is_bounded_by_the_drain_timeout() {
 
 // ---------------------------------------------------------------- the binary
 
+/// The built binary with no `TOLLGATE_*` variable inherited: each test sets
+/// exactly the settings it means.
+fn tollgate_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TOLLGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// `tollgate serve` as deployed: settings from the environment, ports
 /// from the `listening` line, SIGTERM to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,7 +792,7 @@ async fn the_binary_serves_from_env_config_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut child = tollgate_command()
         .arg("serve")
         .env("TOLLGATE_POLICY_FILE", &policy)
         .env("TOLLGATE_GRPC_ADDR", "127.0.0.1:0")
@@ -904,7 +916,7 @@ fn the_binary_refuses_a_broken_policy_naming_file_document_and_field() {
         "apiVersion: tollgate.dev/v1alpha1\nkind: ApiPolicy\nmetadata: { name: bikes, namespace: mobility }\nspec:\n  hosts: [api.bikes.example]\n  routes:\n    - { name: r, match: { path: /x }, costt: 5 }\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let output = tollgate_command()
         .args([
             "serve",
             "--grpc-addr",
