@@ -12,6 +12,7 @@
 //! - [`attestation`] — Approov-style app tokens and the `pay` binding;
 //! - [`dpop`] — DPoP proofs of possession for user tokens (RFC 9449);
 //! - [`certificate`] — client certificate thumbprints and fingerprints;
+//! - [`signature`] — signed requests (RFC 9421) and `Content-Digest`;
 //! - [`scope`] — per-route scope and claim requirements;
 //! - [`mint`] — development keys and tokens (`tollgate token`, tests).
 
@@ -25,5 +26,6 @@ pub mod jwt;
 pub mod keys;
 pub mod mint;
 pub mod scope;
+pub mod signature;
 pub mod token_cache;
 pub mod user;
