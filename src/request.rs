@@ -33,8 +33,11 @@ pub struct RequestContext {
     pub headers: Headers,
     /// The direct peer's address (Envoy's downstream remote address).
     pub peer_ip: Option<IpAddr>,
-    /// True when the downstream connection used TLS (Envoy's `tls_session`
-    /// is present, or a peer certificate was presented).
+    /// True when the downstream connection used TLS, as Envoy observed it:
+    /// the local TLS identity (`destination.principal`), a client
+    /// certificate, or an SNI. (Envoy ≥ 1.31 sends `tls_session` on every
+    /// request when `include_tls_session` is on, so its presence alone
+    /// proves nothing.)
     pub tls: bool,
     /// The downstream peer certificate, PEM, when Envoy sent it.
     pub peer_certificate: Option<String>,
