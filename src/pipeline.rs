@@ -226,6 +226,14 @@ async fn enforce(
         }
     };
 
+    // Nonces the authentication stages collected (DPoP jti, single-use app
+    // token jti, signature nonce), remembered by the admission stage.
+    let mut nonces: Vec<crate::limits::Nonce> = Vec::new();
+    nonces.extend(
+        user.as_ref()
+            .and_then(|u| u.dpop.as_ref())
+            .map(|p| p.nonce.clone()),
+    );
     let app = match &policy.app {
         Some(app_policy) => {
             let app = app_policy
@@ -238,12 +246,24 @@ async fn enforce(
                     now,
                 )
                 .await;
-            let result = app.as_ref().map(|a| match a {
-                Some(a) => format!("app {}", a.app_id),
-                None => "no app credential (optional)".to_owned(),
+            let result = app.as_ref().map(|outcome| {
+                let mut note = match &outcome.app {
+                    Some(a) => format!("app {}", a.app_id),
+                    None => "no app credential (optional)".to_owned(),
+                };
+                if let Some(s) = outcome.app.as_ref().and_then(|a| a.signature.as_ref()) {
+                    note.push_str(&format!(
+                        "; signature {} ({}) verified",
+                        s.label,
+                        s.algorithm.name()
+                    ));
+                }
+                note
             });
             stage(run, "app", &result.map_err(Clone::clone));
-            let app = app?;
+            let outcome = app?;
+            nonces.extend(outcome.nonces);
+            let app = outcome.app;
             if let Some(a) = &app {
                 run.identity.app = Some(a.app_id.clone());
                 // The app's plan when this policy defines it, else `defaultPlan`.
@@ -261,7 +281,6 @@ async fn enforce(
             None
         }
     };
-    let _ = app;
 
     if let Some(require) = route.and_then(|r| r.require.as_ref()) {
         let result = crate::authn::scope::check(require, user.as_ref())
@@ -277,7 +296,7 @@ async fn enforce(
             user: user.as_ref(),
             app: app.as_ref(),
             origin,
-            nonces: &[],
+            nonces: &nonces,
         },
         deps,
         run,

@@ -4,7 +4,10 @@
 //! the client certificate (SPIFFE ID / URI SAN or SHA-256 fingerprint), or a
 //! claim of the attestation token; every identification present must name
 //! the same app. *Whether it is genuine* is established by the attestation
-//! token ([`super::attestation`]). Then the registration decides: disabled
+//! token ([`super::attestation`]) and/or a signed request
+//! ([`super::signature`]: an `hmac-sha256` signature whose `keyid` is the
+//! app's `appId`, made with its `signingKey`, also identifies the app when
+//! `identify.signatureKeyId` is set). Then the registration decides: disabled
 //! apps get 403 `app_disabled`, apps not listed for this policy (or from
 //! another namespace) 403 `app_not_allowed`.
 //!
@@ -17,8 +20,12 @@ use std::collections::HashMap;
 use super::api_key::{self, KeyDigest};
 use super::attestation::{Attestation, AttestationClaims};
 use super::certificate;
+use super::signature::base::Message;
+use super::signature::keys::MIN_HMAC_BYTES;
+use super::signature::{self, SignaturePolicy, Signer, SigningSecret};
 use super::user::UserIdentity;
 use crate::decision::Deny;
+use crate::limits::Nonce;
 use crate::origin::Origin;
 use crate::policy::compile::{CompileContext, Secrets};
 use crate::policy::snapshot::PolicyId;
@@ -36,6 +43,10 @@ pub struct AppPolicy {
     token_claim: Option<String>,
     client_certificate: bool,
     attestation: Option<Attestation>,
+    /// RFC 9421 request signatures.
+    signature: Option<SignaturePolicy>,
+    /// A verified signature's `keyid` identifies the app.
+    signature_key_id: bool,
 }
 
 /// One registered app.
@@ -58,6 +69,8 @@ pub struct AppIndex {
     by_id: HashMap<(String, String), usize>,
     by_spiffe: HashMap<String, usize>,
     by_fingerprint: HashMap<String, usize>,
+    /// (namespace, appId) → the app's HMAC `signingKey` (RFC 9421 `keyid`).
+    signing_keys: HashMap<(String, String), (usize, SigningSecret)>,
 }
 
 /// An identified (and, where configured, authenticated) app.
@@ -71,6 +84,18 @@ pub struct AppIdentity {
     /// The verified attestation token (`jti`, `exp`, `ipk`… for the replay
     /// and signature stages).
     pub attestation: Option<AttestationClaims>,
+    /// The verified request signature, if any.
+    pub signature: Option<signature::Verified>,
+}
+
+/// What app authentication established: the app, if identified, and the
+/// nonces the admission stage must remember (a single-use attestation
+/// token's `jti`, a signature's `nonce`), which exist even for a request
+/// of no identified app.
+#[derive(Clone, Debug, Default)]
+pub struct AppOutcome {
+    pub app: Option<AppIdentity>,
+    pub nonces: Vec<Nonce>,
 }
 
 impl AppIndex {
@@ -122,6 +147,28 @@ impl AppIndex {
                         ),
                     ));
                 }
+            }
+            if let Some(key_ref) = &spec.signing_key {
+                let bytes = secrets
+                    .get(
+                        &namespace,
+                        &key_ref.secret_ref.name,
+                        &key_ref.secret_ref.key,
+                    )
+                    .map_err(|e| at("signingKey", e))?;
+                if bytes.len() < MIN_HMAC_BYTES {
+                    return Err(at(
+                        "signingKey",
+                        format!(
+                            "the HMAC key has {} bytes; at least {MIN_HMAC_BYTES} are required",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                index.signing_keys.insert(
+                    (namespace.clone(), spec.app_id.clone()),
+                    (position, SigningSecret(bytes.to_vec())),
+                );
             }
             if let Some(certs) = &spec.client_certificate {
                 for id in &certs.spiffe_ids {
@@ -179,14 +226,14 @@ impl AppIndex {
 impl AppPolicy {
     /// Compiles `spec.app`. Errors name the field relative to `app`.
     pub fn compile(spec: &AppSpec, ctx: &CompileContext<'_>) -> Result<Self, String> {
-        if spec.signature.is_some() {
+        let signature = spec
+            .signature
+            .as_ref()
+            .map(|s| SignaturePolicy::compile(s).map_err(|e| format!("signature.{e}")))
+            .transpose()?;
+        if spec.identify.signature_key_id && signature.is_none() {
             return Err(
-                "signature: RFC 9421 request signatures are not available in this build".into(),
-            );
-        }
-        if spec.identify.signature_key_id {
-            return Err(
-                "identify.signatureKeyId: RFC 9421 request signatures are not available in this build"
+                "identify.signatureKeyId: needs signature (the keyid is read from a verified signature)"
                     .into(),
             );
         }
@@ -216,9 +263,10 @@ impl AppPolicy {
             && api_key_header.is_none()
             && spec.identify.token_claim.is_none()
             && !spec.identify.client_certificate
+            && !spec.identify.signature_key_id
         {
             return Err(
-                "identify: required apps need at least one of apiKey, tokenClaim, clientCertificate (or set required: false for attestation alone)"
+                "identify: required apps need at least one of apiKey, tokenClaim, clientCertificate, signatureKeyId (or set required: false for attestation alone)"
                     .into(),
             );
         }
@@ -228,7 +276,27 @@ impl AppPolicy {
             token_claim: spec.identify.token_claim.clone(),
             client_certificate: spec.identify.client_certificate,
             attestation,
+            signature,
+            signature_key_id: spec.identify.signature_key_id,
         })
+    }
+
+    /// How long credentials this section remembers stay acceptable: a
+    /// signature's `maxAge`, a single-use attestation token's lifetime.
+    /// The policy's replay window must cover each (checked at compile).
+    pub fn acceptance_windows(&self) -> Vec<(&'static str, std::time::Duration)> {
+        let mut windows = Vec::new();
+        if let Some(s) = &self.signature {
+            windows.push(("spec.app.signature.maxAge", s.acceptance_window()));
+        }
+        if let Some(w) = self
+            .attestation
+            .as_ref()
+            .and_then(Attestation::single_use_window)
+        {
+            windows.push(("spec.app.attestation.maxLifetime", w));
+        }
+        windows
     }
 
     /// The API key header, if API keys identify apps (for credential
@@ -243,18 +311,18 @@ impl AppPolicy {
     }
 
     /// Identifies and authenticates the app of `request` for `policy`.
-    /// `Ok(None)`: no app credential and none required (an attestation
+    /// `app: None`: no app credential and none required (an attestation
     /// token, if any, was still verified).
     pub async fn authenticate(
         &self,
         request: &RequestContext,
-        _origin: &Origin,
+        origin: &Origin,
         _user: Option<&UserIdentity>,
         apps: &AppIndex,
         policy: &PolicyId,
         now: std::time::Duration,
-    ) -> Result<Option<AppIdentity>, Deny> {
-        self.identify(request, apps, policy, now)
+    ) -> Result<AppOutcome, Deny> {
+        self.identify(request, origin, apps, policy, now)
             .await
             .map_err(|deny| self.challenge(deny))
     }
@@ -262,10 +330,11 @@ impl AppPolicy {
     async fn identify(
         &self,
         request: &RequestContext,
+        origin: &Origin,
         apps: &AppIndex,
         policy: &PolicyId,
         now: std::time::Duration,
-    ) -> Result<Option<AppIdentity>, Deny> {
+    ) -> Result<AppOutcome, Deny> {
         // 1. The API key.
         let mut key_app = None;
         let mut key_present = false;
@@ -307,10 +376,12 @@ impl AppPolicy {
             .attestation
             .as_ref()
             .is_some_and(|a| request.headers.get(&a.header).is_some());
+        let signature_sent = self.signature_key_id && SignaturePolicy::is_signed(request);
         if self.required
             && found.is_none()
             && !key_present
             && !attestation_sent
+            && !signature_sent
             && !(self.client_certificate && cert_presented)
         {
             return Err(Deny::new(
@@ -322,12 +393,47 @@ impl AppPolicy {
             Some(attestation) => attestation.verify(request, now).await?,
             None => None,
         };
+        let mut nonces = Vec::new();
+        if let (Some(attestation), Some(claims)) = (&self.attestation, &claims)
+            && let Some(nonce) = attestation.single_use_nonce(claims, now)?
+        {
+            nonces.push(nonce);
+        }
+
+        // 3b. The request signature (RFC 9421), with the app's signingKey
+        // or the attestation's installation key.
+        let (namespace, _) = split_policy(policy);
+        let verified = match &self.signature {
+            Some(policy) => {
+                let keys = SignatureKeys {
+                    apps,
+                    namespace,
+                    ipk: claims.as_ref().and_then(|c| c.ipk.as_deref()),
+                };
+                let message = Message::from_request(request, origin);
+                policy
+                    .verify(request, &message, &keys, now)
+                    .map_err(|e| e.deny())?
+            }
+            None => None,
+        };
+        if let Some(Signer::App(signer)) = verified.as_ref().map(|v| v.signer) {
+            if found.is_some_and(|f| f != signer) {
+                return Err(Deny::new(
+                    Reason::SignatureInvalid,
+                    "the request is signed with the key of a different app than the one identified",
+                ));
+            }
+            if self.signature_key_id {
+                found = Some(signer);
+            }
+        }
+        nonces.extend(verified.as_ref().and_then(|v| v.nonce.clone()));
 
         // 4. The app id claim of the verified attestation token.
         if let (Some(claim), Some(claims)) = (&self.token_claim, &claims)
             && let Some(app_id) = claims.claims.get(claim).and_then(|v| v.as_str())
         {
-            let (namespace, _) = split_policy(policy);
             let claimed = *apps
                 .by_id
                 .get(&(namespace.to_owned(), app_id.to_owned()))
@@ -348,7 +454,7 @@ impl AppPolicy {
 
         let Some(index) = found else {
             if !self.required {
-                return Ok(None);
+                return Ok(AppOutcome { app: None, nonces });
             }
             return Err(if self.client_certificate && cert_presented {
                 Deny::new(
@@ -378,12 +484,16 @@ impl AppPolicy {
                 format!("app {} is not registered for this API", app.app_id),
             ));
         }
-        Ok(Some(AppIdentity {
-            app_id: app.app_id.clone(),
-            plan: app.plan.clone(),
-            device: claims.as_ref().and_then(|c| c.device.clone()),
-            attestation: claims,
-        }))
+        Ok(AppOutcome {
+            app: Some(AppIdentity {
+                app_id: app.app_id.clone(),
+                plan: app.plan.clone(),
+                device: claims.as_ref().and_then(|c| c.device.clone()),
+                attestation: claims,
+                signature: verified,
+            }),
+            nonces,
+        })
     }
 
     /// Adds the `App` challenge (naming the header the client should send)
@@ -403,6 +513,27 @@ impl AppPolicy {
             None => r#"App realm="tollgate""#.to_owned(),
         };
         deny.with_header("www-authenticate", value)
+    }
+}
+
+/// Signature keys for one request: apps' signing keys in the policy's
+/// namespace, and the verified attestation token's `ipk`.
+struct SignatureKeys<'a> {
+    apps: &'a AppIndex,
+    namespace: &'a str,
+    ipk: Option<&'a str>,
+}
+
+impl signature::KeySource for SignatureKeys<'_> {
+    fn hmac(&self, keyid: &str) -> Option<(usize, &[u8])> {
+        self.apps
+            .signing_keys
+            .get(&(self.namespace.to_owned(), keyid.to_owned()))
+            .map(|(index, secret)| (*index, secret.0.as_slice()))
+    }
+
+    fn install_key(&self) -> Option<&str> {
+        self.ipk
     }
 }
 

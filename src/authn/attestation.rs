@@ -26,6 +26,7 @@ use super::jwk::{self, is_symmetric};
 use super::jwt::{self, TimeError};
 use super::keys::{self, KeyProvider};
 use crate::decision::Deny;
+use crate::limits::Nonce;
 use crate::policy::compile::CompileContext;
 use crate::policy::types::AttestationSpec;
 use crate::reason::Reason;
@@ -221,6 +222,47 @@ impl Attestation {
         }))
     }
 }
+
+impl Attestation {
+    /// Under `singleUse`, how long a token stays acceptable (at most
+    /// `maxLifetime` plus leeway): the replay window must cover it.
+    pub fn single_use_window(&self) -> Option<Duration> {
+        self.single_use
+            .then(|| Duration::from_secs_f64(self.max_lifetime + self.leeway))
+    }
+
+    /// Under `singleUse`, the token's `jti` as a nonce remembered until the
+    /// token expires (`exp` plus leeway); a token without `jti` cannot be
+    /// used once and is refused.
+    pub fn single_use_nonce(
+        &self,
+        claims: &AttestationClaims,
+        now: Duration,
+    ) -> Result<Option<Nonce>, Deny> {
+        if !self.single_use {
+            return Ok(None);
+        }
+        let Some(jti) = claims
+            .jti
+            .as_deref()
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+        else {
+            return Err(Deny::new(
+                Reason::AttestationInvalid,
+                "this API accepts single-use app tokens only, and the app token has no jti",
+            ));
+        };
+        let remaining = (claims.exp + self.leeway - now.as_secs_f64()).max(0.0);
+        Ok(Some(Nonce {
+            scope: SINGLE_USE_SCOPE.to_owned(),
+            value: jti.to_owned(),
+            ttl: Duration::from_secs(remaining.ceil() as u64 + 1),
+        }))
+    }
+}
+
+/// The nonce scope of single-use app token `jti`s.
+pub const SINGLE_USE_SCOPE: &str = "attestation";
 
 /// The binding value of `values`: standard base64 (padded) of the SHA-256
 /// of their concatenation.

@@ -16,6 +16,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use super::certificate;
+use super::dpop::{self, DpopPolicy};
 use super::jwk::{self, is_symmetric};
 use super::jwt::{self, TimeError};
 use super::keys::{self, KeyProvider};
@@ -36,6 +37,9 @@ pub struct UserPolicy {
     issuers: Vec<Issuer>,
     certificate_binding: Requirement,
     require_access_token_type: bool,
+    /// DPoP (RFC 9449); without a `dpop` section, `optional` with the
+    /// default settings (bound tokens need proofs, others pass as Bearer).
+    dpop: DpopPolicy,
     cache: TokenCache,
     /// Signature verifications performed (a cache hit performs none).
     signature_checks: AtomicU64,
@@ -48,6 +52,7 @@ impl std::fmt::Debug for UserPolicy {
             .field("issuers", &self.issuers)
             .field("certificate_binding", &self.certificate_binding)
             .field("require_access_token_type", &self.require_access_token_type)
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -79,19 +84,16 @@ pub struct UserIdentity {
     pub jti: Option<String>,
     /// SHA-256 of the access token (DPoP `ath`, RFC 9449 §4.2).
     pub token_sha256: [u8; 32],
+    /// The verified DPoP proof, when the token came with one: its key
+    /// thumbprint and the `jti` the admission stage remembers.
+    pub dpop: Option<dpop::Proof>,
 }
 
 impl UserPolicy {
     /// Compiles `spec.user`. Errors name the field relative to `user`.
     pub fn compile(spec: &UserSpec, ctx: &CompileContext<'_>) -> Result<Self, String> {
-        if let Some(dpop) = &spec.dpop
-            && dpop.mode != Requirement::Disabled
-        {
-            return Err(
-                "dpop.mode: DPoP proof checking is not available in this build; use disabled"
-                    .to_owned(),
-            );
-        }
+        let dpop = DpopPolicy::compile(&spec.dpop.clone().unwrap_or_default())
+            .map_err(|e| format!("dpop.{e}"))?;
         if spec.issuers.is_empty() {
             return Err("issuers: at least one issuer is required".to_owned());
         }
@@ -154,6 +156,7 @@ impl UserPolicy {
             issuers,
             certificate_binding: spec.certificate_binding,
             require_access_token_type: spec.require_access_token_type,
+            dpop,
             cache: TokenCache::new(token_cache::DEFAULT_CAPACITY),
             signature_checks: AtomicU64::new(0),
         })
@@ -170,7 +173,7 @@ impl UserPolicy {
     pub async fn authenticate(
         &self,
         request: &RequestContext,
-        _origin: &Origin,
+        origin: &Origin,
         now: Duration,
     ) -> Result<Option<UserIdentity>, Deny> {
         let invalid = |detail: &str| Deny::new(Reason::UserTokenInvalid, detail);
@@ -195,18 +198,17 @@ impl UserPolicy {
             Some((scheme, token)) => (scheme, token.trim_start_matches(' ')),
             None => (value, ""),
         };
-        if scheme.eq_ignore_ascii_case("dpop") {
+        let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+            dpop::Scheme::Bearer
+        } else if scheme.eq_ignore_ascii_case("dpop") {
+            dpop::Scheme::Dpop
+        } else {
             return Err(invalid(
-                "the DPoP authorization scheme is not accepted by this policy",
+                "the Authorization header does not carry a Bearer or DPoP token",
             ));
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(invalid(
-                "the Authorization header does not carry a Bearer token",
-            ));
-        }
+        };
         if token.is_empty() {
-            return Err(invalid("the Bearer token is empty"));
+            return Err(invalid("the access token is empty"));
         }
         let now_secs = now.as_secs_f64();
         let digest = token_cache::digest(token);
@@ -215,8 +217,18 @@ impl UserPolicy {
             .issuers
             .get(verified.issuer)
             .ok_or_else(|| invalid("the token's issuer is not trusted"))?;
-        self.check_claims(&verified, issuer, request, now_secs, digest)
-            .map(Some)
+        let mut user = self.check_claims(&verified, issuer, request, now_secs, digest)?;
+        // RFC 9449: the binding and the proof, after the token itself
+        // verified (a proof for a forged token proves nothing).
+        user.dpop =
+            self.dpop
+                .check(request, origin, scheme, token, user.cnf_jkt.as_deref(), now)?;
+        Ok(Some(user))
+    }
+
+    /// The DPoP settings (for the replay-window check at compile time).
+    pub fn dpop(&self) -> &DpopPolicy {
+        &self.dpop
     }
 
     /// The signature half: from the cache, or verified and cached.
@@ -337,11 +349,6 @@ impl UserPolicy {
         };
         let cnf_jkt = cnf_text("jkt")?;
         let cnf_x5t = cnf_text("x5t#S256")?;
-        if cnf_jkt.is_some() {
-            // RFC 9449 §7.1: a DPoP-bound token must come with a proof
-            // under the DPoP scheme; as a plain Bearer it is refused.
-            return Err(invalid("DPoP-bound token presented as Bearer"));
-        }
         match (&cnf_x5t, self.certificate_binding) {
             (_, Requirement::Disabled) => {}
             (Some(expected), _) => {
@@ -365,6 +372,7 @@ impl UserPolicy {
             expires_at: times.exp,
             jti: jwt::string_claim(claims, "jti").map(str::to_owned),
             token_sha256: digest,
+            dpop: None,
         })
     }
 }

@@ -442,6 +442,31 @@ pub fn compile_policy(
         Some(w) => w.get(),
     };
 
+    // A remembered nonce is only useful while its credential could still
+    // be accepted; a credential accepted for longer than the replay window
+    // promises would outlive the promise (DESIGN: compile error).
+    let mut windows = Vec::new();
+    if let Some(user) = &user
+        && user.dpop().mode != super::types::Requirement::Disabled
+    {
+        windows.push(("spec.user.dpop.maxAge", user.dpop().acceptance_window()));
+    }
+    if let Some(app) = &app {
+        windows.extend(app.acceptance_windows());
+    }
+    for (field, accepted) in windows {
+        if !window.is_zero() && accepted > window {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "{}s exceeds spec.replay.window ({}s): a credential must not stay acceptable longer than its nonce is remembered",
+                    accepted.as_secs(),
+                    window.as_secs()
+                ),
+            ));
+        }
+    }
+
     let mut upstream_headers = Vec::new();
     for (name, value) in &spec.response.upstream_headers {
         let field = format!("spec.response.upstreamHeaders.{name}");

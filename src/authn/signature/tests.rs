@@ -734,3 +734,61 @@ fn install_keys_come_in_several_encodings() {
     assert!(keys::install_key("not base64!").is_err());
     assert!(keys::install_key(&STANDARD.encode([1u8; 10])).is_err());
 }
+
+#[test]
+fn acceptance_windows_longer_than_the_replay_window_do_not_compile() {
+    use crate::policy::compile::compile;
+    use crate::policy::document::parse_documents;
+    let key =
+        crate::authn::mint::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k").unwrap();
+    let jwks = crate::authn::mint::jwks([&key]).to_string();
+    let text = |replay: &str, dpop: &str, signature: &str, single_use: bool| {
+        format!(
+            r#"apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: bikes, namespace: mobility }}
+spec:
+  replay: {{ window: {replay} }}
+  user:
+    issuers: [{{ issuer: "https://id.example/", audiences: [api], jwks: {{ inline: {jwks} }} }}]
+    dpop: {{ mode: optional, maxAge: {dpop} }}
+  app:
+    required: false
+    attestation:
+      keys: {{ secretRef: {{ name: s, key: k }} }}
+      maxLifetime: 2m
+      singleUse: {single_use}
+    signature: {{ maxAge: {signature} }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: s, namespace: mobility }}
+stringData: {{ k: "0123456789abcdef0123456789abcdef" }}
+"#
+        )
+    };
+    let errors = |t: String| -> Vec<String> {
+        let docs = parse_documents(std::path::Path::new("p.yaml"), &t).unwrap();
+        match compile(&docs, 1) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    };
+    assert_eq!(errors(text("5m", "60s", "5m", true)), Vec::<String>::new());
+    let all = errors(text("1m", "90s", "2m", true)).join("\n");
+    assert!(
+        all.contains("spec.user.dpop.maxAge: 90s exceeds spec.replay.window (60s)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.app.signature.maxAge: 120s exceeds"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.app.attestation.maxLifetime: 120s exceeds"),
+        "{all}"
+    );
+    // Without singleUse the attestation token's jti is not remembered.
+    let all = errors(text("2m", "60s", "2m", false)).join("\n");
+    assert!(all.is_empty(), "{all}");
+}
