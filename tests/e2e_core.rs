@@ -361,12 +361,10 @@ fn envoy_fails_closed_when_tollgate_is_down() {
 }
 
 #[test]
-fn shipped_front_proxy_example_works_end_to_end() {
+fn shipped_example_policy_behind_the_shipped_front_proxy() {
     let upstream = support::Upstream::start();
-    let tollgate = support::Tollgate::start(&POLICIES.replace(
-        "metadata: { name: secure, namespace: e2e }",
-        "metadata: { name: bikes, namespace: mobility }",
-    ));
+    let policy = std::fs::read_to_string(support::repo_path("deploy/examples/bikes.yaml")).unwrap();
+    let tollgate = support::Tollgate::start(&policy);
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate();
     let files = pki.write_server_files(dir.path());
@@ -378,26 +376,22 @@ fn shipped_front_proxy_example_works_end_to_end() {
         Some(&files),
         &["https", "http"],
     );
-    let config = pki.client_config(None);
     let envoy = support::Envoy::start_bootstrap(dir, &bootstrap, Some(pki));
-    let https = envoy.https_addr().expect("the example has a TLS listener");
+    let https = |path: &str| envoy.get(path).https().host("api.bikes.example").send();
 
-    // The example binds its routes to mobility/bikes by context extension.
-    let response = support::Request::new(https, "GET", "/v1/bikes")
-        .https_alternative(https, config)
-        .https()
-        .host("api.bikes.example")
-        .send();
-    assert_eq!(
-        response.upstream().header_once("x-policy"),
-        "mobility/bikes"
-    );
+    let health = https("/healthz");
+    assert_eq!(health.upstream().header_once("x-bikes-route"), "health");
+    let search = https("/v1/search?q=station");
+    assert_eq!(search.upstream().header_once("x-bikes-route"), "search");
+    assert_denied(&https("/admin/fleet"), 403, "rule_denied");
     // Plain HTTP is redirected to HTTPS, never proxied.
-    let response = support::Request::new(envoy.http_addr(), "GET", "/v1/bikes")
-        .host("api.bikes.example")
-        .send();
-    assert_eq!(response.status, 301, "{:?}", response.headers);
-    assert_eq!(upstream.count(), 1);
+    let plain = envoy.get("/healthz").host("api.bikes.example").send();
+    assert_eq!(plain.status, 301, "{:?}", plain.headers);
+    assert_eq!(
+        plain.header("location"),
+        Some("https://api.bikes.example:8443/healthz")
+    );
+    assert_eq!(upstream.count(), 2);
 }
 
 #[test]

@@ -416,6 +416,21 @@ impl Envoy {
         self.pki.as_ref().map(|p| p.client_config(None))
     }
 
+    /// A `GET` to the plain-HTTP listener; `.https()` switches to the TLS
+    /// listener when there is one.
+    pub fn get(&self, path: &str) -> Request {
+        self.request("GET", path)
+    }
+
+    /// A `method` request to the plain-HTTP listener (`.https()` as above).
+    pub fn request(&self, method: &str, path: &str) -> Request {
+        let request = Request::new(self.http, method, path);
+        match (self.https, self.tls_client()) {
+            (Some(addr), Some(config)) => request.https_alternative(addr, config),
+            _ => request,
+        }
+    }
+
     /// GETs an admin path (e.g. `/stats?filter=ext_authz`).
     pub fn admin_get(&self, path: &str) -> super::Response {
         Request::new(self.admin, "GET", path).send()

@@ -47,11 +47,7 @@ impl Stack {
 
     /// A `method` request through Envoy.
     pub fn request(&self, method: &str, path: &str) -> Request {
-        let request = Request::new(self.envoy.http_addr(), method, path);
-        match (self.envoy.https_addr(), self.envoy.tls_client()) {
-            (Some(addr), Some(config)) => request.https_alternative(addr, config),
-            _ => request,
-        }
+        self.envoy.request(method, path)
     }
 }
 
