@@ -377,13 +377,11 @@ impl AppPolicy {
             .as_ref()
             .is_some_and(|a| request.headers.get(&a.header).is_some());
         let signature_sent = self.signature_key_id && SignaturePolicy::is_signed(request);
-        if self.required
-            && found.is_none()
-            && !key_present
-            && !attestation_sent
-            && !signature_sent
-            && !(self.client_certificate && cert_presented)
-        {
+        let any_credential = key_present
+            || attestation_sent
+            || signature_sent
+            || (self.client_certificate && cert_presented);
+        if self.required && found.is_none() && !any_credential {
             return Err(Deny::new(
                 Reason::AppCredentialMissing,
                 "this API requires an app credential",

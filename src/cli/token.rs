@@ -7,6 +7,11 @@
 //!     --issuer https://id.example/ --audience bikes-api --subject alice --scope "read rent"
 //! tollgate token app --secret "$(cat approov-secret.b64)" \
 //!     --authorization "Bearer $USER_TOKEN" --device dev-42 --fractional-exp
+//! tollgate token jkt --key ./dpop/key.pem --alg ES256          # cnf.jkt for `user --jkt`
+//! tollgate token dpop --key ./dpop/key.pem --alg ES256 --method GET \
+//!     --url https://api.bikes.example/v1/bikes --access-token "$USER_TOKEN"
+//! tollgate token sign --secret "$(cat hmac.b64)" --keyid commuter-ios --method POST \
+//!     --url https://api.bikes.example/v1/rentals --body '{"bike":7}'
 //! ```
 //!
 //! Tokens go to stdout (one line), so they compose with shell variables.
@@ -20,7 +25,7 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use crate::authn::mint::{self, AppClaims, SigningKey, UserClaims};
-use crate::authn::{certificate, jwk};
+use crate::authn::{certificate, dpop, jwk, signature};
 use crate::policy::duration::parse_duration;
 
 /// `tollgate token` arguments.
@@ -41,6 +46,90 @@ pub enum TokenCommand {
     /// Mint an Approov-style app attestation token (HMAC, base64 secret)
     /// with the `pay` binding to an Authorization value.
     App(AppArgs),
+    /// Print the RFC 7638 thumbprint of a key: the `cnf.jkt` of tokens
+    /// bound to it (`user --jkt`).
+    Jkt(JktArgs),
+    /// Mint a DPoP proof (RFC 9449) for one request.
+    Dpop(DpopArgs),
+    /// Sign a request (RFC 9421): prints the Content-Digest,
+    /// Signature-Input and Signature header lines to send.
+    Sign(SignArgs),
+}
+
+/// `tollgate token jkt`.
+#[derive(Debug, clap::Args)]
+pub struct JktArgs {
+    /// The private key (PEM) from `keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long, default_value = "ES256")]
+    pub alg: String,
+}
+
+/// `tollgate token dpop`.
+#[derive(Debug, clap::Args)]
+pub struct DpopArgs {
+    /// The DPoP private key (PEM) from `keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// ES256, PS256, RS256 or EdDSA.
+    #[arg(long, default_value = "ES256")]
+    pub alg: String,
+    /// The request method (`htm`).
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The request URL (`htu`; query and fragment are ignored by verifiers).
+    #[arg(long)]
+    pub url: String,
+    /// The access token the proof accompanies (adds `ath`).
+    #[arg(long)]
+    pub access_token: Option<String>,
+    /// The proof's `jti`; random by default.
+    #[arg(long)]
+    pub jti: Option<String>,
+}
+
+/// `tollgate token sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// HMAC secret, base64 (the app's `signingKey`): `hmac-sha256`.
+    #[arg(long, env = "TOLLGATE_SIGNING_SECRET", conflicts_with = "key")]
+    pub secret: Option<String>,
+    /// A P-256 or Ed25519 private key (PEM): `ecdsa-p256-sha256` / `ed25519`
+    /// (the installation key whose public half is the app token's `ipk`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The `keyid` parameter (the app's `appId` for HMAC).
+    #[arg(long)]
+    pub keyid: Option<String>,
+    /// The signature label; `install` for the installation key.
+    #[arg(long, default_value = "sig1")]
+    pub label: String,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The request URL as the client sends it.
+    #[arg(long)]
+    pub url: String,
+    /// A header the request carries, `name: value` (repeatable); covered
+    /// only when listed with `--component`.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// The request body (adds Content-Digest, sha-256).
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// The request body, from a file.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// A covered component (repeatable). Default: @method @authority @path,
+    /// plus content-digest when there is a body.
+    #[arg(long = "component")]
+    pub components: Vec<String>,
+    /// The `nonce` parameter; random by default, `none` for no nonce.
+    #[arg(long)]
+    pub nonce: Option<String>,
+    /// Also set `expires` this far after `created` (e.g. 5m).
+    #[arg(long)]
+    pub expires_in: Option<String>,
 }
 
 /// `tollgate token keygen`.
@@ -142,7 +231,127 @@ pub fn run(args: TokenArgs) -> anyhow::Result<String> {
         TokenCommand::Keygen(args) => keygen(args),
         TokenCommand::User(args) => user(args),
         TokenCommand::App(args) => app(args),
+        TokenCommand::Jkt(args) => jkt(args),
+        TokenCommand::Dpop(args) => dpop_proof(args),
+        TokenCommand::Sign(args) => sign_request(args),
     }
+}
+
+fn load_key(path: &std::path::Path, alg: &str) -> anyhow::Result<SigningKey> {
+    let alg = mint::key_algorithm(alg)?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SigningKey::from_pem(alg, "dpop", &pem)?)
+}
+
+fn jkt(args: JktArgs) -> anyhow::Result<String> {
+    let key = load_key(&args.key, &args.alg)?;
+    dpop::key_thumbprint(&key).map_err(anyhow::Error::msg)
+}
+
+fn dpop_proof(args: DpopArgs) -> anyhow::Result<String> {
+    let key = load_key(&args.key, &args.alg)?;
+    if dpop::normalize_uri(&args.url).is_none() {
+        bail!("--url must be an absolute http(s) URL");
+    }
+    let claims = dpop::ProofClaims {
+        method: &args.method,
+        url: &args.url,
+        access_token: args.access_token.as_deref(),
+        iat: now().floor() as u64,
+        jti: args.jti.unwrap_or_else(mint::random_id),
+    };
+    Ok(dpop::mint_proof(&key, &claims)?)
+}
+
+fn sign_request(args: SignArgs) -> anyhow::Result<String> {
+    let key = match (&args.secret, &args.key) {
+        (Some(secret), None) => signature::keys::SigningKey::Hmac(
+            signature::keys::decode_base64(secret).context("--secret is not base64")?,
+        ),
+        (None, Some(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            signature::keys::SigningKey::from_pem(&pem).map_err(anyhow::Error::msg)?
+        }
+        _ => bail!("give --secret (hmac-sha256) or --key (ecdsa-p256-sha256, ed25519)"),
+    };
+    let uri: http::Uri = args.url.parse().context("--url is not a URL")?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ => bail!("--url must be an absolute http(s) URL"),
+    };
+    let host = uri.host().context("--url has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let body = match (&args.body, &args.body_file) {
+        (Some(body), _) => Some(body.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let mut headers = crate::request::Headers::new();
+    for line in &args.headers {
+        let (name, value) = line
+            .split_once(':')
+            .with_context(|| format!("--header {line:?} is not name: value"))?;
+        headers.push(name.trim(), value.trim());
+    }
+    let mut lines = Vec::new();
+    if let Some(body) = &body {
+        let field = signature::digest::sha256_field(body);
+        headers.push("content-digest", field.clone());
+        lines.push(format!("Content-Digest: {field}"));
+    }
+    let components = if args.components.is_empty() {
+        let mut c: Vec<String> = signature::DEFAULT_COMPONENTS.map(String::from).to_vec();
+        if body.is_some() {
+            c.push("content-digest".into());
+        }
+        c
+    } else {
+        args.components.clone()
+    };
+    let created = now().floor() as i64;
+    let expires = match &args.expires_in {
+        Some(text) => Some(created + lifetime(text)? as i64),
+        None => None,
+    };
+    let nonce = match args.nonce.as_deref() {
+        Some("none") => None,
+        Some(n) => Some(n.to_owned()),
+        None => Some(mint::random_id()),
+    };
+    let path = match uri.path() {
+        "" => "/",
+        p => p,
+    };
+    let message = signature::base::Message {
+        method: &args.method,
+        scheme,
+        authority: signature::base::authority(scheme, host, uri.port_u16()),
+        path,
+        query: uri.query(),
+        headers: &headers,
+    };
+    let fields = signature::sign(
+        &message,
+        &signature::SignOptions {
+            label: &args.label,
+            components: &components,
+            created,
+            expires,
+            nonce: nonce.as_deref(),
+            keyid: args.keyid.as_deref(),
+            include_alg: true,
+        },
+        &key,
+    )
+    .map_err(anyhow::Error::msg)?;
+    lines.push(format!("Signature-Input: {}", fields.signature_input));
+    lines.push(format!("Signature: {}", fields.signature));
+    Ok(lines.join("\n"))
 }
 
 fn now() -> f64 {
@@ -322,5 +531,117 @@ mod tests {
         assert!(set.verify(&jwt, jsonwebtoken::Algorithm::EdDSA).is_some());
         assert_eq!(jwt.header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(jwt.claims["scope"], "read");
+    }
+
+    #[test]
+    fn dpop_proofs_and_signed_requests_verify() {
+        use crate::authn::dpop::DpopPolicy;
+        use crate::authn::signature::{KeySource, SignaturePolicy};
+        use crate::origin::{self, TrustedOrigin};
+        use crate::request::RequestContext;
+
+        let dir = tempfile::tempdir().unwrap();
+        run(TokenArgs {
+            command: TokenCommand::Keygen(KeygenArgs {
+                alg: "ES256".into(),
+                kid: "d".into(),
+                out_dir: Some(dir.path().to_owned()),
+            }),
+        })
+        .unwrap();
+        let key = dir.path().join("key.pem");
+        let jkt = run(TokenArgs {
+            command: TokenCommand::Jkt(JktArgs {
+                key: key.clone(),
+                alg: "ES256".into(),
+            }),
+        })
+        .unwrap();
+        assert_eq!(jkt.len(), 43);
+        let proof = run(TokenArgs {
+            command: TokenCommand::Dpop(DpopArgs {
+                key: key.clone(),
+                alg: "ES256".into(),
+                method: "POST".into(),
+                url: "https://api.example/v1/rentals".into(),
+                access_token: Some("tok".into()),
+                jti: None,
+            }),
+        })
+        .unwrap();
+        let mut request = RequestContext {
+            method: "POST".into(),
+            authority: "api.example".into(),
+            tls: true,
+            ..Default::default()
+        };
+        request.set_target("/v1/rentals");
+        request.headers.push("dpop", proof);
+        let origin = origin::resolve(&request, TrustedOrigin::Envoy);
+        let policy = DpopPolicy::compile(&Default::default()).unwrap();
+        let verified = policy
+            .verify_proof(
+                &request,
+                &origin,
+                Some("tok"),
+                std::time::Duration::from_secs_f64(now()),
+            )
+            .unwrap();
+        assert_eq!(verified.jkt, jkt);
+
+        let secret = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        let lines = run(TokenArgs {
+            command: TokenCommand::Sign(SignArgs {
+                secret: Some(secret),
+                key: None,
+                keyid: Some("commuter-ios".into()),
+                label: "sig1".into(),
+                method: "POST".into(),
+                url: "https://api.example/v1/rentals?x=1".into(),
+                headers: vec!["content-type: application/json".into()],
+                body: Some("{}".into()),
+                body_file: None,
+                components: vec![],
+                nonce: None,
+                expires_in: Some("1m".into()),
+            }),
+        })
+        .unwrap();
+        request.headers = crate::request::Headers::new();
+        for line in lines.lines() {
+            let (name, value) = line.split_once(": ").unwrap();
+            request.headers.push(name, value);
+        }
+        request.body = Some(crate::request::Body {
+            bytes: b"{}".to_vec(),
+            truncated: false,
+        });
+        struct Keys;
+        impl KeySource for Keys {
+            fn hmac(&self, keyid: &str) -> Option<(usize, &[u8])> {
+                (keyid == "commuter-ios").then_some((0, &[3u8; 32][..]))
+            }
+            fn install_key(&self) -> Option<&str> {
+                None
+            }
+        }
+        let policy = SignaturePolicy::compile(&crate::policy::types::SignatureSpec {
+            required: true,
+            components: vec!["@method".into(), "@path".into(), "content-digest".into()],
+            require_nonce: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let message = crate::authn::signature::base::Message::from_request(&request, &origin);
+        let verified = policy
+            .verify(
+                &request,
+                &message,
+                &Keys,
+                std::time::Duration::from_secs_f64(now()),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(verified.nonce.is_some());
     }
 }
