@@ -547,3 +547,76 @@ fn request_uri_uses_the_trusted_origin() {
         Some("https://api.example:8443/v1/x")
     );
 }
+
+mod properties {
+    //! Arbitrary input to the proof parser and the URI normaliser never
+    //! panics, and no mutation of a valid proof is accepted.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> (SigningKey, String) {
+        let key = es256();
+        let proof = proof(
+            &key,
+            "GET",
+            "https://api.example/v1/bikes",
+            Some(TOKEN),
+            NOW,
+        );
+        (key, proof)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_proof_headers_never_pass(value in "\\PC{0,400}") {
+            let p = policy(Requirement::Required);
+            let req = request("GET", "api.example", "/v1/bikes", &[&value]);
+            prop_assert!(verify(&p, &req, Some(TOKEN), NOW).is_err());
+        }
+
+        #[test]
+        fn jwt_shaped_garbage_never_passes(
+            header in proptest::collection::vec(any::<u8>(), 0..200),
+            claims in proptest::collection::vec(any::<u8>(), 0..200),
+            signature in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let value = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            let p = policy(Requirement::Required);
+            let req = request("GET", "api.example", "/v1/bikes", &[&value]);
+            prop_assert!(verify(&p, &req, Some(TOKEN), NOW).is_err());
+        }
+
+        #[test]
+        fn any_changed_byte_of_a_valid_proof_is_refused(index in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let (_, good) = valid();
+            let mut bytes = good.clone().into_bytes();
+            let i = index.index(bytes.len());
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            let Ok(mutated) = String::from_utf8(bytes) else { return Ok(()) };
+            let p = policy(Requirement::Required);
+            let req = request("GET", "api.example", "/v1/bikes", &[&mutated]);
+            // base64url has several spellings of a final character only when
+            // padding bits differ; those decode to the same bytes and verify.
+            if let Ok(proof) = verify(&p, &req, Some(TOKEN), NOW) {
+                let decoded = |t: &str| t.split('.').map(|s| URL_SAFE_NO_PAD.decode(s).ok()).collect::<Vec<_>>();
+                prop_assert_eq!(decoded(&mutated), decoded(&good));
+                prop_assert!(!proof.jkt.is_empty());
+            }
+        }
+
+        #[test]
+        fn uri_normalisation_never_panics(uri in "\\PC{0,200}") {
+            let _ = normalize_uri(&uri);
+            let _ = normalize_uri(&format!("https://{uri}"));
+        }
+    }
+}

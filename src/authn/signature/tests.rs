@@ -792,3 +792,57 @@ stringData: {{ k: "0123456789abcdef0123456789abcdef" }}
     let all = errors(text("2m", "60s", "2m", false)).join("\n");
     assert!(all.is_empty(), "{all}");
 }
+
+mod properties {
+    //! Arbitrary `Signature-Input`, `Signature` and `Content-Digest` values
+    //! never panic and never verify.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn refused(input: &str, signature: &str) -> bool {
+        let request = test_request(&[("signature-input", input), ("signature", signature)]);
+        let p = policy(&["@method"], "5m", false);
+        !matches!(verify_at(&p, &request, &app_keys(), NOW), Ok(Some(_)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_field_values_never_verify(input in "\\PC{0,300}", signature in "\\PC{0,200}") {
+            prop_assert!(refused(&input, &signature));
+        }
+
+        #[test]
+        fn structured_looking_fields_never_verify(
+            label in "[a-z][a-z0-9]{0,4}",
+            components in proptest::collection::vec("\"[@a-z-]{1,12}\"(;[a-z]{1,4}(=\"[a-z]{0,4}\")?)?", 0..6),
+            params in proptest::collection::vec(";(created|expires|keyid|nonce|alg|tag)=([0-9]{1,12}|-[0-9]{1,3}|\"[a-z0-9-]{0,12}\"|\\?1)", 0..6),
+            signature in "[A-Za-z0-9+/]{0,100}={0,2}",
+        ) {
+            let input = format!("{label}=({}){}", components.join(" "), params.concat());
+            let signature = format!("{label}=:{signature}:");
+            prop_assert!(refused(&input, &signature));
+            // Under the app's real keyid, with a plausible created.
+            let input = format!(
+                "{label}=({});created={NOW};keyid=\"commuter-ios\"{}",
+                components.join(" "),
+                params.concat()
+            );
+            prop_assert!(refused(&input, &signature));
+        }
+
+        #[test]
+        fn arbitrary_content_digests_never_panic(value in "\\PC{0,200}", body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let headers: Headers = [("content-digest", value.as_str())].into_iter().collect();
+            let body = Body { bytes: body, truncated: false };
+            let _ = digest::check(&headers, Some(&body));
+        }
+
+        #[test]
+        fn arbitrary_install_keys_never_panic(ipk in "\\PC{0,200}") {
+            let _ = keys::install_key(&ipk);
+        }
+    }
+}
