@@ -223,6 +223,21 @@ fn bound_tokens_need_fresh_matching_proofs() {
             r#"DPoP error="invalid_token""#,
         );
     }
+    // A forged access token under the DPoP scheme: the DPoP challenge
+    // (RFC 9449 §7.1), not Bearer.
+    let forger = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let forged = token(&forger, Some(jkt.clone()));
+    let response = send(
+        &stack,
+        "GET",
+        &format!("DPoP {forged}"),
+        Some(&proof(&client, "GET", URL, &forged, 0)),
+    );
+    assert_denied(
+        &response,
+        "user_token_invalid",
+        r#"DPoP error="invalid_token""#,
+    );
     // dpop: required refuses unbound tokens, even as Bearer.
     let plain = token(&idp, None);
     let response = send(&stack, "GET", &format!("Bearer {plain}"), None);

@@ -250,6 +250,22 @@ impl DpopPolicy {
         )
     }
 
+    /// Gives a failed access token under the DPoP scheme the `DPoP`
+    /// challenge (RFC 9449 §7.1) instead of `Bearer`; other denials (503
+    /// `keys_unavailable`…) are left as they are.
+    pub fn token_challenge(&self, deny: Deny) -> Deny {
+        if deny.reason.challenge() != Some(crate::reason::Challenge::Bearer)
+            || deny.reason.http_status() != 401
+            || deny.headers.iter().any(|(n, _)| n == "www-authenticate")
+        {
+            return deny;
+        }
+        deny.with_header(
+            "www-authenticate",
+            format!(r#"DPoP error="invalid_token", algs="{}""#, self.algs),
+        )
+    }
+
     /// Verifies the request's DPoP proof as RFC 9449 §4.3 lists, in order.
     /// With `token`, the proof must also carry its hash (`ath`, step 11).
     pub fn verify_proof(

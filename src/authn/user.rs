@@ -212,12 +212,23 @@ impl UserPolicy {
         }
         let now_secs = now.as_secs_f64();
         let digest = token_cache::digest(token);
-        let verified = self.verify(token, digest, now_secs).await?;
+        // RFC 9449 §7.1: a token sent under the DPoP scheme is challenged
+        // with the DPoP scheme when it fails.
+        let challenge = |deny: Deny| match scheme {
+            dpop::Scheme::Dpop => self.dpop.token_challenge(deny),
+            dpop::Scheme::Bearer => deny,
+        };
+        let verified = self
+            .verify(token, digest, now_secs)
+            .await
+            .map_err(challenge)?;
         let issuer = self
             .issuers
             .get(verified.issuer)
             .ok_or_else(|| invalid("the token's issuer is not trusted"))?;
-        let mut user = self.check_claims(&verified, issuer, request, now_secs, digest)?;
+        let mut user = self
+            .check_claims(&verified, issuer, request, now_secs, digest)
+            .map_err(challenge)?;
         // RFC 9449: the binding and the proof, after the token itself
         // verified (a proof for a forged token proves nothing).
         user.dpop =

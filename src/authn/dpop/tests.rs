@@ -620,3 +620,18 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn token_failures_under_the_dpop_scheme_get_the_dpop_challenge() {
+    let p = policy(Requirement::Optional);
+    let expired = p.token_challenge(Deny::new(Reason::UserTokenExpired, "expired"));
+    assert_eq!(
+        expired.headers,
+        [(
+            "www-authenticate".to_owned(),
+            r#"DPoP error="invalid_token", algs="ES256 ES384 EdDSA RS256 PS256""#.to_owned()
+        )]
+    );
+    let unavailable = p.token_challenge(Deny::new(Reason::KeysUnavailable, "down"));
+    assert!(unavailable.headers.is_empty());
+}
