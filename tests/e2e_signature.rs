@@ -8,7 +8,8 @@
 //!   reused nonce are refused;
 //! - Approov's message-signing profile: an ECDSA P-256 signature labelled
 //!   `install`, verified with the `ipk` of the verified app token; an HMAC
-//!   "signature" keyed with that public key is refused.
+//!   "signature" keyed with that public key is refused; the app token is
+//!   single-use (`attestation.singleUse`), so its second use is a replay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,6 +61,8 @@ spec:
     identify: {{ apiKey: {{ header: x-api-key }} }}
     attestation:
       keys: {{ secretRef: {{ name: attester, key: secret }}, encoding: base64 }}
+      singleUse: true
+      maxLifetime: 2m
     signature:
       required: true
       components: ["@method", "@authority", "@path"]
@@ -330,6 +333,7 @@ fn install_signatures_verify_with_the_attestation_ipk() {
     let ipk = device.ipk().unwrap();
     let mut extra = Map::new();
     extra.insert("ipk".into(), json!(ipk));
+    extra.insert("jti".into(), json!(mint::random_id()));
     let app_token = mint::sign_hmac(
         Algorithm::HS256,
         &ATTESTER,
@@ -387,5 +391,41 @@ fn install_signatures_verify_with_the_attestation_ipk() {
         &send(&confused, "/v1/bikes"),
         "signature_invalid",
         "alg hmac-sha256",
+    );
+    // A single-use policy needs a jti to remember.
+    let mut no_jti = Map::new();
+    no_jti.insert("ipk".into(), json!(device.ipk().unwrap()));
+    let no_jti = mint::sign_hmac(
+        Algorithm::HS256,
+        &ATTESTER,
+        None,
+        &AppClaims {
+            exp: support::idp::now() + 60.0,
+            extra: no_jti,
+            ..Default::default()
+        }
+        .to_json(),
+    )
+    .unwrap();
+    let response = stack
+        .get("/v1/bikes")
+        .host("install.example")
+        .header("x-api-key", API_KEY)
+        .header("approov-token", &no_jti)
+        .send();
+    assert_eq!(
+        response.reason(),
+        Some("attestation_invalid"),
+        "{}",
+        response.text()
+    );
+    // The app token is single-use: a second, validly signed request with
+    // it is a replay.
+    let response = send(&device, "/v1/bikes");
+    assert_eq!(
+        (response.status, response.reason()),
+        (401, Some("replay_detected")),
+        "{}",
+        response.text()
     );
 }
