@@ -297,3 +297,33 @@ fn a_proof_used_at_one_replica_is_a_replay_at_another() {
     );
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+/// Over Envoy's TLS listener the external scheme is `https` (the trusted
+/// origin is Envoy's TLS session): an `https` proof passes, an `http` one
+/// for the same path does not.
+#[test]
+fn htu_scheme_comes_from_the_tls_session() {
+    let idp = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let client = SigningKey::generate(Algorithm::ES256, "client").unwrap();
+    let policy = policies(&idp).replace("requireHttps: false", "requireHttps: true");
+    let stack = Stack::builder(&policy).tls().start();
+    let access = token(&idp, Some(dpop::key_thumbprint(&client).unwrap()));
+    let auth = format!("DPoP {access}");
+    let over_tls = |url: &str| {
+        stack
+            .get("/v1/bikes")
+            .https()
+            .host(HOST)
+            .header("authorization", &auth)
+            .header("dpop", &proof(&client, "GET", url, &access, 0))
+            .send()
+    };
+    let response = over_tls("https://DPoP.example:443/v1/bikes");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = over_tls(URL);
+    assert_denied(
+        &response,
+        "dpop_proof_invalid",
+        r#"DPoP error="invalid_dpop_proof""#,
+    );
+}
