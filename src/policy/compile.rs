@@ -255,6 +255,7 @@ pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, Compil
         apps,
         version,
         warnings,
+        source_digest: None,
     })
 }
 

@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub version: u64,
     /// Problems that did not stop the compile (host conflicts…).
     pub warnings: Vec<String>,
+    /// SHA-256 of the source files this snapshot was compiled from, so a
+    /// file watcher recompiles only when they change.
+    pub source_digest: Option<[u8; 32]>,
 }
 
 impl Snapshot {

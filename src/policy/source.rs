@@ -49,19 +49,18 @@ pub enum PolicyError {
 /// is returned (the binary exits non-zero with it); warnings (host
 /// conflicts…) are logged by the compile step.
 pub fn load_initial(paths: &[PathBuf]) -> Result<Snapshot, PolicyError> {
-    let docs = document::load_files(paths)?;
-    let snapshot = compile::compile(&docs, 1)?;
+    let (digest, files) = read_all(paths).map_err(|e| PolicyError::Load(LoadErrors(vec![e])))?;
+    let mut snapshot = build(&files, 1)?;
+    snapshot.source_digest = Some(digest);
     metrics::gauge!("tollgate_policy_snapshot_version").set(snapshot.version as f64);
     Ok(snapshot)
 }
 
 /// Watches `paths` every `interval` until `shutdown` completes, swapping
 /// `shared` when the files change and compile. Spawn it right after
-/// [`load_initial`].
-///
-/// The first read compiles the files once more and swaps the result in:
-/// the watcher has no record of what `load_initial` read, and a change
-/// made in between must not go unnoticed until the next edit.
+/// [`load_initial`]: the snapshot records the digest of the files it was
+/// compiled from, so the watcher's first look compiles again only when
+/// the files changed in between.
 pub async fn watch_files(
     paths: Vec<PathBuf>,
     shared: SharedSnapshot,
@@ -95,7 +94,7 @@ async fn watch(
     tokio::pin!(shutdown);
     // Digest of what was last looked at (content, or the read error), so
     // each change is compiled, logged and counted once.
-    let mut last: Option<[u8; 32]> = None;
+    let mut last: Option<[u8; 32]> = shared.load().source_digest;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -116,34 +115,34 @@ async fn watch(
         if last == Some(digest) {
             continue;
         }
-        let first = last.is_none();
         last = Some(digest);
         let version = shared.load().version + 1;
         let result = match files {
             Err(error) => Err(PolicyError::Load(LoadErrors(vec![error]))),
-            Ok(files) => tokio::task::spawn_blocking(move || build(&files, version))
-                .await
-                .unwrap_or_else(|error| {
-                    Err(PolicyError::Load(LoadErrors(vec![DocumentError {
-                        file: PathBuf::new(),
-                        document: None,
-                        field: None,
-                        message: format!("policy compile task failed: {error}"),
-                    }])))
-                }),
+            Ok(files) => tokio::task::spawn_blocking(move || {
+                build(&files, version).map(|mut snapshot| {
+                    snapshot.source_digest = Some(digest);
+                    snapshot
+                })
+            })
+            .await
+            .unwrap_or_else(|error| {
+                Err(PolicyError::Load(LoadErrors(vec![DocumentError {
+                    file: PathBuf::new(),
+                    document: None,
+                    field: None,
+                    message: format!("policy compile task failed: {error}"),
+                }])))
+            }),
         };
         let outcome = match result {
             Ok(snapshot) => {
                 let policies = snapshot.policies.len();
                 shared.store(Arc::new(snapshot));
                 metrics::gauge!("tollgate_policy_snapshot_version").set(version as f64);
-                if first {
-                    tracing::debug!(version, policies, "policy files re-read by the watcher");
-                } else {
-                    tracing::info!(version, policies, files = ?paths, "policy files reloaded");
-                    metrics::counter!("tollgate_policy_reloads_total", "result" => "success")
-                        .increment(1);
-                }
+                tracing::info!(version, policies, files = ?paths, "policy files reloaded");
+                metrics::counter!("tollgate_policy_reloads_total", "result" => "success")
+                    .increment(1);
                 Outcome::Applied { version }
             }
             Err(error) => {
