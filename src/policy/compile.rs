@@ -147,13 +147,7 @@ pub struct CompileErrors(pub Vec<CompileError>);
 
 impl fmt::Display for CompileErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
+        super::document::write_lines(f, &self.0)
     }
 }
 
