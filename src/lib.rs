@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod encoding;
 pub mod grpc;
 pub mod limits;
 pub mod origin;

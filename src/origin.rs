@@ -3,10 +3,14 @@
 //! `htu` and signature components alike.
 //!
 //! By default only what Envoy itself observed is trusted: the direct peer's
-//! address and whether the downstream connection used TLS. A client's own
-//! `:scheme` is never trusted (plaintext h2c can claim `https`). Behind a
-//! TLS-terminating load balancer, `forwarded` mode reads `X-Forwarded-For`
-//! and `X-Forwarded-Proto`, trusting exactly `hops` proxies.
+//! address, whether the downstream connection used TLS, and the client
+//! certificate of that connection. A client's own `:scheme` is never
+//! trusted (plaintext h2c can claim `https`). Behind a TLS-terminating load
+//! balancer, `forwarded` mode reads `X-Forwarded-For` and
+//! `X-Forwarded-Proto`, trusting exactly `hops` proxies, and the client
+//! certificate from `X-Forwarded-Client-Cert` (see [`xfcc`]).
+
+mod xfcc;
 
 use std::net::IpAddr;
 
@@ -33,6 +37,12 @@ pub struct Origin {
     pub host: String,
     /// The port, when the authority named one.
     pub port: Option<u16>,
+    /// The client's certificate (PEM), for RFC 8705 binding and app
+    /// identification.
+    pub client_certificate: Option<String>,
+    /// The client certificate's identity (URI SAN / SPIFFE ID, else DNS SAN
+    /// or subject).
+    pub client_principal: Option<String>,
 }
 
 impl Origin {
@@ -51,6 +61,8 @@ pub fn resolve(request: &RequestContext, trust: TrustedOrigin) -> Origin {
             scheme: if request.tls { "https" } else { "http" },
             host,
             port,
+            client_certificate: request.peer_certificate.clone(),
+            client_principal: request.peer_principal.clone(),
         },
         TrustedOrigin::Forwarded { hops } => {
             let hops = usize::from(hops.max(1));
@@ -77,11 +89,15 @@ pub fn resolve(request: &RequestContext, trust: TrustedOrigin) -> Origin {
                 Some(p) if p.eq_ignore_ascii_case("https") => "https",
                 _ => "http",
             };
+            // The peer certificate Envoy saw is the proxy's, not the client's.
+            let client = xfcc::client(request);
             Origin {
                 client_ip,
                 scheme,
                 host,
                 port,
+                client_certificate: client.certificate,
+                client_principal: client.principal,
             }
         }
     }

@@ -608,3 +608,81 @@ async fn certificate_bound_tokens_need_their_certificate() {
         );
     }
 }
+
+/// Behind a TLS-terminating proxy (`--trusted-origin forwarded`) the client
+/// certificate comes from the right-most `X-Forwarded-Client-Cert` element;
+/// the certificate of Envoy's own peer (the proxy) binds nothing.
+#[tokio::test]
+async fn forwarded_mode_binds_to_the_forwarded_client_certificate() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let idp = Idp::start(vec![key.clone()]);
+    let pem = |der: &[u8]| {
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            STANDARD.encode(der)
+        )
+    };
+    let url_encode = |text: &str| {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let client_cert = pem(b"client certificate DER");
+    let proxy_cert = pem(b"proxy certificate DER");
+    let thumbprint = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(b"client certificate DER"));
+    let mut c = claims(&idp.issuer());
+    c["cnf"] = json!({"x5t#S256": thumbprint});
+    let auth = bearer(&key.sign(None, &c).unwrap());
+    let yaml = policy(
+        &idp.issuer(),
+        &format!("{{ uri: \"{}\" }}", idp.jwks_uri()),
+        "certificateBinding: required",
+        "[ES256]",
+    );
+    let snapshot = compile(&yaml);
+    let deps = tollgate::pipeline::Deps {
+        store: std::sync::Arc::new(tollgate::store::MemoryStore::new()),
+        clock: std::sync::Arc::new(tollgate::clock::SystemClock),
+        settings: tollgate::pipeline::Settings {
+            trusted_origin: tollgate::origin::TrustedOrigin::Forwarded { hops: 1 },
+            ..Default::default()
+        },
+    };
+    let run = |xfcc: Option<String>| {
+        let mut r = request(
+            HOST,
+            "/v1/x",
+            &[("authorization", &auth), ("x-forwarded-proto", "https")],
+        );
+        r.peer_certificate = Some(proxy_cert.clone());
+        if let Some(xfcc) = xfcc {
+            r.headers.push("x-forwarded-client-cert", xfcc);
+        }
+        r
+    };
+    let forwarded = format!(
+        "Hash=00;Cert=\"{}\";URI=spiffe://bikes/app",
+        url_encode(&client_cert)
+    );
+    let decide = |r| {
+        let deps = deps.clone();
+        let snapshot = &snapshot;
+        async move { outcome(&tollgate::pipeline::decide(snapshot, &r, &deps).await) }
+    };
+    assert_eq!(decide(run(Some(forwarded.clone()))).await, "allow");
+    // A client-forged element further left does not count.
+    let forged = format!("Cert=\"{}\",{forwarded}", url_encode(&pem(b"forged")));
+    assert_eq!(decide(run(Some(forged))).await, "allow");
+    // Without XFCC, the proxy's own certificate must not satisfy the binding.
+    assert_eq!(decide(run(None)).await, "certificate_binding_mismatch");
+    let other = format!("Cert=\"{}\"", url_encode(&pem(b"another")));
+    assert_eq!(
+        decide(run(Some(other))).await,
+        "certificate_binding_mismatch"
+    );
+}

@@ -212,13 +212,13 @@ impl AppIndex {
         self.apps.is_empty()
     }
 
-    fn by_certificate(&self, request: &RequestContext) -> Option<usize> {
-        if let Some(principal) = &request.peer_principal
+    fn by_certificate(&self, origin: &Origin) -> Option<usize> {
+        if let Some(principal) = &origin.client_principal
             && let Some(i) = self.by_spiffe.get(principal)
         {
             return Some(*i);
         }
-        let fp = certificate::fingerprint_hex(request.peer_certificate.as_deref()?)?;
+        let fp = certificate::fingerprint_hex(origin.client_certificate.as_deref()?)?;
         self.by_fingerprint.get(&fp).copied()
     }
 }
@@ -355,9 +355,10 @@ impl AppPolicy {
             }
         }
         // 2. The client certificate.
-        let cert_presented = request.peer_certificate.is_some() || request.peer_principal.is_some();
+        let cert_presented =
+            origin.client_certificate.is_some() || origin.client_principal.is_some();
         let cert_app = if self.client_certificate {
-            apps.by_certificate(request)
+            apps.by_certificate(origin)
         } else {
             None
         };

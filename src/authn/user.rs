@@ -227,7 +227,7 @@ impl UserPolicy {
             .get(verified.issuer)
             .ok_or_else(|| invalid("the token's issuer is not trusted"))?;
         let mut user = self
-            .check_claims(&verified, issuer, request, now_secs, digest)
+            .check_claims(&verified, issuer, origin, now_secs, digest)
             .map_err(challenge)?;
         // RFC 9449: the binding and the proof, after the token itself
         // verified (a proof for a forged token proves nothing).
@@ -323,7 +323,7 @@ impl UserPolicy {
         &self,
         verified: &Verified,
         issuer: &Issuer,
-        request: &RequestContext,
+        origin: &Origin,
         now: f64,
         digest: token_cache::TokenDigest,
     ) -> Result<UserIdentity, Deny> {
@@ -363,7 +363,7 @@ impl UserPolicy {
         match (&cnf_x5t, self.certificate_binding) {
             (_, Requirement::Disabled) => {}
             (Some(expected), _) => {
-                certificate::check_binding(expected, request.peer_certificate.as_deref())
+                certificate::check_binding(expected, origin.client_certificate.as_deref())
                     .map_err(|e| Deny::new(Reason::CertificateBindingMismatch, e.to_string()))?;
             }
             (None, Requirement::Required) => {

@@ -55,7 +55,7 @@ fn read_connection(attributes: &AttributeContext, request: &mut RequestContext) 
     request.peer_ip = source.and_then(peer_ip);
     if let Some(source) = source {
         if !source.certificate.is_empty() {
-            match percent_decode(&source.certificate) {
+            match crate::encoding::percent_decode(&source.certificate) {
                 Some(pem) => request.peer_certificate = Some(pem),
                 None => request
                     .defects
@@ -241,29 +241,6 @@ fn read_body(http: &HttpRequest, request: &mut RequestContext) {
         bytes: bytes.to_vec(),
         truncated: partial.as_deref() == Some("true"),
     });
-}
-
-/// Decodes `%XX` escapes (Envoy URL-encodes the peer certificate's PEM).
-/// `None` when an escape is broken or the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A header name made safe for a log line or problem detail.
@@ -490,8 +467,5 @@ mod tests {
             Some("spiffe://example/app")
         );
         assert!(request.tls);
-
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
     }
 }

@@ -49,6 +49,8 @@ mod tests {
             scheme: if https { "https" } else { "http" },
             host: "h".into(),
             port: None,
+            client_certificate: None,
+            client_principal: None,
         }
     }
 

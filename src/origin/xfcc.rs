@@ -1,0 +1,135 @@
+//! `X-Forwarded-Client-Cert` (XFCC): the client certificate a
+//! TLS-terminating proxy in front of Envoy saw, used only in `forwarded`
+//! mode.
+//!
+//! The header is a comma-separated list of elements, one per proxy that
+//! terminated a TLS connection with a client certificate, each a
+//! `;`-separated list of `Key=value` pairs (`By`, `Hash`, `Cert`, `Chain`,
+//! `Subject`, `URI`, `DNS`); values may be double-quoted and `Cert` is the
+//! URL-encoded PEM. tollgate reads the **right-most** element: it was
+//! appended by the proxy nearest to Envoy, so an element a client forged
+//! further left is never used. The trusted proxy must still sanitise the
+//! header when it saw no client certificate (Envoy:
+//! `forward_client_cert_details: SANITIZE_SET`), or a client's own element
+//! would be the right-most one; `docs/envoy.md` says how.
+
+use crate::encoding::percent_decode;
+use crate::request::RequestContext;
+
+/// Most bytes of XFCC tollgate parses (a PEM certificate is 1–3 KiB).
+const MAX_XFCC_BYTES: usize = 16 * 1024;
+
+/// The client certificate a trusted proxy forwarded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ForwardedClient {
+    pub certificate: Option<String>,
+    pub principal: Option<String>,
+}
+
+/// The right-most XFCC element of `request`, if any and well-formed.
+pub(super) fn client(request: &RequestContext) -> ForwardedClient {
+    let mut values = request.headers.get_all("x-forwarded-client-cert");
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // Absent, or repeated (ambiguous): no certificate.
+        return ForwardedClient::default();
+    };
+    if value.len() > MAX_XFCC_BYTES {
+        return ForwardedClient::default();
+    }
+    let Some(element) = split_unquoted(value, ',').pop() else {
+        return ForwardedClient::default();
+    };
+    let mut client = ForwardedClient::default();
+    let mut uri = None;
+    let mut dns = None;
+    let mut subject = None;
+    for pair in split_unquoted(element, ';') {
+        let Some((key, raw)) = pair.split_once('=') else {
+            continue;
+        };
+        let value = unquote(raw.trim());
+        match key.trim().to_ascii_lowercase().as_str() {
+            "cert" => client.certificate = percent_decode(value),
+            "uri" if uri.is_none() => uri = Some(value.to_owned()),
+            "dns" if dns.is_none() => dns = Some(value.to_owned()),
+            "subject" => subject = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    // The same preference Envoy uses for `Peer.principal`.
+    client.principal = uri.or(dns).or(subject).filter(|p| !p.is_empty());
+    client
+}
+
+/// Splits on `separator` outside double quotes.
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn unquote(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Headers;
+
+    fn request(values: &[&str]) -> RequestContext {
+        RequestContext {
+            headers: values
+                .iter()
+                .map(|v| ("x-forwarded-client-cert", *v))
+                .collect::<Headers>(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_the_right_most_element() {
+        let forged = r#"Cert="-----BEGIN%20CERTIFICATE-----%0AFORGED";URI=spiffe://evil/app"#;
+        let real = r#"By=spiffe://mesh/envoy;Hash=ab;Cert="-----BEGIN%20CERTIFICATE-----%0AMIIB%0A-----END%20CERTIFICATE-----%0A";Subject="CN=app, O=Bikes";URI=spiffe://bikes/app;DNS=app.bikes"#;
+        let client = client(&request(&[&format!("{forged},{real}")]));
+        assert_eq!(
+            client.certificate.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+        );
+        assert_eq!(client.principal.as_deref(), Some("spiffe://bikes/app"));
+    }
+
+    #[test]
+    fn quoted_commas_do_not_split_elements() {
+        let client = client(&request(&[r#"Subject="CN=a, O=b""#]));
+        assert_eq!(client.principal.as_deref(), Some("CN=a, O=b"));
+        assert_eq!(client.certificate, None);
+    }
+
+    #[test]
+    fn absent_repeated_broken_or_oversized_gives_nothing() {
+        assert_eq!(client(&request(&[])), ForwardedClient::default());
+        assert_eq!(
+            client(&request(&["URI=spiffe://a", "URI=spiffe://b"])),
+            ForwardedClient::default()
+        );
+        assert_eq!(client(&request(&[r#"Cert="%zz""#])).certificate, None);
+        let huge = format!("URI={}", "a".repeat(MAX_XFCC_BYTES));
+        assert_eq!(client(&request(&[&huge])), ForwardedClient::default());
+    }
+}
