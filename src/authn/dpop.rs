@@ -241,6 +241,12 @@ impl DpopPolicy {
         Deny::new(reason, detail).with_header("www-authenticate", challenge)
     }
 
+    /// The challenge of a replayed proof (`replay_detected`, found by the
+    /// admission stage).
+    pub fn replay_challenge(&self) -> String {
+        format!(r#"DPoP error="invalid_dpop_proof", algs="{}""#, self.algs)
+    }
+
     /// A token misuse under DPoP: `user_token_invalid`, with the `DPoP`
     /// challenge (§7.1 `invalid_token`) so the client learns the scheme.
     fn token_error(&self, detail: &str) -> Deny {

@@ -181,7 +181,8 @@ pub(super) async fn check(
             let deny = Deny::new(
                 Reason::ReplayDetected,
                 format!("this {scope} was already used; send a fresh credential"),
-            );
+            )
+            .with_header("www-authenticate", replay_challenge(policy, scope));
             run.note("admission", StepOutcome::Deny, deny.detail.clone());
             Err(deny)
         }
@@ -217,6 +218,22 @@ pub(super) async fn check(
 
 /// The scope of the `index`th nonce (nonces all live in the primary group,
 /// in input order).
+/// A 401 carries a challenge (RFC 9110 §15.5.2): the one of the credential
+/// that was replayed.
+fn replay_challenge(policy: &CompiledPolicy, scope: &str) -> String {
+    match scope {
+        crate::authn::dpop::NONCE_SCOPE => match &policy.user {
+            Some(user) => user.dpop().replay_challenge(),
+            None => r#"DPoP error="invalid_dpop_proof""#.to_owned(),
+        },
+        crate::authn::signature::NONCE_SCOPE => r#"Signature realm="tollgate""#.to_owned(),
+        _ => match policy.app.as_ref().and_then(|a| a.attestation_header()) {
+            Some(header) => format!(r#"App realm="tollgate", header="{header}""#),
+            None => r#"App realm="tollgate""#.to_owned(),
+        },
+    }
+}
+
 fn nonce_scope(nonces: &[Nonce], index: usize) -> Option<&str> {
     nonces.get(index).map(|n| n.scope.as_str())
 }
