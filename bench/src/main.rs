@@ -1,0 +1,130 @@
+//! `tollgate-bench`: tollgate's load benchmark (issue 6,
+//! `docs/performance.md`). Run it with `bench/load.sh [--quick]`, which
+//! builds tollgate and this crate in release mode first.
+//!
+//! - `envoy` — the same HTTP/1.1 request through one Envoy (one worker) in
+//!   front of: nothing (direct response, the ceiling), a null ext_authz
+//!   server, the null server making one Redis `EVALSHA` per check (the
+//!   floor), Envoy's own `jwt_authn` verifying the same two tokens (without
+//!   and with its cache), and tollgate with the full policy and Redis.
+//!   Saturated (closed loop), unloaded (one connection) and at a fixed
+//!   open-loop rate of half the null+Redis saturation;
+//! - `grpc` — `Check` driven directly (no Envoy) over 1 and 4 HTTP/2
+//!   connections against tollgate (Redis, and in-memory) and the null
+//!   servers, then open loop at 70 % of saturation;
+//! - `memory` — tollgate's resident memory with 100 policies and 10,000
+//!   apps loaded, and after floods of distinct valid and random tokens;
+//! - `all` — the three, in that order;
+//! - `null-server` — the null ext_authz server (started by the others).
+//!
+//! Figures are printed, never judged: the exit status says only whether the
+//! benchmark ran (every request must be admitted, or the figures would
+//! measure the wrong path).
+//!
+//! Modules: [`fixtures`] (policy, keys, tokens; shared with the criterion
+//! benches), [`procs`] (child processes, CPU time, Redis), [`envoy`]
+//! (bootstrap), [`check`] (the `CheckRequest`, the null servers' answer),
+//! [`null`] (null servers), [`loadgen`] (closed/open-loop generator),
+//! [`run`] (the scenarios and the report).
+
+#[path = "../../benches/support/fixtures.rs"]
+mod fixtures;
+
+mod check;
+mod envoy;
+mod loadgen;
+mod null;
+mod procs;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "tollgate-bench", about = "tollgate's load benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Envoy side by side, direct gRPC, and memory.
+    All(Options),
+    /// Envoy side by side.
+    Envoy(Options),
+    /// Direct gRPC `Check` load (no Envoy).
+    Grpc(Options),
+    /// Resident memory with 100 policies and 10,000 apps, and under token floods.
+    Memory(Options),
+    /// A null ext_authz server (internal).
+    NullServer {
+        /// Make one `EVALSHA` per check against this Redis.
+        #[arg(long)]
+        redis: Option<String>,
+    },
+}
+
+/// Settings shared by the benchmark commands.
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    /// A short run (CI smoke): about 1 s per measurement.
+    #[arg(long)]
+    pub quick: bool,
+    /// The repository root (for `.venv/bin/envoy` and `target/release`).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The tollgate binary (default `<repo>/target/release/tollgate`).
+    #[arg(long)]
+    pub tollgate: Option<PathBuf>,
+    /// Connections (HTTP/1.1) or requests in flight (gRPC) when saturated.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Seconds per measurement (default 10; 1 with --quick).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+}
+
+impl Options {
+    pub fn duration(&self) -> std::time::Duration {
+        let seconds = self.seconds.unwrap_or(if self.quick { 1.0 } else { 10.0 });
+        std::time::Duration::from_secs_f64(seconds)
+    }
+
+    pub fn warmup(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(if self.quick { 0.3 } else { 2.0 })
+    }
+
+    pub fn tollgate_binary(&self) -> PathBuf {
+        self.tollgate
+            .clone()
+            .unwrap_or_else(|| self.repo.join("target/release/tollgate"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::NullServer { redis } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(null::serve(redis))),
+        Cmd::All(options) => run::machine(&options)
+            .and_then(|()| run::envoy(&options))
+            .and_then(|()| run::grpc(&options))
+            .and_then(|()| run::memory(&options)),
+        Cmd::Envoy(options) => run::machine(&options).and_then(|()| run::envoy(&options)),
+        Cmd::Grpc(options) => run::machine(&options).and_then(|()| run::grpc(&options)),
+        Cmd::Memory(options) => run::memory(&options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

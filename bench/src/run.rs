@@ -1,0 +1,929 @@
+//! The scenarios and the report.
+//!
+//! Every measurement reads, before and after, the CPU time of each process
+//! involved (`/proc/<pid>/stat`) and Redis's `INFO commandstats`, so each
+//! row reports CPU µs per request per process and Redis commands per
+//! request next to the throughput and latency. The machine has few cores
+//! and the generator shares them: CPU per request is the figure that
+//! carries to other machines; requests per second are this machine's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::runtime::Runtime;
+
+use crate::Options;
+use crate::check;
+use crate::envoy::{self, Envoy, Filter, Listener};
+use crate::fixtures::{self, Fixture};
+use crate::loadgen::{self, Caller, GrpcCaller, HttpCaller, Sample};
+use crate::procs::{self, Proc, Redis, Tollgate};
+
+/// Limitador's Redis-mode throughput on this kind of machine (issue 6).
+const LIMITADOR_REDIS_RPS: f64 = 11_500.0;
+
+/// One measured run with its costs.
+struct Measured {
+    sample: Sample,
+    /// (process label, CPU seconds used during the run).
+    cpu: Vec<(&'static str, f64)>,
+    /// The generator's own CPU seconds.
+    generator_cpu: f64,
+    /// Redis commands during the run.
+    redis_commands: Vec<(String, u64)>,
+}
+
+impl Measured {
+    fn per_request_us(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / (self.sample.calls.max(1) as f64)
+    }
+
+    fn cpu_us(&self, label: &str) -> Option<f64> {
+        self.cpu
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, s)| self.per_request_us(*s))
+    }
+
+    fn redis_per_request(&self) -> f64 {
+        let total: u64 = self.redis_commands.iter().map(|(_, n)| n).sum();
+        total as f64 / self.sample.calls.max(1) as f64
+    }
+
+    fn redis_breakdown(&self) -> String {
+        let calls = self.sample.calls.max(1) as f64;
+        self.redis_commands
+            .iter()
+            .map(|(name, n)| format!("{name} {:.2}", *n as f64 / calls))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A process whose CPU a run reports.
+#[derive(Clone, Copy)]
+struct Watched {
+    label: &'static str,
+    pid: u32,
+}
+
+struct Meter {
+    ticks: f64,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self {
+            ticks: procs::clock_ticks(),
+        }
+    }
+
+    /// Runs `load` on `rt`, measuring `watched` and Redis around it.
+    fn measure<C: Caller, F>(
+        &self,
+        rt: &Runtime,
+        watched: &[Watched],
+        redis: &Redis,
+        load: F,
+    ) -> anyhow::Result<(Vec<C>, Measured)>
+    where
+        F: std::future::Future<Output = anyhow::Result<(Vec<C>, Sample)>>,
+    {
+        let cpu_now = || -> Vec<f64> {
+            watched
+                .iter()
+                .map(|w| procs::cpu_seconds(Some(w.pid), self.ticks))
+                .collect()
+        };
+        let commands_before = redis.command_calls()?;
+        let self_before = procs::cpu_seconds(None, self.ticks);
+        let before = cpu_now();
+        let (callers, sample) = rt.block_on(load)?;
+        let after = cpu_now();
+        let self_after = procs::cpu_seconds(None, self.ticks);
+        let commands_after = redis.command_calls()?;
+        let cpu = watched
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .map(|(w, (b, a))| (w.label, a - b))
+            .collect();
+        let measured = Measured {
+            sample,
+            cpu,
+            generator_cpu: self_after - self_before,
+            redis_commands: procs::command_delta(&commands_before, &commands_after),
+        };
+        if measured.sample.failures > 0 {
+            bail!(
+                "{} of {} requests were not admitted; first: {}",
+                measured.sample.failures,
+                measured.sample.calls,
+                measured.sample.first_failure.as_deref().unwrap_or("?")
+            );
+        }
+        Ok((callers, measured))
+    }
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Prints the machine and the versions of what runs.
+pub fn machine(options: &Options) -> anyhow::Result<()> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = fixtures::status_field_kib(&meminfo, "MemTotal:") as f64 / 1024.0 / 1024.0;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version = |program: &Path, arg: &str| -> String {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                text.lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let envoy = procs::envoy_binary(&options.repo)?;
+    println!("## Machine");
+    println!(
+        "cpu: {model}, {cores} cores; memory {mem_gib:.1} GiB; kernel {}",
+        kernel.trim()
+    );
+    println!("envoy: {}", version(&envoy, "--version"));
+    println!("redis: {}", version(Path::new("redis-server"), "--version"));
+    println!(
+        "tollgate: {} ({})",
+        options.tollgate_binary().display(),
+        if options.quick {
+            "quick run"
+        } else {
+            "full run"
+        }
+    );
+    println!(
+        "measurements: {:?} each after {:?} warm-up; {} connections when saturated",
+        options.duration(),
+        options.warmup(),
+        options.connections
+    );
+    Ok(())
+}
+
+/// A null ext_authz server child process.
+fn start_null(redis: Option<&str>) -> anyhow::Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .arg("null-server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = redis {
+        command.args(["--redis", url]);
+    }
+    let name = if redis.is_some() {
+        "null+redis"
+    } else {
+        "null"
+    };
+    let mut proc = Proc::spawn(name, &mut command)?;
+    let stdout = proc.take_stdout().context("null server stdout")?;
+    let addr = procs::wait_for_line(stdout, Duration::from_secs(30), |line| {
+        line.strip_prefix("listening ")
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+    })
+    .with_context(|| format!("{name} server did not start"))?;
+    Ok((proc, addr))
+}
+
+/// Writes the full policy (`policies` policies, `apps` apps) as files.
+fn write_policy(
+    fixture: &Fixture,
+    dir: &Path,
+    policies: usize,
+    apps: usize,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for (i, text) in fixture.policy_files(policies, apps).iter().enumerate() {
+        let path = dir.join(format!("policy-{i}.yaml"));
+        std::fs::write(&path, text)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn start_tollgate(
+    options: &Options,
+    policy: &[PathBuf],
+    redis: Option<&str>,
+) -> anyhow::Result<Tollgate> {
+    let binary = options.tollgate_binary();
+    if !binary.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release` (bench/load.sh does)",
+            binary.display()
+        );
+    }
+    let tollgate = Tollgate::start(&binary, policy, redis)?;
+    // Ready once the snapshot is loaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, _)) = envoy::http_get(tollgate.admin, "/readyz") {
+            return Ok(tollgate);
+        }
+        if Instant::now() > deadline {
+            bail!("tollgate was not ready within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The Envoy scenarios, in report order.
+struct Scenario {
+    listener: &'static str,
+    title: &'static str,
+    /// The authorization server's label and PID, if any.
+    server: Option<Watched>,
+}
+
+/// One scenario's three measurements.
+struct EnvoyRow {
+    title: &'static str,
+    listener: &'static str,
+    saturated: Measured,
+    unloaded: Measured,
+    open: Option<Measured>,
+}
+
+fn http_callers(
+    rt: &Runtime,
+    addr: SocketAddr,
+    fixture: &Fixture,
+    connections: usize,
+) -> anyhow::Result<Vec<HttpCaller>> {
+    let credentials = fixture.credentials(0, fixtures::SUBJECT);
+    let headers: Vec<(&str, &str)> = check::envoy_headers(&credentials, fixtures::HOST)
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(':') && *name != "x-request-id")
+        .collect();
+    let request = loadgen::http_request(fixtures::HOST, &headers);
+    rt.block_on(async {
+        let mut callers = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            callers.push(HttpCaller::connect(addr, Arc::clone(&request)).await?);
+        }
+        anyhow::Ok(callers)
+    })
+}
+
+/// Envoy side by side.
+pub fn envoy(options: &Options) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let meter = Meter::new();
+    let fixture = Fixture::generate();
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()?;
+    let policy = write_policy(&fixture, dir.path(), 1, 1)?;
+
+    let redis = Redis::start()?;
+    let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    let (null, null_addr) = start_null(None)?;
+    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()))?;
+    let listeners = [
+        ("direct", Filter::None),
+        ("null", Filter::ExtAuthz("null")),
+        ("null_redis", Filter::ExtAuthz("null_redis")),
+        ("jwt", Filter::JwtAuthn { cache: false }),
+        ("jwt_cache", Filter::JwtAuthn { cache: true }),
+        ("tollgate", Filter::ExtAuthz("tollgate")),
+    ]
+    .map(|(name, filter)| Listener { name, filter });
+    let bootstrap = envoy::bootstrap(
+        &listeners,
+        &[
+            ("null", null_addr),
+            ("null_redis", null_redis_addr),
+            ("tollgate", tollgate.grpc),
+        ],
+        &fixture,
+    );
+    let envoy = Envoy::start(&procs::envoy_binary(&options.repo)?, &bootstrap)?;
+
+    let watched = |label, proc: &Proc| {
+        Some(Watched {
+            label,
+            pid: proc.pid(),
+        })
+    };
+    let scenarios = [
+        Scenario {
+            listener: "direct",
+            title: "1 Envoy direct_response (ceiling)",
+            server: None,
+        },
+        Scenario {
+            listener: "null",
+            title: "2a Envoy + null ext_authz",
+            server: watched("server", &null),
+        },
+        Scenario {
+            listener: "null_redis",
+            title: "2b Envoy + null ext_authz + 1 EVALSHA (floor)",
+            server: watched("server", &null_redis),
+        },
+        Scenario {
+            listener: "jwt",
+            title: "3a Envoy jwt_authn (2 tokens, no cache)",
+            server: None,
+        },
+        Scenario {
+            listener: "jwt_cache",
+            title: "3b Envoy jwt_authn (2 tokens, jwt_cache_config)",
+            server: None,
+        },
+        Scenario {
+            listener: "tollgate",
+            title: "4 Envoy + tollgate (full policy, Redis)",
+            server: watched("server", &tollgate.proc),
+        },
+    ];
+    let watch_list = |scenario: &Scenario| -> Vec<Watched> {
+        let mut list = vec![Watched {
+            label: "envoy",
+            pid: envoy.proc.pid(),
+        }];
+        list.extend(scenario.server);
+        list.push(Watched {
+            label: "redis",
+            pid: redis.proc.pid(),
+        });
+        list
+    };
+
+    println!("\n## Through Envoy (HTTP/1.1, one Envoy worker)");
+    let (duration, warmup) = (options.duration(), options.warmup());
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        let addr = envoy.listener(scenario.listener)?;
+        eprintln!("[envoy] {} ...", scenario.title);
+        let callers = http_callers(&rt, addr, &fixture, options.connections)?;
+        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
+        let (_, saturated) = meter.measure(
+            &rt,
+            &watch_list(scenario),
+            &redis,
+            loadgen::closed_loop(callers, duration),
+        )?;
+        let callers = http_callers(&rt, addr, &fixture, 1)?;
+        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup / 2))?;
+        let (_, unloaded) = meter.measure(
+            &rt,
+            &watch_list(scenario),
+            &redis,
+            loadgen::closed_loop(callers, duration),
+        )?;
+        rows.push(EnvoyRow {
+            title: scenario.title,
+            listener: scenario.listener,
+            saturated,
+            unloaded,
+            open: None,
+        });
+    }
+    let floor_rate = row(&rows, "null_redis")?.saturated.sample.rate();
+    let open_rate = (floor_rate / 2.0).max(10.0);
+    for (scenario, row) in scenarios.iter().zip(rows.iter_mut()) {
+        let addr = envoy.listener(scenario.listener)?;
+        eprintln!(
+            "[envoy] {} open loop at {open_rate:.0}/s ...",
+            scenario.title
+        );
+        let callers = http_callers(&rt, addr, &fixture, options.connections)?;
+        let (callers, _) = rt.block_on(loadgen::open_loop(callers, open_rate, warmup))?;
+        let (_, open) = meter.measure(
+            &rt,
+            &watch_list(scenario),
+            &redis,
+            loadgen::open_loop(callers, open_rate, duration),
+        )?;
+        row.open = Some(open);
+    }
+    print_envoy(&rows, options.connections, open_rate)?;
+    drop(envoy);
+    drop((null, null_redis, tollgate));
+    Ok(())
+}
+
+fn row<'a>(rows: &'a [EnvoyRow], listener: &str) -> anyhow::Result<&'a EnvoyRow> {
+    rows.iter()
+        .find(|r| r.listener == listener)
+        .with_context(|| format!("no row {listener}"))
+}
+
+fn cpu_cell(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow::Result<()> {
+    println!(
+        "\n### Saturated: closed loop, {connections} connections\n\n\
+         | scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | server CPU µs/req | Redis CPU µs/req | Redis cmds/req | generator CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let m = &r.saturated;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.1} |",
+            r.title,
+            m.sample.rate(),
+            m.sample.percentile_ms(50.0),
+            m.sample.percentile_ms(99.0),
+            cpu_cell(m.cpu_us("envoy")),
+            cpu_cell(m.cpu_us("server")),
+            cpu_cell(m.cpu_us("redis")),
+            m.redis_per_request(),
+            m.per_request_us(m.generator_cpu),
+        );
+    }
+    println!(
+        "\n### Latency: unloaded (1 connection, closed loop) and open loop at {open_rate:.0} req/s (half the null+Redis saturation)\n\n\
+         | scenario | unloaded req/s | unloaded p50 ms | unloaded p99 ms | open p50 ms | open p99 ms | open p99.9 ms | open achieved req/s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let u = &r.unloaded.sample;
+        let (o50, o99, o999, orate) = r.open.as_ref().map_or((0.0, 0.0, 0.0, 0.0), |o| {
+            (
+                o.sample.percentile_ms(50.0),
+                o.sample.percentile_ms(99.0),
+                o.sample.percentile_ms(99.9),
+                o.sample.rate(),
+            )
+        });
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {o50:.3} | {o99:.3} | {o999:.3} | {orate:.0} |",
+            r.title,
+            u.rate(),
+            u.percentile_ms(50.0),
+            u.percentile_ms(99.0),
+        );
+    }
+    let tollgate = row(rows, "tollgate")?;
+    println!("\n### Ratios of tollgate (4) to the others (saturated req/s)\n");
+    for r in rows.iter().filter(|r| r.listener != "tollgate") {
+        println!(
+            "- 4 / {}: {:.2}",
+            r.title,
+            tollgate.saturated.sample.rate() / r.saturated.sample.rate().max(1e-9)
+        );
+    }
+    println!(
+        "- Redis commands per request, tollgate: {:.2} ({})",
+        tollgate.saturated.redis_per_request(),
+        tollgate.saturated.redis_breakdown()
+    );
+
+    let floor = row(rows, "null_redis")?;
+    let jwt = row(rows, "jwt")?;
+    let jwt_cache = row(rows, "jwt_cache")?;
+    let ratio = |a: &EnvoyRow, b: &EnvoyRow| {
+        a.saturated.sample.rate() / b.saturated.sample.rate().max(1e-9)
+    };
+    let added = |f: &dyn Fn(&EnvoyRow) -> f64| f(tollgate) - f(floor);
+    let open_pct =
+        |r: &EnvoyRow, p: f64| r.open.as_ref().map_or(0.0, |o| o.sample.percentile_ms(p));
+    println!("\n### Targets (issue 6), through Envoy\n");
+    target(
+        "throughput ≥ 0.85× null+Redis",
+        ratio(tollgate, floor),
+        0.85,
+        true,
+        "×",
+    );
+    target(
+        "throughput ≥ 0.9× jwt_authn without cache",
+        ratio(tollgate, jwt),
+        0.9,
+        true,
+        "×",
+    );
+    println!(
+        "- (reported) throughput vs jwt_authn with its cache: {:.2}×",
+        ratio(tollgate, jwt_cache)
+    );
+    target(
+        "added p50 over null+Redis, unloaded ≤ 0.3 ms",
+        added(&|r| r.unloaded.sample.percentile_ms(50.0)),
+        0.3,
+        false,
+        " ms",
+    );
+    target(
+        "added p99 over null+Redis, unloaded ≤ 0.3 ms",
+        added(&|r| r.unloaded.sample.percentile_ms(99.0)),
+        0.3,
+        false,
+        " ms",
+    );
+    target(
+        "added p50 over null+Redis, open loop ≤ 0.3 ms",
+        added(&|r| open_pct(r, 50.0)),
+        0.3,
+        false,
+        " ms",
+    );
+    target(
+        "added p99 over null+Redis, open loop ≤ 0.3 ms",
+        added(&|r| open_pct(r, 99.0)),
+        0.3,
+        false,
+        " ms",
+    );
+    target(
+        "Redis commands per allowed request = 1",
+        tollgate.saturated.redis_per_request(),
+        1.0,
+        false,
+        "",
+    );
+    Ok(())
+}
+
+/// Prints one target line: met or missed, never a failure.
+fn target(what: &str, value: f64, bound: f64, at_least: bool, unit: &str) {
+    let met = if at_least {
+        value >= bound
+    } else {
+        value <= bound + 1e-9
+    };
+    println!(
+        "- {what}: {value:.2}{unit} — {}",
+        if met { "met" } else { "MISSED" }
+    );
+}
+
+/// A gRPC target: a label, the server process and its address.
+struct GrpcTarget {
+    title: &'static str,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+struct GrpcRow {
+    title: &'static str,
+    /// (connections, measurement) when saturated.
+    saturated: Vec<(usize, Measured)>,
+    open: Measured,
+}
+
+fn grpc_callers(
+    rt: &Runtime,
+    addr: SocketAddr,
+    fixture: &Fixture,
+    connections: usize,
+    in_flight: usize,
+) -> anyhow::Result<Vec<GrpcCaller>> {
+    let request = check::request(&fixture.credentials(0, fixtures::SUBJECT));
+    rt.block_on(async {
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            channels.push(loadgen::grpc_channel(addr).await?);
+        }
+        Ok((0..in_flight)
+            .map(|i| GrpcCaller::new(channels[i % connections].clone(), request.clone()))
+            .collect())
+    })
+}
+
+/// Direct gRPC `Check` load.
+pub fn grpc(options: &Options) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let meter = Meter::new();
+    let fixture = Fixture::generate();
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()?;
+    let policy = write_policy(&fixture, dir.path(), 1, 1)?;
+    let redis = Redis::start()?;
+    let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    let tollgate_memory = start_tollgate(options, &policy, None)?;
+    let (null, null_addr) = start_null(None)?;
+    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()))?;
+    let targets = [
+        GrpcTarget {
+            title: "null ext_authz",
+            pid: null.pid(),
+            addr: null_addr,
+        },
+        GrpcTarget {
+            title: "null ext_authz + 1 EVALSHA",
+            pid: null_redis.pid(),
+            addr: null_redis_addr,
+        },
+        GrpcTarget {
+            title: "tollgate, full policy, in-memory store",
+            pid: tollgate_memory.proc.pid(),
+            addr: tollgate_memory.grpc,
+        },
+        GrpcTarget {
+            title: "tollgate, full policy, Redis",
+            pid: tollgate.proc.pid(),
+            addr: tollgate.grpc,
+        },
+    ];
+    let in_flight = options.connections;
+    let (duration, warmup) = (options.duration(), options.warmup());
+    println!("\n## Direct gRPC Check (no Envoy), {in_flight} in flight");
+    let mut rows = Vec::new();
+    for t in &targets {
+        let watched = [
+            Watched {
+                label: "server",
+                pid: t.pid,
+            },
+            Watched {
+                label: "redis",
+                pid: redis.proc.pid(),
+            },
+        ];
+        let mut saturated = Vec::new();
+        for connections in [1, 4] {
+            eprintln!("[grpc] {} over {connections} connection(s) ...", t.title);
+            let callers = grpc_callers(&rt, t.addr, &fixture, connections, in_flight)?;
+            let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
+            let (_, m) = meter.measure(
+                &rt,
+                &watched,
+                &redis,
+                loadgen::closed_loop(callers, duration),
+            )?;
+            saturated.push((connections, m));
+        }
+        let best = saturated
+            .iter()
+            .map(|(_, m)| m.sample.rate())
+            .fold(0.0, f64::max);
+        let rate = (best * 0.7).max(10.0);
+        eprintln!("[grpc] {} open loop at {rate:.0}/s ...", t.title);
+        let callers = grpc_callers(&rt, t.addr, &fixture, 4, in_flight * 2)?;
+        let (callers, _) = rt.block_on(loadgen::open_loop(callers, rate, warmup))?;
+        let (_, open) = meter.measure(
+            &rt,
+            &watched,
+            &redis,
+            loadgen::open_loop(callers, rate, duration),
+        )?;
+        rows.push(GrpcRow {
+            title: t.title,
+            saturated,
+            open,
+        });
+    }
+    print_grpc(&rows, in_flight)?;
+    drop((null, null_redis, tollgate, tollgate_memory));
+    Ok(())
+}
+
+fn print_grpc(rows: &[GrpcRow], in_flight: usize) -> anyhow::Result<()> {
+    println!(
+        "\n### Saturated: closed loop, {in_flight} in flight\n\n\
+         | server | HTTP/2 conns | checks/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check | Redis CPU µs/check | Redis cmds/check | generator CPU µs/check |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        for (connections, m) in &r.saturated {
+            println!(
+                "| {} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.1} |",
+                r.title,
+                m.sample.rate(),
+                m.sample.percentile_ms(50.0),
+                m.sample.percentile_ms(99.0),
+                m.sample.percentile_ms(99.9),
+                cpu_cell(m.cpu_us("server")),
+                cpu_cell(m.cpu_us("redis")),
+                m.redis_per_request(),
+                m.per_request_us(m.generator_cpu),
+            );
+        }
+    }
+    println!(
+        "\n### Open loop at 70 % of each server's saturated rate (4 connections)\n\n\
+         | server | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let s = &r.open.sample;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+            r.title,
+            s.offered.unwrap_or_default(),
+            s.rate(),
+            s.percentile_ms(50.0),
+            s.percentile_ms(99.0),
+            s.percentile_ms(99.9),
+            cpu_cell(r.open.cpu_us("server")),
+        );
+    }
+    let find = |title: &str| {
+        rows.iter()
+            .find(|r| r.title == title)
+            .with_context(|| format!("no row {title}"))
+    };
+    let tollgate = find("tollgate, full policy, Redis")?;
+    let floor = find("null ext_authz + 1 EVALSHA")?;
+    let (Some(t), Some(f)) = (best(tollgate), best(floor)) else {
+        bail!("no saturated measurement");
+    };
+    println!("\n### Targets (issue 6), direct gRPC\n");
+    let cpu_ratio =
+        t.cpu_us("server").unwrap_or_default() / f.cpu_us("server").unwrap_or(1.0).max(1e-9);
+    target(
+        "tollgate CPU per Check ≤ 1.2× null+Redis server's",
+        cpu_ratio,
+        1.2,
+        false,
+        "×",
+    );
+    target(
+        "throughput with Redis ≥ 1.3× Limitador's 11.5k/s (14,950/s)",
+        t.sample.rate() / LIMITADOR_REDIS_RPS,
+        1.3,
+        true,
+        "×",
+    );
+    target(
+        "p99 at 70 % open loop ≤ 2 ms",
+        tollgate.open.sample.percentile_ms(99.0),
+        2.0,
+        false,
+        " ms",
+    );
+    target(
+        "p99.9 at 70 % open loop ≤ 5 ms",
+        tollgate.open.sample.percentile_ms(99.9),
+        5.0,
+        false,
+        " ms",
+    );
+    target(
+        "Redis commands per allowed Check = 1",
+        t.redis_per_request(),
+        1.0,
+        false,
+        "",
+    );
+    Ok(())
+}
+
+/// The saturated measurement with the highest throughput.
+fn best(row: &GrpcRow) -> Option<&Measured> {
+    row.saturated
+        .iter()
+        .max_by(|a, b| a.1.sample.rate().total_cmp(&b.1.sample.rate()))
+        .map(|(_, m)| m)
+}
+
+/// tollgate's resident memory: 100 policies and 10,000 apps loaded, then
+/// after floods of distinct valid tokens and of random tokens.
+pub fn memory(options: &Options) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let fixture = Fixture::generate();
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()?;
+    let policy = write_policy(&fixture, dir.path(), 100, 10_000)?;
+    let redis = Redis::start()?;
+    println!("\n## Memory (tollgate serve, Redis store)");
+    let started = Instant::now();
+    let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    let ready_after = started.elapsed();
+    let pid = Some(tollgate.proc.pid());
+    let status = || {
+        std::fs::read_to_string(format!("/proc/{}/status", tollgate.proc.pid())).unwrap_or_default()
+    };
+    let loaded = fixtures::rss_kib(pid);
+    println!(
+        "- 100 policies + 10,000 apps ({} files): ready in {:.2} s (start, parse, compile), resident {:.1} MiB",
+        policy.len(),
+        ready_after.as_secs_f64(),
+        loaded as f64 / 1024.0
+    );
+    let flood = if options.quick { 2_000 } else { 30_000 };
+    eprintln!("[memory] minting {flood} distinct valid credentials ...");
+    let requests: Vec<_> = (0..flood)
+        .map(|i| check::request(&fixture.credentials(i % 10_000, &format!("flood-user-{i}"))))
+        .collect();
+    let valid = send_all(&rt, tollgate.grpc, requests, true)?;
+    let after_valid = fixtures::rss_kib(pid);
+    println!(
+        "- after {valid} distinct valid token pairs (every one admitted; token cache bound 10,000 per policy): resident {:.1} MiB",
+        after_valid as f64 / 1024.0
+    );
+    let garbage: Vec<_> = (0..flood)
+        .map(|i| {
+            let mut credentials = fixture.credentials(0, fixtures::SUBJECT);
+            credentials.authorization = format!("Bearer {}", random_token(i));
+            check::request(&credentials)
+        })
+        .collect();
+    let denied = send_all(&rt, tollgate.grpc, garbage, false)?;
+    let after_garbage = fixtures::rss_kib(pid);
+    println!(
+        "- after {denied} random (invalid) tokens, all denied: resident {:.1} MiB; peak (VmHWM) {:.1} MiB",
+        after_garbage as f64 / 1024.0,
+        fixtures::status_field_kib(&status(), "VmHWM:") as f64 / 1024.0
+    );
+    println!("\n### Targets (issue 6), memory\n");
+    target(
+        "resident memory with 100 policies + 10,000 apps < 100 MiB",
+        loaded as f64 / 1024.0,
+        100.0,
+        false,
+        " MiB",
+    );
+    target(
+        "resident memory after the token floods < 100 MiB (bounded)",
+        after_garbage.max(after_valid) as f64 / 1024.0,
+        100.0,
+        false,
+        " MiB",
+    );
+    drop(tollgate);
+    Ok(())
+}
+
+/// A random-looking JWT-shaped string (not a valid token).
+fn random_token(i: usize) -> String {
+    use base64::Engine;
+    let mut state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut bytes = vec![0u8; 180];
+    for b in &mut bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *b = state as u8;
+    }
+    let part = |r: std::ops::Range<usize>| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[r])
+    };
+    format!("{}.{}.{}", part(0..40), part(40..120), part(120..180))
+}
+
+/// Sends every request (32 in flight); all must be admitted (`expect_allow`)
+/// or all denied. Returns how many were sent.
+fn send_all(
+    rt: &Runtime,
+    addr: SocketAddr,
+    requests: Vec<tollgate::grpc::pb::CheckRequest>,
+    expect_allow: bool,
+) -> anyhow::Result<usize> {
+    let total = requests.len();
+    let queue = Arc::new(std::sync::Mutex::new(requests));
+    rt.block_on(async {
+        let channel = loadgen::grpc_channel(addr).await?;
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let queue = Arc::clone(&queue);
+            let mut client = tollgate::grpc::pb::AuthorizationClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                    let Some(request) = next else {
+                        return anyhow::Ok(());
+                    };
+                    let response = client.check(request).await?.into_inner();
+                    let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
+                    if allowed != expect_allow {
+                        bail!("unexpected decision in the flood: {response:?}");
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(total)
+}
