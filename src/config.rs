@@ -61,6 +61,17 @@ pub struct ServeConfig {
     )]
     pub drain_timeout: Duration,
 
+    /// Per-app metrics (`tollgate_app_checks_total{app,outcome}`) for at
+    /// most this many distinct apps; later apps share `app="_other"`.
+    /// 0 (default) turns them off.
+    #[arg(
+        long,
+        env = "TOLLGATE_METRICS_APP_LABELS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub metrics_app_labels: usize,
+
     /// The store: `--redis`, `--redis-cluster`, `--store-timeout`…
     /// (absent `--redis`: in-memory, single replica).
     #[command(flatten)]

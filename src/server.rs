@@ -14,6 +14,7 @@
 //!    503), then the gRPC listener closes and in-flight calls finish, for at
 //!    most the drain timeout; then the admin port stops and `run` returns.
 
+use crate::telemetry::app_labels::AppLabels;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +107,8 @@ pub struct ServerState {
     pub metrics: Option<PrometheusHandle>,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Per-app metric labels (off unless given a limit).
+    pub app_labels: Arc<AppLabels>,
 }
 
 impl ServerState {
@@ -117,6 +120,7 @@ impl ServerState {
             readiness: Readiness::new(true),
             metrics: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            app_labels: Arc::new(AppLabels::new(0)),
         }
     }
 }
@@ -232,10 +236,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let check = CheckServer::new(CheckService::new(
-        state.snapshot.clone(),
-        state.deps.clone(),
-    ));
+    let check = CheckServer::new(
+        CheckService::new(state.snapshot.clone(), state.deps.clone())
+            .with_app_labels(state.app_labels.clone()),
+    );
 
     let (stop_grpc, grpc_stop) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));

@@ -12,6 +12,8 @@
 //! process share it. Histograms use [`LATENCY_BUCKETS`], fine enough for
 //! sub-millisecond decisions.
 
+pub mod app_labels;
+
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;

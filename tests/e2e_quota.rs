@@ -181,7 +181,14 @@ spec:
 fn per_app_plans_and_usage_cli() {
     let redis = RedisServer::start();
     let stack = Stack::builder(APPS)
-        .tollgate_args(&["--redis", &redis.url(), "--store-timeout", "200ms"])
+        .tollgate_args(&[
+            "--redis",
+            &redis.url(),
+            "--store-timeout",
+            "200ms",
+            "--metrics-app-labels",
+            "1",
+        ])
         .start();
     let send = |key: &str| {
         stack
@@ -212,6 +219,26 @@ fn per_app_plans_and_usage_cli() {
     }
     assert_eq!(passed["gold-app"], 4);
     assert_eq!(passed["free-app"], 2);
+
+    // Per-app metrics, bounded to one app label: the second app seen is
+    // counted under `_other`.
+    let metrics = stack.tollgate.metrics();
+    let series = |app: &str, outcome: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("tollgate_app_checks_total{")
+                && l.contains(&format!(r#"app="{app}""#))
+                && l.contains(&format!(r#"outcome="{outcome}""#))
+        })
+    };
+    assert!(
+        series("gold-app", "allow") && series("gold-app", "deny"),
+        "{metrics}"
+    );
+    assert!(
+        series("_other", "allow") && series("_other", "deny"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"app="free-app""#), "{metrics}");
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["usage", "--redis", &redis.url(), "--format", "json"])

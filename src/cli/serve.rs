@@ -91,6 +91,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut state = ServerState::new(shared, deps);
     state.metrics = Some(metrics);
     state.drain_timeout = config.drain_timeout;
+    state.app_labels = std::sync::Arc::new(crate::telemetry::app_labels::AppLabels::new(
+        config.metrics_app_labels,
+    ));
 
     let served = server::run(listeners, state, async {
         let signal = shutdown::signal().await;

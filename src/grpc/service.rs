@@ -26,6 +26,7 @@ use crate::pipeline::{self, Deps};
 use crate::policy::snapshot::SharedSnapshot;
 use crate::reason::Reason;
 use crate::request::RequestContext;
+use crate::telemetry::app_labels::AppLabels;
 
 /// The gRPC service name Envoy calls.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -43,19 +44,33 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const CHECKS_TOTAL: &str = "tollgate_checks_total";
 /// Histogram of the time from a decoded request to its response, in seconds.
 pub const CHECK_DURATION: &str = "tollgate_check_duration_seconds";
+/// Counter of decisions per app (only with `--metrics-app-labels`):
+/// labels `app` (bounded, see [`AppLabels`]) and `outcome`.
+pub const APP_CHECKS_TOTAL: &str = "tollgate_app_checks_total";
 
 /// Decides `Check` calls against the current snapshot.
 #[derive(Clone, Debug)]
 pub struct CheckService {
     snapshot: SharedSnapshot,
     deps: Deps,
+    app_labels: Arc<AppLabels>,
 }
 
 impl CheckService {
     /// A service reading policies from `snapshot` (swapped by the policy
     /// source while serving).
     pub fn new(snapshot: SharedSnapshot, deps: Deps) -> Self {
-        Self { snapshot, deps }
+        Self {
+            snapshot,
+            deps,
+            app_labels: Arc::new(AppLabels::new(0)),
+        }
+    }
+
+    /// Counts decisions per app too, with these (bounded) labels.
+    pub fn with_app_labels(mut self, app_labels: Arc<AppLabels>) -> Self {
+        self.app_labels = app_labels;
+        self
     }
 
     /// Answers one `Check` request. Never fails.
@@ -102,7 +117,7 @@ impl CheckService {
         // SEAM (authentication work): per-policy challenge parameters; stages
         // that know better put their own `WWW-Authenticate` on the denial.
         let response = response::to_check_response(decision, &ChallengeParams::default());
-        record(decision, started);
+        record(decision, started, &self.app_labels);
         response
     }
 }
@@ -147,7 +162,7 @@ fn audit(request: &RequestContext, decision: &Decision) {
 }
 
 /// Counts the decision and records its latency.
-fn record(decision: &Decision, started: Instant) {
+fn record(decision: &Decision, started: Instant, app_labels: &AppLabels) {
     let policy = decision
         .identity
         .policy
@@ -160,6 +175,11 @@ fn record(decision: &Decision, started: Instant) {
     };
     metrics::counter!(CHECKS_TOTAL, "policy" => policy, "outcome" => outcome, "reason" => reason)
         .increment(1);
+    if let Some(app) = decision.identity.app.as_deref()
+        && let Some(label) = app_labels.label(app)
+    {
+        metrics::counter!(APP_CHECKS_TOTAL, "app" => label, "outcome" => outcome).increment(1);
+    }
     metrics::histogram!(CHECK_DURATION).record(started.elapsed().as_secs_f64());
 }
 
