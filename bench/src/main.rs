@@ -42,6 +42,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The same allocator as `tollgate serve`, so the null servers stay the
+/// physical limit of a server built like tollgate.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "tollgate-bench", about = "tollgate's load benchmark")]
 struct Cli {
@@ -85,6 +90,11 @@ pub struct Options {
     /// Seconds per measurement (default 10; 1 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// grpc: measure only the servers whose title contains this text (for
+    /// profiling one server, e.g. `--only Redis`); the targets are then
+    /// not evaluated.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 impl Options {

@@ -200,6 +200,73 @@ impl Redis {
     }
 }
 
+/// Client commands (round trips) seen by `MONITOR`, apart from the
+/// commands scripts run inside Redis (which `INFO commandstats` counts too).
+pub struct Monitor {
+    stream: TcpStream,
+    reader: std::thread::JoinHandle<Vec<(String, u64)>>,
+}
+
+impl Redis {
+    /// Starts counting client commands.
+    pub fn monitor(&self) -> anyhow::Result<Monitor> {
+        use std::io::Write as _;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.write_all(b"MONITOR\r\n")?;
+        let reading = stream.try_clone()?;
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut counts: Vec<(String, u64)> = Vec::new();
+            let mut first = true;
+            for line in BufReader::new(reading).lines() {
+                let Ok(line) = line else { break };
+                if first {
+                    let _ = tx.send(());
+                    first = false;
+                }
+                if let Some(command) = client_command(&line) {
+                    match counts.iter_mut().find(|(name, _)| *name == command) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((command, 1)),
+                    }
+                }
+            }
+            counts.sort();
+            counts
+        });
+        // MONITOR answers +OK before it reports anything.
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("MONITOR did not answer"))?;
+        Ok(Monitor { stream, reader })
+    }
+}
+
+impl Monitor {
+    /// Stops counting: client commands by name.
+    pub fn finish(self) -> anyhow::Result<Vec<(String, u64)>> {
+        // Let the last lines arrive.
+        std::thread::sleep(Duration::from_millis(200));
+        self.stream.shutdown(std::net::Shutdown::Both)?;
+        self.reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("MONITOR reader panicked"))
+    }
+}
+
+/// The command of a `MONITOR` line sent by a client (`+1700000000.1 [0
+/// 127.0.0.1:5555] "evalsha" …`); `None` for a command a script ran
+/// (`[0 lua]`) and for other lines.
+pub fn client_command(line: &str) -> Option<String> {
+    let rest = line.strip_prefix('+')?;
+    let (_, rest) = rest.split_once('[')?;
+    let (source, rest) = rest.split_once(']')?;
+    if source.ends_with(" lua") {
+        return None;
+    }
+    let command = rest.trim_start().strip_prefix('"')?.split('"').next()?;
+    Some(command.to_ascii_lowercase())
+}
+
 /// `cmdstat_evalsha:calls=12,usec=…` lines → (`evalsha`, 12).
 pub fn parse_commandstats(info: &str) -> Vec<(String, u64)> {
     info.lines()
@@ -336,6 +403,14 @@ mod tests {
             command_delta(&before, &after),
             vec![("evalsha".into(), 100), ("script|load".into(), 1)]
         );
+    }
+
+    #[test]
+    fn monitor_lines_tell_clients_from_scripts() {
+        let client = r#"+1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" "abc" "1" "k""#;
+        assert_eq!(client_command(client).as_deref(), Some("evalsha"));
+        assert_eq!(client_command(r#"+1700000000.1 [0 lua] "GET" "k""#), None);
+        assert_eq!(client_command("+OK"), None);
     }
 
     #[test]

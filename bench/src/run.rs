@@ -189,6 +189,32 @@ pub fn machine(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Redis round trips per request, counted with `MONITOR` over a short
+/// run: (per request, "evalsha 1.00, …").
+fn round_trips<C: Caller>(
+    rt: &Runtime,
+    redis: &Redis,
+    callers: Vec<C>,
+) -> anyhow::Result<(f64, String)> {
+    let monitor = redis.monitor()?;
+    let (_, sample) = rt.block_on(loadgen::closed_loop(callers, Duration::from_millis(300)))?;
+    let counts = monitor.finish()?;
+    let calls = sample.calls.max(1) as f64;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let breakdown = counts
+        .iter()
+        .map(|(name, n)| format!("{name} {:.2}", *n as f64 / calls))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((total as f64 / calls, breakdown))
+}
+
+fn round_trip_cell(value: &Option<(f64, String)>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |(n, _)| format!("{n:.2}"))
+}
+
 /// A null ext_authz server child process.
 fn start_null(redis: Option<&str>) -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe()?;
@@ -273,6 +299,8 @@ struct EnvoyRow {
     saturated: Measured,
     unloaded: Measured,
     open: Option<Measured>,
+    /// Redis round trips per request (MONITOR), where Redis is used.
+    round_trips: Option<(f64, String)>,
 }
 
 fn http_callers(
@@ -403,12 +431,19 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
             &redis,
             loadgen::closed_loop(callers, duration),
         )?;
+        let round_trips = if saturated.redis_per_request() > 0.0 {
+            let callers = http_callers(&rt, addr, &fixture, 1)?;
+            Some(round_trips(&rt, &redis, callers)?)
+        } else {
+            None
+        };
         rows.push(EnvoyRow {
             title: scenario.title,
             listener: scenario.listener,
             saturated,
             unloaded,
             open: None,
+            round_trips,
         });
     }
     let floor_rate = row(&rows, "null_redis")?.saturated.sample.rate();
@@ -448,13 +483,13 @@ fn cpu_cell(value: Option<f64>) -> String {
 fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow::Result<()> {
     println!(
         "\n### Saturated: closed loop, {connections} connections\n\n\
-         | scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | server CPU µs/req | Redis CPU µs/req | Redis cmds/req | generator CPU µs/req |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | server CPU µs/req | Redis CPU µs/req | Redis cmds/req | Redis round trips/req | generator CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let m = &r.saturated;
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.1} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {} | {:.1} |",
             r.title,
             m.sample.rate(),
             m.sample.percentile_ms(50.0),
@@ -463,6 +498,7 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
             cpu_cell(m.cpu_us("server")),
             cpu_cell(m.cpu_us("redis")),
             m.redis_per_request(),
+            round_trip_cell(&r.round_trips),
             m.per_request_us(m.generator_cpu),
         );
     }
@@ -499,10 +535,13 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         );
     }
     println!(
-        "- Redis commands per request, tollgate: {:.2} ({})",
+        "- Redis commands per request, tollgate (INFO commandstats, counting the commands its script runs inside Redis): {:.2} ({})",
         tollgate.saturated.redis_per_request(),
         tollgate.saturated.redis_breakdown()
     );
+    if let Some((n, breakdown)) = &tollgate.round_trips {
+        println!("- Redis round trips per request, tollgate (MONITOR): {n:.2} ({breakdown})");
+    }
 
     let floor = row(rows, "null_redis")?;
     let jwt = row(rows, "jwt")?;
@@ -561,8 +600,8 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         " ms",
     );
     target(
-        "Redis commands per allowed request = 1",
-        tollgate.saturated.redis_per_request(),
+        "Redis round trips per allowed request = 1",
+        tollgate.round_trips.as_ref().map_or(0.0, |(n, _)| *n),
         1.0,
         false,
         "",
@@ -595,6 +634,7 @@ struct GrpcRow {
     /// (connections, measurement) when saturated.
     saturated: Vec<(usize, Measured)>,
     open: Measured,
+    round_trips: Option<(f64, String)>,
 }
 
 fn grpc_callers(
@@ -656,7 +696,13 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
     let (duration, warmup) = (options.duration(), options.warmup());
     println!("\n## Direct gRPC Check (no Envoy), {in_flight} in flight");
     let mut rows = Vec::new();
-    for t in &targets {
+    let selected = |t: &&GrpcTarget| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|o| t.title.contains(o.as_str()))
+    };
+    for t in targets.iter().filter(selected) {
         let watched = [
             Watched {
                 label: "server",
@@ -669,7 +715,10 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
         ];
         let mut saturated = Vec::new();
         for connections in [1, 4] {
-            eprintln!("[grpc] {} over {connections} connection(s) ...", t.title);
+            eprintln!(
+                "[grpc] {} (pid {}) over {connections} connection(s) ...",
+                t.title, t.pid
+            );
             let callers = grpc_callers(&rt, t.addr, &fixture, connections, in_flight)?;
             let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
             let (_, m) = meter.measure(
@@ -694,27 +743,34 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
             &redis,
             loadgen::open_loop(callers, rate, duration),
         )?;
+        let round_trips = if open.redis_per_request() > 0.0 {
+            let callers = grpc_callers(&rt, t.addr, &fixture, 1, 1)?;
+            Some(round_trips(&rt, &redis, callers)?)
+        } else {
+            None
+        };
         rows.push(GrpcRow {
             title: t.title,
             saturated,
             open,
+            round_trips,
         });
     }
-    print_grpc(&rows, in_flight)?;
+    print_grpc(&rows, in_flight, options.only.is_none())?;
     drop((null, null_redis, tollgate, tollgate_memory));
     Ok(())
 }
 
-fn print_grpc(rows: &[GrpcRow], in_flight: usize) -> anyhow::Result<()> {
+fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Result<()> {
     println!(
         "\n### Saturated: closed loop, {in_flight} in flight\n\n\
-         | server | HTTP/2 conns | checks/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check | Redis CPU µs/check | Redis cmds/check | generator CPU µs/check |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | server | HTTP/2 conns | checks/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check | Redis CPU µs/check | Redis cmds/check | Redis round trips/check | generator CPU µs/check |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         for (connections, m) in &r.saturated {
             println!(
-                "| {} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.1} |",
+                "| {} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} |",
                 r.title,
                 m.sample.rate(),
                 m.sample.percentile_ms(50.0),
@@ -723,6 +779,7 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize) -> anyhow::Result<()> {
                 cpu_cell(m.cpu_us("server")),
                 cpu_cell(m.cpu_us("redis")),
                 m.redis_per_request(),
+                round_trip_cell(&r.round_trips),
                 m.per_request_us(m.generator_cpu),
             );
         }
@@ -744,6 +801,9 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize) -> anyhow::Result<()> {
             s.percentile_ms(99.9),
             cpu_cell(r.open.cpu_us("server")),
         );
+    }
+    if !targets {
+        return Ok(());
     }
     let find = |title: &str| {
         rows.iter()
@@ -787,8 +847,8 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize) -> anyhow::Result<()> {
         " ms",
     );
     target(
-        "Redis commands per allowed Check = 1",
-        t.redis_per_request(),
+        "Redis round trips per allowed Check = 1",
+        tollgate.round_trips.as_ref().map_or(0.0, |(n, _)| *n),
         1.0,
         false,
         "",

@@ -91,14 +91,16 @@ pub struct Counted<'p> {
 pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
     let s = request.subject;
     let user_digest = s.user.map(|(iss, sub)| keys::user_digest(iss, sub));
-    let ip_tag = s.ip.map(keys::ip_tag);
+    // The IP digests are computed only when a key needs them (most plans
+    // key by app): hashing the address costs more than the rest of a key.
+    let ip_tag = || s.ip.map(keys::ip_tag);
+    let ip_sub = || s.ip.map(|ip| format!("i:{}", keys::ip_digest(ip)));
     let app_tag = s.app.map(keys::app_tag);
     let primary = app_tag
         .clone()
         .or_else(|| s.user.map(|(iss, sub)| keys::user_tag(iss, sub)))
-        .or_else(|| ip_tag.clone())
+        .or_else(ip_tag)
         .unwrap_or_else(keys::anonymous_tag);
-    let ip_sub = s.ip.map(|ip| format!("i:{}", keys::ip_digest(ip)));
 
     let mut built = Built {
         admission: Admission {
@@ -125,7 +127,7 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                 LimitKey::App => (app_tag.clone().unwrap_or_else(|| primary.clone()), None),
                 LimitKey::AppUser => match (&app_tag, &user_digest) {
                     (Some(tag), Some(user)) => (tag.clone(), Some(format!("u:{user}"))),
-                    (Some(tag), None) => (tag.clone(), ip_sub.clone()),
+                    (Some(tag), None) => (tag.clone(), ip_sub()),
                     (None, _) => (primary.clone(), None),
                 },
                 LimitKey::Device => match (&app_tag, s.device) {
@@ -133,17 +135,17 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                         tag.clone(),
                         Some(format!("d:{}", keys::device_digest(device))),
                     ),
-                    (Some(tag), None) => (tag.clone(), ip_sub.clone()),
+                    (Some(tag), None) => (tag.clone(), ip_sub()),
                     (None, _) => (primary.clone(), None),
                 },
                 LimitKey::User => (
                     s.user
                         .map(|(iss, sub)| keys::user_tag(iss, sub))
-                        .or_else(|| ip_tag.clone())
+                        .or_else(ip_tag)
                         .unwrap_or_else(keys::anonymous_tag),
                     None,
                 ),
-                LimitKey::Ip => (ip_tag.clone().unwrap_or_else(keys::anonymous_tag), None),
+                LimitKey::Ip => (ip_tag().unwrap_or_else(keys::anonymous_tag), None),
             };
             let sub = sub.as_deref();
             let (key, rule, window) = match &limit.kind {
