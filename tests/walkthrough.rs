@@ -26,7 +26,10 @@ fn readme_walkthrough_decides_as_documented() {
         "DENY 401 attestation_missing",
         "DENY 403 https_required",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
     }
     assert!(
         !stdout.contains("eyJ"),
