@@ -882,11 +882,15 @@ pub fn memory(options: &Options) -> anyhow::Result<()> {
     let status = || {
         std::fs::read_to_string(format!("/proc/{}/status", tollgate.proc.pid())).unwrap_or_default()
     };
+    let at_ready = fixtures::rss_kib(pid);
+    // The allocator returns the parser's garbage to the OS shortly after.
+    std::thread::sleep(Duration::from_secs(2));
     let loaded = fixtures::rss_kib(pid);
     println!(
-        "- 100 policies + 10,000 apps ({} files): ready in {:.2} s (start, parse, compile), resident {:.1} MiB",
+        "- 100 policies + 10,000 apps ({} files): ready in {:.2} s (start, parse, compile), resident {:.1} MiB when ready, {:.1} MiB 2 s later",
         policy.len(),
         ready_after.as_secs_f64(),
+        at_ready as f64 / 1024.0,
         loaded as f64 / 1024.0
     );
     let flood = if options.quick { 2_000 } else { 30_000 };
@@ -917,7 +921,7 @@ pub fn memory(options: &Options) -> anyhow::Result<()> {
     println!("\n### Targets (issue 6), memory\n");
     target(
         "resident memory with 100 policies + 10,000 apps < 100 MiB",
-        loaded as f64 / 1024.0,
+        at_ready.max(loaded) as f64 / 1024.0,
         100.0,
         false,
         " MiB",
