@@ -109,12 +109,17 @@ pub async fn closed_loop<C: Caller>(
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(16_384);
                 let (mut calls, mut failures) = (0u64, 0u64);
-                while Instant::now() < end {
+                // Every caller completes at least one call, however late
+                // its task starts.
+                loop {
                     let sent = Instant::now();
                     let ok = caller.call().await?;
                     latencies.push(micros(sent.elapsed()));
                     calls += 1;
                     failures += u64::from(!ok);
+                    if Instant::now() >= end {
+                        break;
+                    }
                 }
                 let failure = caller.first_failure();
                 anyhow::Ok((caller, (latencies, calls, failures, failure)))
