@@ -23,8 +23,8 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy "${cargo_flags[@]}" --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy "${cargo_flags[@]}" --workspace --all-targets -- -D warnings
 
 # The CRDs are generated from the Rust types; the committed copy must match.
 step "deploy/crds matches \`tollgate crds\`"
@@ -35,6 +35,12 @@ if ! diff -u deploy/crds/tollgate.dev.yaml "$generated" >&2; then
   echo "deploy/crds/tollgate.dev.yaml is stale: regenerate it with \`cargo run -- crds -o deploy/crds/tollgate.dev.yaml\`" >&2
   exit 1
 fi
+
+# The benchmarks run shortened so they cannot rot: a smoke run that checks
+# they complete and print their figures, never a pass/fail on the figures.
+step "benchmark smoke run (bench/load.sh --quick; criterion --test)"
+bash bench/load.sh --quick
+cargo bench "${cargo_flags[@]}" --bench decide --bench compile -- --test
 
 step "cargo nextest run --workspace --no-fail-fast (profile $nextest_profile)"
 exec cargo nextest run "${cargo_flags[@]}" --workspace --no-fail-fast --profile "$nextest_profile"
