@@ -259,7 +259,19 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<LoadedDocument>, L
     // the Secret's lines. The message still carries line and column.
     // Booleans are YAML 1.2 only (`true`/`false`): with YAML 1.1 rules the
     // namespace `n` or a key `on` would silently become a boolean.
-    let options = serde_saphyr::options! { with_snippet: false, strict_booleans: true };
+    // The parser's default budget allows 1,024 documents and 250,000 nodes:
+    // too few for a file of thousands of AppRegistrations and Secrets. The
+    // file size cap (MAX_FILE_BYTES) already bounds the work; these limits
+    // stay a second line of defence against document and node storms.
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 2_000_000,
+            max_events: 8_000_000,
+        },
+    };
     let values: Vec<Value> =
         serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
             LoadErrors(vec![DocumentError {

@@ -253,3 +253,18 @@ fn yaml_1_1_booleans_stay_strings() {
         "{message}"
     );
 }
+
+/// A file may register thousands of apps (each an AppRegistration and a
+/// Secret): well past the YAML parser's default budget of 1,024 documents.
+#[test]
+fn thousands_of_documents_in_one_file_load() {
+    let mut text = String::from(POLICY);
+    for i in 0..3_000 {
+        text.push_str(&format!(
+            "---\napiVersion: tollgate.dev/v1alpha1\nkind: AppRegistration\n\
+             metadata: {{ name: app-{i}, namespace: mobility }}\nspec:\n  appId: app-{i}\n"
+        ));
+    }
+    let docs = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(docs.len(), 3_001);
+}
