@@ -184,6 +184,8 @@ impl DecisionArgs {
                 DefaultDecisionArg::Deny => DefaultDecision::Deny,
                 DefaultDecisionArg::Allow => DefaultDecision::Allow,
             },
+            // Only `tollgate check` turns the decision trace on.
+            trace: false,
         })
     }
 }

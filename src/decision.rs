@@ -14,7 +14,9 @@ pub struct Decision {
     pub identity: Identity,
     /// In `dryRun` mode: the denial that enforcement would have answered.
     pub dry_run_denial: Option<Deny>,
-    /// What each stage decided, in order.
+    /// What each stage decided, in order; empty unless
+    /// `pipeline::Settings::trace` is on (`tollgate check` turns it on, the
+    /// server does not).
     pub trace: Vec<Step>,
 }
 

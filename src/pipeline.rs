@@ -49,6 +49,10 @@ pub struct Settings {
     /// Refuse host matching: only the context extension selects a policy.
     pub require_policy_extension: bool,
     pub default_decision: DefaultDecision,
+    /// Record a note per stage in [`Decision::trace`]. Only `tollgate check`
+    /// (and tests) read the trace; the server leaves it off, so no note is
+    /// formatted on its hot path. Verdicts and identities do not depend on it.
+    pub trace: bool,
 }
 
 /// What `decide` needs besides the snapshot and the request.
@@ -67,17 +71,44 @@ impl std::fmt::Debug for dyn Clock {
 
 /// Collects the trace and identity while stages run.
 struct Run {
+    /// Whether notes are recorded ([`Settings::trace`]).
+    tracing: bool,
     trace: Vec<Step>,
     identity: Identity,
 }
 
 impl Run {
-    fn note(&mut self, stage: &'static str, outcome: StepOutcome, note: impl Into<String>) {
-        self.trace.push(Step {
-            stage,
-            outcome,
-            note: note.into(),
-        });
+    /// Records a stage's note; `note` is only called when tracing, so the
+    /// server formats no note at all.
+    fn note<N: Into<String>>(
+        &mut self,
+        stage: &'static str,
+        outcome: StepOutcome,
+        note: impl FnOnce() -> N,
+    ) {
+        if self.tracing {
+            self.trace.push(Step {
+                stage,
+                outcome,
+                note: note().into(),
+            });
+        }
+    }
+
+    /// Records a stage's result: the pass note from `pass`, a denial as
+    /// `reason: detail`.
+    fn stage<T>(
+        &mut self,
+        stage: &'static str,
+        result: &Result<T, Deny>,
+        pass: impl FnOnce(&T) -> String,
+    ) {
+        match result {
+            Ok(value) => self.note(stage, StepOutcome::Pass, || pass(value)),
+            Err(deny) => self.note(stage, StepOutcome::Deny, || {
+                format!("{}: {}", deny.reason, deny.detail)
+            }),
+        }
     }
 
     fn finish(self, verdict: Verdict) -> Decision {
@@ -93,15 +124,16 @@ impl Run {
 /// Decides on one request.
 pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) -> Decision {
     let mut run = Run {
+        tracing: deps.settings.trace,
         trace: Vec::new(),
         identity: Identity::default(),
     };
 
     if let Err(deny) = validate::check(request) {
-        run.note("validate", StepOutcome::Deny, deny.detail.clone());
+        run.note("validate", StepOutcome::Deny, || deny.detail.clone());
         return run.finish(Verdict::Deny(deny));
     }
-    run.note("validate", StepOutcome::Pass, "request well-formed");
+    run.note("validate", StepOutcome::Pass, || "request well-formed");
 
     let origin = origin::resolve(request, deps.settings.trusted_origin);
     let policy = match select::policy(snapshot, request, &origin, &deps.settings) {
@@ -109,15 +141,13 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
         Err(select::NoPolicy(detail)) => {
             return match deps.settings.default_decision {
                 DefaultDecision::Deny => {
-                    run.note("select", StepOutcome::Deny, detail.clone());
+                    run.note("select", StepOutcome::Deny, || detail.clone());
                     run.finish(Verdict::Deny(Deny::new(Reason::NoPolicy, detail)))
                 }
                 DefaultDecision::Allow => {
-                    run.note(
-                        "select",
-                        StepOutcome::Skip,
-                        format!("{detail}; default allow"),
-                    );
+                    run.note("select", StepOutcome::Skip, || {
+                        format!("{detail}; default allow")
+                    });
                     let allow = respond::anonymous_allow(request);
                     run.finish(Verdict::Allow(allow))
                 }
@@ -125,18 +155,22 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
         }
     };
     run.identity.policy = Some(policy.id.to_string());
-    run.note("select", StepOutcome::Pass, format!("policy {}", policy.id));
+    run.note("select", StepOutcome::Pass, || {
+        format!("policy {}", policy.id)
+    });
 
     let verdict = enforce(policy, snapshot, request, &origin, deps, &mut run).await;
     let mut decision = run.finish(Verdict::Allow(Default::default()));
     match verdict {
         Ok(allow) => decision.verdict = Verdict::Allow(allow),
         Err(deny) if policy.mode == Mode::DryRun => {
-            decision.trace.push(Step {
-                stage: "mode",
-                outcome: StepOutcome::Skip,
-                note: format!("dry run: would deny {}, allowed", deny.reason),
-            });
+            if deps.settings.trace {
+                decision.trace.push(Step {
+                    stage: "mode",
+                    outcome: StepOutcome::Skip,
+                    note: format!("dry run: would deny {}, allowed", deny.reason),
+                });
+            }
             decision.dry_run_denial = Some(deny);
             decision.verdict = Verdict::Allow(respond::anonymous_allow(request));
         }
@@ -159,17 +193,11 @@ async fn enforce(
     deps: &Deps,
     run: &mut Run,
 ) -> Result<crate::decision::Allow, Deny> {
-    let stage = |run: &mut Run, name: &'static str, result: &Result<String, Deny>| match result {
-        Ok(note) => run.note(name, StepOutcome::Pass, note.clone()),
-        Err(deny) => run.note(
-            name,
-            StepOutcome::Deny,
-            format!("{}: {}", deny.reason, deny.detail),
-        ),
-    };
-
     let result = transport::check(&policy.transport, origin);
-    stage(run, "transport", &result);
+    run.stage("transport", &result, |from| match from {
+        Some(ip) => format!("{} from {ip}", origin.scheme),
+        None => format!("{} from any address", origin.scheme),
+    });
     result?;
 
     let route = route::select(policy, request);
@@ -180,23 +208,23 @@ async fn enforce(
                 Reason::RuleDenied,
                 format!("route {} denies all requests", route.name),
             );
-            run.note("route", StepOutcome::Deny, deny.detail.clone());
+            run.note("route", StepOutcome::Deny, || deny.detail.clone());
             return Err(deny);
         }
         if route.public {
-            run.note(
-                "route",
-                StepOutcome::Pass,
-                format!("route {} is public: no credentials, no quota", route.name),
-            );
+            run.note("route", StepOutcome::Pass, || {
+                format!("route {} is public: no credentials, no quota", route.name)
+            });
             return Ok(respond::allow(policy, request, &run.identity, None));
         }
-        run.note("route", StepOutcome::Pass, format!("route {}", route.name));
+        run.note("route", StepOutcome::Pass, || {
+            format!("route {}", route.name)
+        });
     } else {
         run.note(
             "route",
             StepOutcome::Pass,
-            "no route refinement matched; policy defaults apply",
+            || "no route refinement matched; policy defaults apply",
         );
     }
 
@@ -204,11 +232,10 @@ async fn enforce(
     let user = match &policy.user {
         Some(user_policy) => {
             let user = user_policy.authenticate(request, origin, now).await;
-            let result = user.as_ref().map(|u| match u {
+            run.stage("user", &user, |u| match u {
                 Some(u) => format!("user {} from {}", u.subject, u.issuer),
                 None => "no user token (optional)".to_owned(),
             });
-            stage(run, "user", &result.map_err(Clone::clone));
             let user = user?;
             if let Some(u) = &user {
                 run.identity.user = Some(u.subject.clone());
@@ -220,7 +247,7 @@ async fn enforce(
             run.note(
                 "user",
                 StepOutcome::Skip,
-                "policy has no user authentication",
+                || "policy has no user authentication",
             );
             None
         }
@@ -246,7 +273,7 @@ async fn enforce(
                     now,
                 )
                 .await;
-            let result = app.as_ref().map(|outcome| {
+            run.stage("app", &app, |outcome| {
                 let mut note = match &outcome.app {
                     Some(a) => format!("app {}", a.app_id),
                     None => "no app credential (optional)".to_owned(),
@@ -260,7 +287,6 @@ async fn enforce(
                 }
                 note
             });
-            stage(run, "app", &result.map_err(Clone::clone));
             let outcome = app?;
             nonces.extend(outcome.nonces);
             let app = outcome.app;
@@ -277,15 +303,18 @@ async fn enforce(
             app
         }
         None => {
-            run.note("app", StepOutcome::Skip, "policy has no app authentication");
+            run.note(
+                "app",
+                StepOutcome::Skip,
+                || "policy has no app authentication",
+            );
             None
         }
     };
 
     if let Some(require) = route.and_then(|r| r.require.as_ref()) {
-        let result = crate::authn::scope::check(require, user.as_ref())
-            .map(|()| "route requirements met".to_owned());
-        stage(run, "scope", &result);
+        let result = crate::authn::scope::check(require, user.as_ref());
+        run.stage("scope", &result, |()| "route requirements met".to_owned());
         result?;
     }
 

@@ -659,7 +659,11 @@ spec:
         Deps {
             store,
             clock: Arc::new(ManualClock::new(Duration::from_micros(now))),
-            settings: Settings::default(),
+            // One scenario reads the decision trace.
+            settings: Settings {
+                trace: true,
+                ..Settings::default()
+            },
         }
     }
 

@@ -102,7 +102,7 @@ mod tests {
         UserIdentity {
             issuer: "https://id".into(),
             subject: "u".into(),
-            claims: claims.as_object().unwrap().clone(),
+            claims: std::sync::Arc::new(claims.as_object().unwrap().clone()),
             ..Default::default()
         }
     }

@@ -29,7 +29,9 @@ pub struct Verified {
     pub key: [u8; 32],
     /// The header `typ`, for the RFC 9068 check.
     pub typ: Option<String>,
-    pub claims: Map<String, Value>,
+    /// Shared with every [`crate::authn::user::UserIdentity`] built from
+    /// this entry, so a cache hit copies no claims.
+    pub claims: Arc<Map<String, Value>>,
     /// How long the entry may live (until the token's `exp`, bounded).
     pub ttl: Duration,
 }
@@ -107,7 +109,7 @@ mod tests {
             issuer: 0,
             key: [1; 32],
             typ: None,
-            claims: Map::new(),
+            claims: Arc::default(),
             ttl,
         })
     }

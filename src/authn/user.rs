@@ -73,7 +73,8 @@ struct Issuer {
 pub struct UserIdentity {
     pub issuer: String,
     pub subject: String,
-    pub claims: Map<String, Value>,
+    /// The token's claims, shared with the verified-token cache entry.
+    pub claims: Arc<Map<String, Value>>,
     /// `cnf.jkt` (RFC 9449 §6.1): the DPoP key the token is bound to.
     pub cnf_jkt: Option<String>,
     /// `cnf.x5t#S256` (RFC 8705 §3.1): the certificate it is bound to.
@@ -310,7 +311,7 @@ impl UserPolicy {
             issuer: index,
             key: key.fingerprint,
             typ: jwt.header.typ.clone(),
-            claims: jwt.claims,
+            claims: Arc::new(jwt.claims),
             ttl,
         });
         self.cache.insert(digest, verified.clone());
@@ -377,7 +378,7 @@ impl UserPolicy {
         Ok(UserIdentity {
             issuer: issuer.issuer.clone(),
             subject: subject.to_owned(),
-            claims: claims.clone(),
+            claims: Arc::clone(claims),
             cnf_jkt,
             cnf_x5t_s256: cnf_x5t,
             expires_at: times.exp,

@@ -106,7 +106,9 @@ pub fn main(args: CheckArgs) -> ExitCode {
 /// Loads the policies and decides; errors are messages for the user.
 pub fn run(args: &CheckArgs) -> Result<Decision, String> {
     let request = build_request(args)?;
-    let settings = args.decision.settings().map_err(|e| e.to_string())?;
+    let mut settings = args.decision.settings().map_err(|e| e.to_string())?;
+    // `check` prints the trace; the server leaves it off.
+    settings.trace = true;
     let snapshot = source::load_initial(&args.policy_files).map_err(|e| e.to_string())?;
     for warning in &snapshot.warnings {
         eprintln!("tollgate check: warning: {warning}");

@@ -83,7 +83,7 @@ pub(super) async fn check(
                 Reason::StoreUnavailable,
                 format!("cannot compute quota windows: {e}"),
             );
-            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            run.note("admission", StepOutcome::Deny, || deny.detail.clone());
             return Err(deny);
         }
     };
@@ -91,7 +91,7 @@ pub(super) async fn check(
         run.note(
             "admission",
             StepOutcome::Skip,
-            "no limits, nonces or usage for this request",
+            || "no limits, nonces or usage for this request",
         );
         return Ok(Vec::new());
     }
@@ -121,7 +121,9 @@ pub(super) async fn check(
                     Reason::StoreUnavailable,
                     "quota and replay checks are unavailable; retry shortly",
                 );
-                run.note("admission", StepOutcome::Deny, format!("store error: {e}"));
+                run.note("admission", StepOutcome::Deny, || {
+                    format!("store error: {e}")
+                });
                 return Err(deny);
             }
             for c in &counted {
@@ -132,11 +134,9 @@ pub(super) async fn check(
                 error = %e,
                 "store unavailable: request allowed without quota/replay checks (onStoreError: allow)"
             );
-            run.note(
-                "admission",
-                StepOutcome::Skip,
-                format!("store error ({e}); onStoreError allow: checks skipped"),
-            );
+            run.note("admission", StepOutcome::Skip, || {
+                format!("store error ({e}); onStoreError allow: checks skipped")
+            });
             return Ok(Vec::new());
         }
     };
@@ -160,15 +160,13 @@ pub(super) async fn check(
             for c in &counted {
                 decision_metric(&c.limit.name, "allowed");
             }
-            run.note(
-                "admission",
-                StepOutcome::Pass,
+            run.note("admission", StepOutcome::Pass, || {
                 format!(
                     "plan {plan_name}: {} limit(s) passed, cost {cost}; {} nonce(s) fresh",
                     counted.len(),
                     inputs.nonces.len()
-                ),
-            );
+                )
+            });
             Ok(rate_headers(&counted, &states))
         }
         Verdict::Replay { group, index } => {
@@ -183,7 +181,7 @@ pub(super) async fn check(
                 format!("this {scope} was already used; send a fresh credential"),
             )
             .with_header("www-authenticate", replay_challenge(policy, scope));
-            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            run.note("admission", StepOutcome::Deny, || deny.detail.clone());
             Err(deny)
         }
         Verdict::Exceeded => {
@@ -210,7 +208,7 @@ pub(super) async fn check(
             for (name, value) in rate_headers(&counted, &states) {
                 deny = deny.with_header(&name, value);
             }
-            run.note("admission", StepOutcome::Deny, deny.detail.clone());
+            run.note("admission", StepOutcome::Deny, || deny.detail.clone());
             Err(deny)
         }
     }

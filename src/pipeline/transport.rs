@@ -1,12 +1,16 @@
 //! Stage 3: transport checks on the external request: HTTPS required, and
 //! the client address against the deny and allow lists.
 
+use std::net::IpAddr;
+
 use crate::decision::Deny;
 use crate::origin::Origin;
 use crate::policy::snapshot::Transport;
 use crate::reason::Reason;
 
-pub(super) fn check(transport: &Transport, origin: &Origin) -> Result<String, Deny> {
+/// Passes with the client address the lists were checked against (`None`:
+/// the policy restricts no address), so the caller can note it.
+pub(super) fn check(transport: &Transport, origin: &Origin) -> Result<Option<IpAddr>, Deny> {
     if transport.require_https && !origin.is_https() {
         return Err(Deny::new(
             Reason::HttpsRequired,
@@ -14,7 +18,7 @@ pub(super) fn check(transport: &Transport, origin: &Origin) -> Result<String, De
         ));
     }
     if transport.deny.is_empty() && transport.allow.is_empty() {
-        return Ok(format!("{} from any address", origin.scheme));
+        return Ok(None);
     }
     // An unknown client address cannot be shown to be outside a deny list
     // or inside an allow list: fail closed.
@@ -36,7 +40,7 @@ pub(super) fn check(transport: &Transport, origin: &Origin) -> Result<String, De
             format!("client address {ip} is not in the allowed ranges"),
         ));
     }
-    Ok(format!("{} from {ip}", origin.scheme))
+    Ok(Some(ip))
 }
 
 #[cfg(test)]
