@@ -36,4 +36,6 @@ fi
 printf '==> cargo build --release -p tollgate -p tollgate-bench\n' >&2
 cargo build "${cargo_flags[@]}" --release -p tollgate -p tollgate-bench >&2
 
-exec target/release/tollgate-bench all --repo . --tollgate target/release/tollgate "$@"
+# CI may point CARGO_TARGET_DIR at a shared cache.
+release="${CARGO_TARGET_DIR:-target}/release"
+exec "$release/tollgate-bench" all --repo . --tollgate "$release/tollgate" "$@"

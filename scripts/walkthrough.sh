@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 if [[ -z "${TOLLGATE:-}" ]]; then
   cargo build --quiet --bin tollgate
-  TOLLGATE=target/debug/tollgate
+  TOLLGATE="${CARGO_TARGET_DIR:-target}/debug/tollgate"
 fi
 tollgate() { "$TOLLGATE" "$@"; }
 
