@@ -63,12 +63,6 @@ pub struct Deps {
     pub settings: Settings,
 }
 
-impl std::fmt::Debug for dyn Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
-}
-
 /// Collects the trace and identity while stages run.
 struct Run {
     /// Whether notes are recorded ([`Settings::trace`]).
