@@ -166,6 +166,17 @@ async fn registered_app_with_a_bound_attestation_passes() {
     assert!(allow.remove_upstream.contains(&"x-api-key".to_owned()));
     assert!(allow.remove_upstream.contains(&"approov-token".to_owned()));
     assert!(!allow.remove_upstream.contains(&"authorization".to_owned()));
+    // Only headers the request carries are listed (no DPoP proof was sent).
+    assert!(
+        !allow.remove_upstream.contains(&"dpop".to_owned()),
+        "{:?}",
+        allow.remove_upstream
+    );
+    assert!(
+        !allow
+            .remove_upstream
+            .contains(&"x-tollgate-user".to_owned())
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! never forge an identity header. Envoy applies removals after additions,
 //! so a name tollgate sets is never also listed for removal. A configured
 //! upstream header whose template has no value for this request is removed,
-//! so a client-sent copy cannot pass through either.
+//! so a client-sent copy cannot pass through either. Only names the request
+//! carries are listed for removal: removing an absent header is a no-op for
+//! Envoy, and listing it would cost both sides work on every request.
 
 use crate::authn::user::UserIdentity;
 use crate::decision::{Allow, Identity};
@@ -53,19 +55,20 @@ pub(super) fn allow(
     if policy.response.remove_credentials {
         remove.extend(credential_headers(policy));
     }
-    finish(set, remove)
+    finish(request, set, remove)
 }
 
 /// The allow for a request no policy (or a dry run) vouches for: no
 /// identity, and no client-sent identity header passes.
 pub(super) fn anonymous_allow(request: &RequestContext) -> Allow {
-    finish(Vec::new(), client_identity_headers(request))
+    finish(request, Vec::new(), client_identity_headers(request))
 }
 
-fn finish(set: Vec<(String, String)>, mut remove: Vec<String>) -> Allow {
+fn finish(request: &RequestContext, set: Vec<(String, String)>, mut remove: Vec<String>) -> Allow {
+    remove
+        .retain(|name| request.headers.get(name).is_some() && !set.iter().any(|(n, _)| n == name));
     remove.sort();
     remove.dedup();
-    remove.retain(|name| !set.iter().any(|(n, _)| n == name));
     Allow {
         set_upstream: set,
         remove_upstream: remove,
