@@ -69,6 +69,10 @@ enum Cmd {
         /// Make one `EVALSHA` per check against this Redis.
         #[arg(long)]
         redis: Option<String>,
+        /// Answer a bare OK (no headers, no metadata) instead of
+        /// tollgate's allow response.
+        #[arg(long)]
+        bare: bool,
     },
 }
 
@@ -117,11 +121,11 @@ impl Options {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::NullServer { redis } => tokio::runtime::Builder::new_multi_thread()
+        Cmd::NullServer { redis, bare } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(null::serve(redis))),
+            .and_then(|rt| rt.block_on(null::serve(redis, bare))),
         Cmd::All(options) => run::machine(&options)
             .and_then(|()| run::envoy(&options))
             .and_then(|()| run::grpc(&options))

@@ -44,9 +44,18 @@ impl Authorization for Null {
     }
 }
 
-/// Runs a null server on `127.0.0.1:0` until killed.
-pub async fn serve(redis_url: Option<String>) -> anyhow::Result<()> {
-    let response = crate::check::tollgate_allow_response().await?;
+/// Runs a null server on `127.0.0.1:0` until killed. With `bare` it
+/// answers a plain OK (no header mutations, no metadata): what Envoy's side
+/// of an ext_authz call costs when the answer carries nothing.
+pub async fn serve(redis_url: Option<String>, bare: bool) -> anyhow::Result<()> {
+    let response = if bare {
+        CheckResponse {
+            status: Some(tollgate::grpc::pb::google::rpc::Status::default()),
+            ..Default::default()
+        }
+    } else {
+        crate::check::tollgate_allow_response().await?
+    };
     let redis = match redis_url {
         Some(url) => {
             let client = redis::Client::open(url)?;

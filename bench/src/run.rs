@@ -216,7 +216,7 @@ fn round_trip_cell(value: &Option<(f64, String)>) -> String {
 }
 
 /// A null ext_authz server child process.
-fn start_null(redis: Option<&str>) -> anyhow::Result<(Proc, SocketAddr)> {
+fn start_null(redis: Option<&str>, bare: bool) -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
@@ -227,10 +227,13 @@ fn start_null(redis: Option<&str>) -> anyhow::Result<(Proc, SocketAddr)> {
     if let Some(url) = redis {
         command.args(["--redis", url]);
     }
-    let name = if redis.is_some() {
-        "null+redis"
-    } else {
-        "null"
+    if bare {
+        command.arg("--bare");
+    }
+    let name = match (redis.is_some(), bare) {
+        (true, _) => "null+redis",
+        (false, true) => "null-bare",
+        (false, false) => "null",
     };
     let mut proc = Proc::spawn(name, &mut command)?;
     let stdout = proc.take_stdout().context("null server stdout")?;
@@ -336,10 +339,12 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
 
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
-    let (null, null_addr) = start_null(None)?;
-    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()))?;
+    let (null, null_addr) = start_null(None, false)?;
+    let (null_bare, null_bare_addr) = start_null(None, true)?;
+    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()), false)?;
     let listeners = [
         ("direct", Filter::None),
+        ("null_bare", Filter::ExtAuthz("null_bare")),
         ("null", Filter::ExtAuthz("null")),
         ("null_redis", Filter::ExtAuthz("null_redis")),
         ("jwt", Filter::JwtAuthn { cache: false }),
@@ -350,6 +355,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     let bootstrap = envoy::bootstrap(
         &listeners,
         &[
+            ("null_bare", null_bare_addr),
             ("null", null_addr),
             ("null_redis", null_redis_addr),
             ("tollgate", tollgate.grpc),
@@ -369,6 +375,11 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
             listener: "direct",
             title: "1 Envoy direct_response (ceiling)",
             server: None,
+        },
+        Scenario {
+            listener: "null_bare",
+            title: "2o Envoy + null ext_authz answering a bare OK",
+            server: watched("server", &null_bare),
         },
         Scenario {
             listener: "null",
@@ -466,7 +477,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     }
     print_envoy(&rows, options.connections, open_rate)?;
     drop(envoy);
-    drop((null, null_redis, tollgate));
+    drop((null, null_bare, null_redis, tollgate));
     Ok(())
 }
 
@@ -668,8 +679,8 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
     let tollgate_memory = start_tollgate(options, &policy, None)?;
-    let (null, null_addr) = start_null(None)?;
-    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()))?;
+    let (null, null_addr) = start_null(None, false)?;
+    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()), false)?;
     let targets = [
         GrpcTarget {
             title: "null ext_authz",
