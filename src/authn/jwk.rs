@@ -5,22 +5,40 @@
 //! that type: an RSA public key is never used as an HMAC secret, so the
 //! classic algorithm-confusion attack (an `HS256` token "signed" with the
 //! issuer's public key) cannot work. `none` is not an algorithm here at all.
+//!
+//! The signature arithmetic is `ring`'s (BoringSSL-derived assembly for
+//! P-256, RSA, Ed25519 and SHA-2), already in the tree through rustls: a
+//! first-sight ES256 token costs a few tens of microseconds instead of the
+//! few hundred of the pure-Rust backend. Key material is decoded once, when
+//! the key set is read, into the form ring verifies with ([`Material`]);
+//! verifying then decodes only the signature, into a stack buffer.
+
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
+use ring::hmac;
+use ring::signature::{self as ring_sig, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::jwt::Jwt;
 
-/// Smallest RSA modulus accepted (NIST SP 800-131A).
+/// Smallest RSA modulus accepted (NIST SP 800-131A). ring's
+/// `RSA_*_2048_8192_*` verifiers refuse smaller moduli too.
 pub const MIN_RSA_BITS: usize = 2048;
-/// Largest RSA modulus accepted (the RSA implementation's own limit).
+/// Largest RSA modulus accepted. ring goes to 8192 bits, but a DPoP proof
+/// brings its own key, and the cost of a verification grows with the
+/// modulus: 4096 bits is the largest any IdP publishes.
 pub const MAX_RSA_BITS: usize = 4096;
 /// Shortest HMAC secret accepted: RFC 7518 §3.2 asks for a key at least as
-/// long as the hash output; 256 bits for HS256.
+/// long as the hash output; 256 bits for HS256. A shorter key than 384 or
+/// 512 bits never verifies HS384 or HS512 (same rule, see
+/// [`VerifyKey::accepts`]).
 pub const MIN_HMAC_BYTES: usize = 32;
+/// Longest signature any accepted key produces (RSA-4096).
+const MAX_SIGNATURE_BYTES: usize = MAX_RSA_BITS / 8;
 /// Most keys read from one JWKS; IdPs publish a handful.
 pub const MAX_KEYS: usize = 64;
 
@@ -75,7 +93,88 @@ pub struct VerifyKey {
     /// SHA-256 over the key type and material: identifies the key in the
     /// verified-token cache without keeping the material twice.
     pub fingerprint: [u8; 32],
-    key: DecodingKey,
+    material: Material,
+}
+
+/// Key material decoded once, in the form ring verifies with.
+#[derive(Clone)]
+enum Material {
+    /// Modulus and exponent, big-endian without leading zeros.
+    Rsa(RsaPublicKeyComponents<Box<[u8]>>),
+    /// An uncompressed SEC1 point `04 ‖ x ‖ y` on P-256.
+    P256(Box<[u8]>),
+    /// An uncompressed SEC1 point on P-384.
+    P384(Box<[u8]>),
+    /// The 32-byte public key (RFC 8032 §5.1.5).
+    Ed25519([u8; 32]),
+    /// The secret, keyed once per hash (ring precomputes the HMAC pads).
+    Hmac(Arc<HmacKeys>),
+}
+
+/// One ring HMAC key per hash. `None` where the secret is shorter than the
+/// hash output (RFC 7518 §3.2: such a key must not be used).
+struct HmacKeys {
+    hs256: hmac::Key,
+    hs384: Option<hmac::Key>,
+    hs512: Option<hmac::Key>,
+}
+
+impl HmacKeys {
+    fn new(secret: &[u8]) -> Self {
+        let keyed = |alg, min| (secret.len() >= min).then(|| hmac::Key::new(alg, secret));
+        Self {
+            hs256: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            hs384: keyed(hmac::HMAC_SHA384, 48),
+            hs512: keyed(hmac::HMAC_SHA512, 64),
+        }
+    }
+
+    fn for_alg(&self, alg: Algorithm) -> Option<&hmac::Key> {
+        match alg {
+            Algorithm::HS256 => Some(&self.hs256),
+            Algorithm::HS384 => self.hs384.as_ref(),
+            Algorithm::HS512 => self.hs512.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl Material {
+    /// Verifies `signature` over `message` with `alg`: false unless the
+    /// pair is one RFC 7518 §3.1 defines for this kind of key.
+    fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        use Algorithm::*;
+        let rsa = |key: &RsaPublicKeyComponents<Box<[u8]>>, params: &ring_sig::RsaParameters| {
+            key.verify(params, message, signature).is_ok()
+        };
+        let public = |algorithm: &'static dyn ring_sig::VerificationAlgorithm, key: &[u8]| {
+            UnparsedPublicKey::new(algorithm, key)
+                .verify(message, signature)
+                .is_ok()
+        };
+        match (self, alg) {
+            // RFC 7518 §3.3: RSASSA-PKCS1-v1_5.
+            (Material::Rsa(key), RS256) => rsa(key, &ring_sig::RSA_PKCS1_2048_8192_SHA256),
+            (Material::Rsa(key), RS384) => rsa(key, &ring_sig::RSA_PKCS1_2048_8192_SHA384),
+            (Material::Rsa(key), RS512) => rsa(key, &ring_sig::RSA_PKCS1_2048_8192_SHA512),
+            // RFC 7518 §3.5: RSASSA-PSS with MGF1 of the same hash and a
+            // salt as long as the hash, which is what ring verifies.
+            (Material::Rsa(key), PS256) => rsa(key, &ring_sig::RSA_PSS_2048_8192_SHA256),
+            (Material::Rsa(key), PS384) => rsa(key, &ring_sig::RSA_PSS_2048_8192_SHA384),
+            (Material::Rsa(key), PS512) => rsa(key, &ring_sig::RSA_PSS_2048_8192_SHA512),
+            // RFC 7518 §3.4: the JWS signature is the fixed-size R ‖ S, never
+            // DER; ring's `_FIXED` verifiers take exactly that length.
+            (Material::P256(point), ES256) => public(&ring_sig::ECDSA_P256_SHA256_FIXED, point),
+            (Material::P384(point), ES384) => public(&ring_sig::ECDSA_P384_SHA384_FIXED, point),
+            // RFC 8037 §3.1.
+            (Material::Ed25519(key), EdDSA) => public(&ring_sig::ED25519, key),
+            // RFC 7518 §3.2: ring compares the MAC in constant time.
+            (Material::Hmac(keys), HS256 | HS384 | HS512) => keys
+                .for_alg(alg)
+                .is_some_and(|key| hmac::verify(key, message, signature).is_ok()),
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -102,13 +201,20 @@ impl VerifyKey {
             alg: None,
             kind: KeyKind::Hmac,
             fingerprint: fingerprint("oct", &[secret]),
-            key: DecodingKey::from_secret(secret),
+            material: Material::Hmac(Arc::new(HmacKeys::new(secret))),
         })
     }
 
-    /// True when this key may verify a token signed with `alg`.
+    /// True when this key may verify a token signed with `alg`: the JWK's
+    /// own `alg` (if any) and the key type allow it, and an HMAC secret is
+    /// at least as long as the hash output (RFC 7518 §3.2).
     pub fn accepts(&self, alg: Algorithm) -> bool {
-        self.alg.is_none_or(|a| a == alg) && self.kind.verifies(alg)
+        self.alg.is_none_or(|a| a == alg)
+            && self.kind.verifies(alg)
+            && match &self.material {
+                Material::Hmac(keys) => keys.for_alg(alg).is_some(),
+                _ => true,
+            }
     }
 
     /// Verifies the signature of `jwt` with `alg` (RFC 7515 §5.2 step 8).
@@ -117,8 +223,14 @@ impl VerifyKey {
         if !self.accepts(alg) {
             return false;
         }
-        jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), &self.key, alg)
-            .unwrap_or(false)
+        // The decoder wants room for its estimate (up to 2 bytes more than
+        // the data); a longer signature than any key makes fails here.
+        let mut buffer = [0u8; MAX_SIGNATURE_BYTES + 3];
+        let Ok(len) = URL_SAFE_NO_PAD.decode_slice(jwt.signature, &mut buffer) else {
+            return false;
+        };
+        self.material
+            .verify(alg, jwt.signing_input.as_bytes(), &buffer[..len])
     }
 
     /// Parses one JWK (RFC 7517 §4). HMAC (`oct`) keys are accepted only
@@ -149,7 +261,7 @@ impl VerifyKey {
             None => None,
         };
         let kty = text("kty")?.ok_or("JWK member kty is missing")?;
-        let (kind, key, fp) = match kty {
+        let (kind, material, fp) = match kty {
             "RSA" => {
                 let n = b64("n")?;
                 let e = b64("e")?;
@@ -161,16 +273,27 @@ impl VerifyKey {
                         "RSA modulus has {bits} bits; {MIN_RSA_BITS}–{MAX_RSA_BITS} are accepted"
                     ));
                 }
+                // An RSA modulus is odd (the product of two odd primes).
+                if n_trimmed.last().is_none_or(|b| b & 1 == 0) {
+                    return Err("RSA modulus is even".to_owned());
+                }
+                // What ring accepts (RFC 8017 §3.1 asks 3 ≤ e < n, odd):
+                // an odd exponent from 3 to 2^33 - 1.
                 let e_trimmed = trim_leading_zeros(&e);
-                if e_trimmed.is_empty() || e_trimmed.len() > 8 {
+                let e_value = (e_trimmed.len() <= 8).then(|| {
+                    e_trimmed
+                        .iter()
+                        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+                });
+                if !e_value.is_some_and(|e| e >= 3 && e < (1 << 33) && e & 1 == 1) {
                     return Err("RSA exponent is out of range".to_owned());
                 }
                 let fp = fingerprint("RSA", &[n_trimmed, e_trimmed]);
-                (
-                    KeyKind::Rsa,
-                    DecodingKey::from_rsa_raw_components(n_trimmed, e_trimmed),
-                    fp,
-                )
+                let components = RsaPublicKeyComponents {
+                    n: n_trimmed.into(),
+                    e: e_trimmed.into(),
+                };
+                (KeyKind::Rsa, Material::Rsa(components), fp)
             }
             "EC" => {
                 let crv = text("crv")?.ok_or("JWK member crv is missing")?;
@@ -192,7 +315,12 @@ impl VerifyKey {
                     return Err("EC point is not on curve P-256".to_owned());
                 }
                 let fp = fingerprint(crv, &[&x, &y]);
-                (kind, DecodingKey::from_ec_der(&point), fp)
+                let point = point.into_boxed_slice();
+                let material = match kind {
+                    KeyKind::P256 => Material::P256(point),
+                    _ => Material::P384(point),
+                };
+                (kind, material, fp)
             }
             "OKP" => {
                 let crv = text("crv")?.ok_or("JWK member crv is missing")?;
@@ -209,7 +337,7 @@ impl VerifyKey {
                 }
                 (
                     KeyKind::Ed25519,
-                    DecodingKey::from_ed_der(&bytes),
+                    Material::Ed25519(bytes),
                     fingerprint("Ed25519", &[&bytes]),
                 )
             }
@@ -237,7 +365,7 @@ impl VerifyKey {
             alg,
             kind,
             fingerprint: fp,
-            key,
+            material,
         })
     }
 }
@@ -385,5 +513,308 @@ mod tests {
                 .unwrap_err()
                 .contains("cannot verify")
         );
+    }
+
+    use crate::authn::jwt::{self, Header, Jwt};
+    use crate::authn::mint::{self, SigningKey};
+    use jsonwebtoken::EncodingKey;
+
+    const RSA_A: &str = include_str!("../../tests/fixtures/authn/rsa-2048-a.pem");
+    const RSA_B: &str = include_str!("../../tests/fixtures/authn/rsa-2048-b.pem");
+
+    /// A key of `alg`'s kind: signing with jsonwebtoken's RustCrypto
+    /// backend (independent of ring, which verifies) and the verification
+    /// key tollgate reads from the public JWK (or the secret). `which`
+    /// picks one of two different keys.
+    fn key_pair(alg: Algorithm, which: u8) -> (EncodingKey, VerifyKey) {
+        use Algorithm::*;
+        match alg {
+            ES256 | EdDSA => {
+                let key = SigningKey::generate(alg, "k").unwrap();
+                let pem = key.private_pem();
+                let encoding = if alg == ES256 {
+                    EncodingKey::from_ec_pem(pem.as_bytes())
+                } else {
+                    EncodingKey::from_ed_pem(pem.as_bytes())
+                };
+                let verify = VerifyKey::from_jwk(&key.public_jwk(), false).unwrap();
+                (encoding.unwrap(), verify)
+            }
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
+                let pem = if which == 0 { RSA_A } else { RSA_B };
+                let key = SigningKey::from_pem(RS256, "k", pem).unwrap();
+                let mut jwk = key.public_jwk();
+                jwk.as_object_mut().unwrap().remove("alg");
+                let verify = VerifyKey::from_jwk(&jwk, false).unwrap();
+                (EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(), verify)
+            }
+            ES384 => {
+                use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+                let rng = ring::rand::SystemRandom::new();
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+                let pair = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P384_SHA384_FIXED_SIGNING,
+                    pkcs8.as_ref(),
+                    &rng,
+                )
+                .unwrap();
+                let point = pair.public_key().as_ref();
+                let jwk = json!({"kty":"EC","crv":"P-384",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..49]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[49..])});
+                let verify = VerifyKey::from_jwk(&jwk, false).unwrap();
+                (EncodingKey::from_ec_der(pkcs8.as_ref()), verify)
+            }
+            HS256 | HS384 | HS512 => {
+                let secret = [which + 1; 64];
+                (
+                    EncodingKey::from_secret(&secret),
+                    VerifyKey::hmac(&secret, None).unwrap(),
+                )
+            }
+            other => panic!("no test key for {other:?}"),
+        }
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+        mint::sign_with(&json!({"alg": mint::algorithm_name(alg)}), claims, key, alg).unwrap()
+    }
+
+    /// `token` with its signature replaced by `signature` bytes.
+    fn with_signature(token: &str, signature: &[u8]) -> String {
+        let input = &token[..token.rfind('.').unwrap()];
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    fn signature_of(token: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(&token[token.rfind('.').unwrap() + 1..])
+            .unwrap()
+    }
+
+    fn verifies(key: &VerifyKey, token: &str, alg: Algorithm) -> bool {
+        key.verify(&jwt::parse(token).unwrap(), alg)
+    }
+
+    #[test]
+    fn every_algorithm_verifies_only_the_right_key_message_and_signature() {
+        use Algorithm::*;
+        let claims = json!({"sub": "alice", "exp": 4_000_000_000u64});
+        let other_claims = json!({"sub": "mallory", "exp": 4_000_000_000u64});
+        for alg in [
+            ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA, HS256, HS384, HS512,
+        ] {
+            let (signing, key) = key_pair(alg, 0);
+            let (other_signing, other_key) = key_pair(alg, 1);
+            let token = sign(alg, &signing, &claims);
+            assert!(verifies(&key, &token, alg), "{alg:?}: the right key");
+            assert!(!verifies(&other_key, &token, alg), "{alg:?}: another key");
+
+            // A signature of the right length by another key.
+            let foreign = signature_of(&sign(alg, &other_signing, &claims));
+            assert_eq!(foreign.len(), signature_of(&token).len(), "{alg:?}");
+            assert!(
+                !verifies(&key, &with_signature(&token, &foreign), alg),
+                "{alg:?}: another key's signature"
+            );
+            // The signature of another message.
+            let moved = signature_of(&sign(alg, &signing, &other_claims));
+            assert!(
+                !verifies(&key, &with_signature(&token, &moved), alg),
+                "{alg:?}: another message's signature"
+            );
+            // One bit flipped anywhere: first, middle and last byte.
+            let signature = signature_of(&token);
+            for at in [0, signature.len() / 2, signature.len() - 1] {
+                let mut flipped = signature.clone();
+                flipped[at] ^= 0x01;
+                assert!(
+                    !verifies(&key, &with_signature(&token, &flipped), alg),
+                    "{alg:?}: bit flipped in byte {at}"
+                );
+            }
+            // Truncated, extended, empty.
+            let short = &signature[..signature.len() - 1];
+            assert!(!verifies(&key, &with_signature(&token, short), alg));
+            let mut long = signature.clone();
+            long.push(0);
+            assert!(!verifies(&key, &with_signature(&token, &long), alg));
+        }
+    }
+
+    #[test]
+    fn a_key_never_verifies_another_algorithm_with_a_valid_signature() {
+        use Algorithm::*;
+        let claims = json!({"sub": "alice"});
+        // Same key, same signature, another algorithm of the same family.
+        for (signed, claimed) in [
+            (RS256, PS256),
+            (PS256, RS256),
+            (RS256, RS384),
+            (HS256, HS512),
+            (HS512, HS256),
+        ] {
+            let (signing, key) = key_pair(signed, 0);
+            let token = sign(signed, &signing, &claims);
+            assert!(verifies(&key, &token, signed));
+            assert!(
+                !verifies(&key, &token, claimed),
+                "{signed:?} as {claimed:?}"
+            );
+        }
+        // Across key types: no key verifies an algorithm of another type.
+        for alg in [ES256, ES384, RS256, EdDSA, HS256] {
+            let (signing, _) = key_pair(alg, 0);
+            let token = sign(alg, &signing, &claims);
+            for other in [ES256, ES384, RS256, EdDSA, HS256] {
+                if other != alg {
+                    let (_, key) = key_pair(other, 0);
+                    assert!(!verifies(&key, &token, alg), "{other:?} key, {alg:?} token");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hmac_with_an_rsa_public_key_as_secret_is_refused() {
+        // The algorithm-confusion attack: an HS256 token "signed" with the
+        // bytes of the issuer's public key, which everyone has.
+        let pem = RSA_A;
+        let rsa = SigningKey::from_pem(Algorithm::RS256, "rsa", pem).unwrap();
+        let jwk = rsa.public_jwk();
+        let key = VerifyKey::from_jwk(&jwk, false).unwrap();
+        let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+        let mut keys = KeySet::default();
+        keys.keys.push(key.clone());
+        for secret in [n.as_slice(), pem.as_bytes()] {
+            let forged =
+                mint::sign_hmac(Algorithm::HS256, secret, Some("rsa"), &json!({})).unwrap();
+            let jwt = jwt::parse(&forged).unwrap();
+            assert!(!key.verify(&jwt, Algorithm::HS256));
+            assert!(keys.verify(&jwt, Algorithm::HS256).is_none());
+        }
+    }
+
+    #[test]
+    fn es256_signatures_must_be_fixed_size_not_der() {
+        let signing = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let pem = {
+            use p256::pkcs8::EncodePrivateKey;
+            signing.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap()
+        };
+        let point = signing.verifying_key().to_encoded_point(false);
+        let jwk = json!({"kty":"EC","crv":"P-256",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
+        let key = VerifyKey::from_jwk(&jwk, false).unwrap();
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let token = sign(Algorithm::ES256, &encoding, &json!({"sub": "alice"}));
+        assert!(verifies(&key, &token, Algorithm::ES256));
+        let fixed = p256::ecdsa::Signature::from_slice(&signature_of(&token)).unwrap();
+        let der = fixed.to_der();
+        // The DER form is the same signature (p256 accepts it)...
+        {
+            use p256::ecdsa::signature::Verifier;
+            let input = &token[..token.rfind('.').unwrap()];
+            let parsed = p256::ecdsa::Signature::from_der(der.as_bytes()).unwrap();
+            assert!(
+                signing
+                    .verifying_key()
+                    .verify(input.as_bytes(), &parsed)
+                    .is_ok()
+            );
+        }
+        // ...but RFC 7518 §3.4 says R ‖ S, so the JWS is refused.
+        let token_der = with_signature(&token, der.as_bytes());
+        assert!(!verifies(&key, &token_der, Algorithm::ES256));
+    }
+
+    #[test]
+    fn rfc7515_a3_es256_and_rfc8037_a4_ed25519_examples_verify() {
+        // RFC 7515 Appendix A.3.
+        let jwk = json!({"kty":"EC","crv":"P-256",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+        let key = VerifyKey::from_jwk(&jwk, false).unwrap();
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+        assert!(verifies(&key, token, Algorithm::ES256));
+        assert!(!verifies(
+            &key,
+            &token.replace(".DtE", ".DtF"),
+            Algorithm::ES256
+        ));
+
+        // RFC 8037 Appendix A.4 (the payload is not JSON, so the JWS is
+        // assembled by hand rather than parsed as a JWT).
+        let jwk = json!({"kty":"OKP","crv":"Ed25519",
+            "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let key = VerifyKey::from_jwk(&jwk, false).unwrap();
+        let jws = |signature| Jwt {
+            header: Header {
+                alg: "EdDSA".into(),
+                ..Header::default()
+            },
+            claims: serde_json::Map::new(),
+            signing_input: "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc",
+            signature,
+        };
+        let signature = "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+        assert!(key.verify(&jws(signature), Algorithm::EdDSA));
+        let tampered = signature.replacen('h', "i", 1);
+        assert!(!key.verify(&jws(&tampered), Algorithm::EdDSA));
+    }
+
+    #[test]
+    fn hmac_keys_shorter_than_the_hash_do_not_verify_hs384_or_hs512() {
+        // RFC 7518 §3.2: the key is at least as long as the hash output.
+        let claims = json!({"sub": "alice"});
+        for (len, alg, ok) in [
+            (32, Algorithm::HS256, true),
+            (32, Algorithm::HS384, false),
+            (47, Algorithm::HS384, false),
+            (48, Algorithm::HS384, true),
+            (48, Algorithm::HS512, false),
+            (63, Algorithm::HS512, false),
+            (64, Algorithm::HS512, true),
+        ] {
+            let secret = vec![9u8; len];
+            let key = VerifyKey::hmac(&secret, None).unwrap();
+            let token = sign(alg, &EncodingKey::from_secret(&secret), &claims);
+            assert_eq!(key.accepts(alg), ok, "{len} bytes, {alg:?}");
+            assert_eq!(verifies(&key, &token, alg), ok, "{len} bytes, {alg:?}");
+        }
+    }
+
+    #[test]
+    fn rsa_keys_outside_the_accepted_range_are_refused_at_load() {
+        let jwk = |n: &[u8], e: &[u8]| json!({"kty":"RSA","n": URL_SAFE_NO_PAD.encode(n),"e": URL_SAFE_NO_PAD.encode(e)});
+        let mut n_2047 = vec![0xffu8; 256];
+        n_2047[0] = 0x7f;
+        let n_2048 = vec![0xffu8; 256];
+        let n_4097 = [&[0x01u8][..], &[0xffu8; 512][..]].concat();
+        let mut n_even = n_2048.clone();
+        n_even[255] = 0xfe;
+        let f4 = [0x01, 0x00, 0x01];
+        assert!(VerifyKey::from_jwk(&jwk(&n_2048, &f4), false).is_ok());
+        // Leading zero bytes do not count as bits.
+        let padded = [&[0u8, 0][..], &n_2048[..]].concat();
+        assert!(VerifyKey::from_jwk(&jwk(&padded, &f4), false).is_ok());
+        for (n, e, why) in [
+            (&n_2047, &f4[..], "2047 bits"),
+            (&n_4097, &f4[..], "4097 bits"),
+            (&n_even, &f4[..], "even"),
+            (&n_2048, &[1][..], "exponent"),
+            (&n_2048, &[2][..], "exponent"),
+            (&n_2048, &[0x01, 0x00, 0x00][..], "exponent"),
+            (&n_2048, &[0x02, 0x00, 0x00, 0x00, 0x01][..], "exponent"),
+            (&n_2048, &[][..], "exponent"),
+        ] {
+            let err = VerifyKey::from_jwk(&jwk(n, e), false).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        // The largest exponent ring takes, 2^33 - 1, is accepted.
+        let e_max = [0x01, 0xff, 0xff, 0xff, 0xff];
+        assert!(VerifyKey::from_jwk(&jwk(&n_2048, &e_max), false).is_ok());
     }
 }

@@ -1,6 +1,10 @@
 //! Signature algorithms and keys (RFC 9421 §3.3): `hmac-sha256`,
 //! `ed25519` and `ecdsa-p256-sha256` (raw `r‖s`, §3.3.4).
 //!
+//! Verification runs on `ring` (as JWS signatures do, see
+//! [`crate::authn::jwk`]); the RustCrypto crates parse key encodings and
+//! sign for `tollgate token sign`.
+//!
 //! A key always knows its algorithm: an app's `signingKey` is an HMAC
 //! secret, an attestation `ipk` is a public key whose type decides Ed25519
 //! or ECDSA. The `alg` a message names is only checked against that, never
@@ -11,7 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use hmac::{Hmac, Mac};
-use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::signature::Signer;
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
 use sha2::Sha256;
 
 /// Shortest HMAC secret accepted: RFC 9421 §3.3.3 leaves the length to the
@@ -54,8 +59,11 @@ impl Algorithm {
 pub enum VerifyingKey<'a> {
     /// An app's shared secret.
     Hmac(&'a [u8]),
-    Ed25519(ed25519_dalek::VerifyingKey),
-    P256(p256::ecdsa::VerifyingKey),
+    /// The 32-byte public key (RFC 8032 §5.1.5), a valid point not of
+    /// small order (checked by [`install_key`]).
+    Ed25519([u8; 32]),
+    /// The uncompressed SEC1 point `04 ‖ x ‖ y`, on the curve.
+    P256([u8; 65]),
 }
 
 impl std::fmt::Debug for VerifyingKey<'_> {
@@ -75,20 +83,21 @@ impl VerifyingKey<'_> {
     }
 
     /// Verifies `signature` over `base` (RFC 9421 §3.3.3–§3.3.6). HMAC is
-    /// compared in constant time; ECDSA signatures are the 64-byte `r‖s`.
+    /// compared in constant time (ring); ECDSA signatures are the 64-byte
+    /// `r‖s` (§3.3.4), never DER; Ed25519 signatures with `S ≥ L` are
+    /// refused (RFC 8032 §5.1.7).
     pub fn verify(&self, base: &[u8], signature: &[u8]) -> bool {
         match self {
-            VerifyingKey::Hmac(secret) => match Hmac::<Sha256>::new_from_slice(secret) {
-                Ok(mut mac) => {
-                    mac.update(base);
-                    mac.verify_slice(signature).is_ok()
-                }
-                Err(_) => false,
-            },
-            VerifyingKey::Ed25519(key) => ed25519_dalek::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify_strict(base, &sig).is_ok()),
-            VerifyingKey::P256(key) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify(base, &sig).is_ok()),
+            VerifyingKey::Hmac(secret) => {
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+                ring::hmac::verify(&key, base, signature).is_ok()
+            }
+            VerifyingKey::Ed25519(key) => UnparsedPublicKey::new(&ED25519, key)
+                .verify(base, signature)
+                .is_ok(),
+            VerifyingKey::P256(point) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                .verify(base, signature)
+                .is_ok(),
         }
     }
 }
@@ -115,22 +124,40 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 pub fn install_key(ipk: &str) -> Result<VerifyingKey<'static>, String> {
     let bytes = decode_base64(ipk).ok_or("the ipk claim is not base64")?;
     if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(&bytes) {
-        return Ok(VerifyingKey::P256(key));
+        return p256_key(&key);
     }
     if let Ok(key) = ed25519_dalek::VerifyingKey::from_public_key_der(&bytes) {
-        return Ok(VerifyingKey::Ed25519(key));
+        return ed25519_key(&key);
     }
     if bytes.len() == 65
         && let Ok(key) = p256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
     {
-        return Ok(VerifyingKey::P256(key));
+        return p256_key(&key);
     }
     if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice())
         && let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&raw)
     {
-        return Ok(VerifyingKey::Ed25519(key));
+        return ed25519_key(&key);
     }
     Err("the ipk claim is not a P-256 or Ed25519 public key".into())
+}
+
+/// A parsed (so on-curve) P-256 key as the uncompressed point ring takes.
+fn p256_key(key: &p256::ecdsa::VerifyingKey) -> Result<VerifyingKey<'static>, String> {
+    let point = key.to_encoded_point(false);
+    <[u8; 65]>::try_from(point.as_bytes())
+        .map(VerifyingKey::P256)
+        .map_err(|_| "the ipk claim is not a P-256 or Ed25519 public key".into())
+}
+
+/// A parsed Ed25519 key, refused when of small order: such a key lets one
+/// signature verify for many messages (what `verify_strict` guarded
+/// against before verification moved to ring).
+fn ed25519_key(key: &ed25519_dalek::VerifyingKey) -> Result<VerifyingKey<'static>, String> {
+    if key.is_weak() {
+        return Err("the ipk claim is a weak (small-order) Ed25519 key".into());
+    }
+    Ok(VerifyingKey::Ed25519(key.to_bytes()))
 }
 
 /// A key to sign with (`tollgate token sign`, tests).

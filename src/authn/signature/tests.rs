@@ -736,6 +736,66 @@ fn install_keys_come_in_several_encodings() {
 }
 
 #[test]
+fn install_keys_verify_only_their_own_raw_signatures() {
+    use p256::ecdsa::signature::Signer as _;
+    let base = b"\"@method\": POST";
+    // P-256: r‖s verifies; the same signature in DER (which p256 itself
+    // accepts) does not (RFC 9421 §3.3.4); nor does another key's, nor a
+    // flipped bit.
+    let device = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let other = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let ipk = SigningKey::P256(device.clone()).ipk().unwrap();
+    let key = keys::install_key(&ipk).unwrap();
+    let signature: p256::ecdsa::Signature = device.sign(base);
+    assert!(key.verify(base, &signature.to_bytes()));
+    assert!(!key.verify(base, signature.to_der().as_bytes()));
+    let foreign: p256::ecdsa::Signature = other.sign(base);
+    assert!(!key.verify(base, &foreign.to_bytes()));
+    let mut flipped = signature.to_bytes().to_vec();
+    flipped[40] ^= 1;
+    assert!(!key.verify(base, &flipped));
+
+    // Ed25519: the same, and an S ≥ L (the canonical S plus L) is refused
+    // even though it satisfies the group equation (RFC 8032 §5.1.7).
+    let device = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let key = keys::install_key(&SigningKey::Ed25519(device.clone()).ipk().unwrap()).unwrap();
+    let signature = ed25519_dalek::Signer::sign(&device, base).to_bytes();
+    assert!(key.verify(base, &signature));
+    assert!(!key.verify(base, &ed25519_dalek::Signer::sign(&other, base).to_bytes()));
+    assert!(!key.verify(base, &signature[..63]));
+    let mut malleable = signature;
+    let l: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let sum = u16::from(malleable[32 + i]) + u16::from(l[i]) + carry;
+        malleable[32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    assert!(!key.verify(base, &malleable));
+
+    // HMAC: the right secret only, whole MAC only.
+    let secret = [3u8; 32];
+    let mac = SigningKey::Hmac(secret.to_vec()).sign(base);
+    assert!(keys::VerifyingKey::Hmac(&secret).verify(base, &mac));
+    assert!(!keys::VerifyingKey::Hmac(&[4u8; 32]).verify(base, &mac));
+    assert!(!keys::VerifyingKey::Hmac(&secret).verify(base, &mac[..31]));
+}
+
+#[test]
+fn small_order_ed25519_install_keys_are_refused() {
+    // The identity point (y = 1) has order 1: with it, the signature
+    // (R = identity, S = 0) would verify for every message.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let err = keys::install_key(&STANDARD.encode(identity)).unwrap_err();
+    assert!(err.contains("small-order"), "{err}");
+}
+
+#[test]
 fn acceptance_windows_longer_than_the_replay_window_do_not_compile() {
     use crate::policy::compile::compile;
     use crate::policy::document::parse_documents;
