@@ -285,7 +285,7 @@ impl VerifyKey {
                         .iter()
                         .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
                 });
-                if !e_value.is_some_and(|e| e >= 3 && e < (1 << 33) && e & 1 == 1) {
+                if !e_value.is_some_and(|e| (3..1 << 33).contains(&e) && e & 1 == 1) {
                     return Err("RSA exponent is out of range".to_owned());
                 }
                 let fp = fingerprint("RSA", &[n_trimmed, e_trimmed]);
