@@ -7,7 +7,10 @@
 //! ```
 //!
 //! Reading usage SCANs the usage keys (on every primary of a Cluster); it
-//! is a support tool, never on the request path.
+//! is a support tool, never on the request path. Both layouts of the usage
+//! hashes are read (`count`/`extra`, and the earlier `requests`/`cost`;
+//! see `store::keys::USAGE_FIELDS`), so days written before an upgrade
+//! still print.
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -17,15 +17,14 @@
 //! So an anonymous request is still limited per client, never by one bucket
 //! shared by every anonymous caller.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::time::Duration;
-
-use jiff::Timestamp;
-use jiff::tz::TimeZone;
 
 use super::calendar::Window;
 use super::{Limit, LimitKind, Plan, micros};
 use crate::policy::types::LimitKey;
+use crate::store::keys::Sub;
 use crate::store::{
     Admission, Group, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
 };
@@ -87,70 +86,124 @@ pub struct Counted<'p> {
     pub window: Option<Window>,
 }
 
+/// The tags, sub-keys and digests of one request's subjects. Each is
+/// computed at most once, and only when a key needs it: most plans key by
+/// app, and hashing an address costs more than the rest of a key.
+struct Tags<'a> {
+    subject: Subject<'a>,
+    app: Option<String>,
+    user_digest: Option<String>,
+    user: OnceCell<Option<String>>,
+    ip_digest: OnceCell<Option<String>>,
+    ip: OnceCell<Option<String>>,
+    device_digest: OnceCell<Option<String>>,
+}
+
+impl<'a> Tags<'a> {
+    fn new(subject: Subject<'a>) -> Self {
+        Self {
+            subject,
+            app: subject.app.map(keys::app_tag),
+            user_digest: subject.user.map(|(iss, sub)| keys::user_digest(iss, sub)),
+            user: OnceCell::new(),
+            ip_digest: OnceCell::new(),
+            ip: OnceCell::new(),
+            device_digest: OnceCell::new(),
+        }
+    }
+
+    fn app(&self) -> Option<&str> {
+        self.app.as_deref()
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.user
+            .get_or_init(|| self.user_digest.as_deref().map(keys::user_tag_of))
+            .as_deref()
+    }
+
+    fn ip_digest(&self) -> Option<&str> {
+        self.ip_digest
+            .get_or_init(|| self.subject.ip.map(keys::ip_digest))
+            .as_deref()
+    }
+
+    fn ip(&self) -> Option<&str> {
+        self.ip
+            .get_or_init(|| self.ip_digest().map(keys::ip_tag_of))
+            .as_deref()
+    }
+
+    fn device_digest(&self) -> Option<&str> {
+        self.device_digest
+            .get_or_init(|| self.subject.device.map(keys::device_digest))
+            .as_deref()
+    }
+
+    /// The app's tag, else the user's, else the address's, else `{anon}`.
+    fn primary(&self) -> &str {
+        self.app()
+            .or_else(|| self.user())
+            .or_else(|| self.ip())
+            .unwrap_or(keys::ANONYMOUS_TAG)
+    }
+
+    /// The tag and sub-key of a limit keyed by `key` (the table in the
+    /// module docs).
+    fn of(&self, key: LimitKey) -> (&str, Option<Sub<'_>>) {
+        match key {
+            LimitKey::App => (self.app().unwrap_or_else(|| self.primary()), None),
+            LimitKey::AppUser => match (self.app(), self.user_digest.as_deref()) {
+                (Some(tag), Some(user)) => (tag, Some(Sub::User(user))),
+                (Some(tag), None) => (tag, self.ip_digest().map(Sub::Ip)),
+                (None, _) => (self.primary(), None),
+            },
+            LimitKey::Device => match (self.app(), self.device_digest()) {
+                (Some(tag), Some(device)) => (tag, Some(Sub::Device(device))),
+                (Some(tag), None) => (tag, self.ip_digest().map(Sub::Ip)),
+                (None, _) => (self.primary(), None),
+            },
+            LimitKey::User => (
+                self.user()
+                    .or_else(|| self.ip())
+                    .unwrap_or(keys::ANONYMOUS_TAG),
+                None,
+            ),
+            LimitKey::Ip => (self.ip().unwrap_or(keys::ANONYMOUS_TAG), None),
+        }
+    }
+}
+
 /// Builds the admission of one request.
 pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
-    let s = request.subject;
-    let user_digest = s.user.map(|(iss, sub)| keys::user_digest(iss, sub));
-    // The IP digests are computed only when a key needs them (most plans
-    // key by app): hashing the address costs more than the rest of a key.
-    let ip_tag = || s.ip.map(keys::ip_tag);
-    let ip_sub = || s.ip.map(|ip| format!("i:{}", keys::ip_digest(ip)));
-    let app_tag = s.app.map(keys::app_tag);
-    let primary = app_tag
-        .clone()
-        .or_else(|| s.user.map(|(iss, sub)| keys::user_tag(iss, sub)))
-        .or_else(ip_tag)
-        .unwrap_or_else(keys::anonymous_tag);
+    let tags = Tags::new(request.subject);
+    let primary = tags.primary();
 
     let mut built = Built {
         admission: Admission {
             now_us: request.now_us,
-            groups: Vec::new(),
+            groups: Vec::with_capacity(1),
         },
-        limits: Vec::new(),
+        limits: Vec::with_capacity(1),
     };
-    let primary_index = group_index(&mut built, &primary);
+    let primary_index = group_index(&mut built, primary);
 
     for nonce in request.nonces {
         let ttl_ms = u64::try_from(nonce.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         built.admission.groups[primary_index].nonces.push(NonceOp {
-            key: keys::nonce(&primary, &nonce.scope, &nonce.value),
+            key: keys::nonce(primary, &nonce.scope, &nonce.value),
             ttl_ms,
         });
     }
 
     if let Some(plan) = request.plan {
         for limit in &plan.limits {
-            let (tag, sub): (String, Option<String>) = match limit.key {
-                LimitKey::App => (app_tag.clone().unwrap_or_else(|| primary.clone()), None),
-                LimitKey::AppUser => match (&app_tag, &user_digest) {
-                    (Some(tag), Some(user)) => (tag.clone(), Some(format!("u:{user}"))),
-                    (Some(tag), None) => (tag.clone(), ip_sub()),
-                    (None, _) => (primary.clone(), None),
-                },
-                LimitKey::Device => match (&app_tag, s.device) {
-                    (Some(tag), Some(device)) => (
-                        tag.clone(),
-                        Some(format!("d:{}", keys::device_digest(device))),
-                    ),
-                    (Some(tag), None) => (tag.clone(), ip_sub()),
-                    (None, _) => (primary.clone(), None),
-                },
-                LimitKey::User => (
-                    s.user
-                        .map(|(iss, sub)| keys::user_tag(iss, sub))
-                        .or_else(ip_tag)
-                        .unwrap_or_else(keys::anonymous_tag),
-                    None,
-                ),
-                LimitKey::Ip => (ip_tag().unwrap_or_else(keys::anonymous_tag), None),
-            };
-            let sub = sub.as_deref();
+            let (tag, sub) = tags.of(limit.key);
             let (key, rule, window) = match &limit.kind {
                 LimitKind::Rate(gcra) => (
-                    keys::rate(&tag, request.policy, &plan.name, &limit.name, sub),
+                    keys::rate(tag, request.policy, &plan.name, &limit.name, sub),
                     Rule::Rate {
                         interval_us: gcra.interval_us,
                         burst: gcra.burst,
@@ -161,7 +214,7 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                     let window = calendar.window_at(request.now_us)?;
                     (
                         keys::quota(
-                            &tag,
+                            tag,
                             request.policy,
                             &plan.name,
                             &limit.name,
@@ -177,8 +230,12 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                     )
                 }
             };
-            let g = group_index(&mut built, &tag);
-            built.admission.groups[g].limits.push(LimitOp {
+            let g = group_index(&mut built, tag);
+            let group = &mut built.admission.groups[g];
+            if group.limits.capacity() == 0 {
+                group.limits.reserve(plan.limits.len());
+            }
+            group.limits.push(LimitOp {
                 key,
                 cost: request.cost,
                 rule,
@@ -187,20 +244,21 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
         }
     }
 
-    if let Some(app) = s.app {
+    if let Some(app_tag) = tags.app() {
         let (day, day_end_s) = utc_day(request.now_us)?;
         let retention = request.retention;
         let usage = &mut built.admission.groups[primary_index].usage;
+        usage.reserve(2);
         usage.push(UsageOp {
-            key: keys::usage_app(app, &day),
+            key: keys::usage_app(app_tag, &day),
             cost: request.cost,
             expire_at_s: day_end_s + u64::from(retention.app_days) * 86_400,
         });
-        if let Some(user) = &user_digest
+        if let Some(user) = tags.user_digest.as_deref()
             && retention.user_days > 0
         {
             usage.push(UsageOp {
-                key: keys::usage_user(app, &day, user),
+                key: keys::usage_user(app_tag, &day, user),
                 cost: request.cost,
                 expire_at_s: day_end_s + u64::from(retention.user_days) * 86_400,
             });
@@ -209,12 +267,8 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
 
     // Drop a primary group left empty (an anonymous request whose only
     // limits live under other tags).
-    if built.admission.groups[primary_index]
-        == (Group {
-            tag: primary.clone(),
-            ..Group::default()
-        })
-    {
+    let group = &built.admission.groups[primary_index];
+    if group.nonces.is_empty() && group.limits.is_empty() && group.usage.is_empty() {
         built.admission.groups.remove(primary_index);
         built.limits.remove(primary_index);
     }
@@ -233,20 +287,58 @@ fn group_index(built: &mut Built<'_>, tag: &str) -> usize {
     built.admission.groups.len() - 1
 }
 
+/// The latest day [`utc_day`] writes: `YYYY` has four digits.
+const LAST_DAY: i64 = 2_932_896; // 9999-12-31 as days since 1970-01-01
+
 /// The UTC day (`YYYY-MM-DD`) of `now_us` and the Unix second it ends at.
+/// Plain arithmetic on whole days (a UTC day is always 86,400 s: Unix time
+/// has no leap seconds), so no calendar library runs per request.
 pub fn utc_day(now_us: u64) -> Result<(String, u64), String> {
-    let ts = Timestamp::from_microsecond(i64::try_from(now_us).unwrap_or(i64::MAX))
-        .map_err(|e| e.to_string())?;
-    let date = ts.to_zoned_datetime(TimeZone::UTC).date();
-    let start = micros_of_day(date)?;
-    Ok((date.to_string(), start / 1_000_000 + 86_400))
+    let days = now_us / 86_400_000_000;
+    let days_i = i64::try_from(days).unwrap_or(i64::MAX);
+    if days_i > LAST_DAY {
+        return Err(format!("{now_us} µs is after the year 9999"));
+    }
+    let (year, month, day) = civil_from_days(days_i);
+    let mut text = String::with_capacity(10);
+    for (value, width) in [(year, 4), (month, 2), (day, 2)] {
+        if !text.is_empty() {
+            text.push('-');
+        }
+        let mut divisor = 10i64.pow(width - 1);
+        while divisor > 0 {
+            text.push(char::from(b'0' + ((value / divisor) % 10) as u8));
+            divisor /= 10;
+        }
+    }
+    Ok((text, (days + 1) * 86_400))
 }
 
-fn micros_of_day(date: jiff::civil::Date) -> Result<u64, String> {
-    let zdt = date
-        .to_zoned_datetime(TimeZone::UTC)
-        .map_err(|e| e.to_string())?;
-    u64::try_from(zdt.timestamp().as_microsecond()).map_err(|e| e.to_string())
+/// (year, month 1–12, day 1–31) of a day counted from 1970-01-01, in the
+/// proleptic Gregorian calendar. Counts in 400-year eras (146,097 days,
+/// which repeat exactly) of years that start on 1 March, so the leap day
+/// is the last day of its year and month lengths follow a fixed pattern.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    // 0000-03-01 is 719,468 days before 1970-01-01.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097); // 0..=146_096
+    // Years of 365 days, less the leap days every 4 years, plus the ones
+    // skipped every 100 years, less the one kept every 400.
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // 0..=365, from 1 March
+    // Months from March: 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31, (28|29),
+    // which (153 × m + 2) / 5 reproduces.
+    let month_from_march = (5 * day_of_year + 2) / 153; // 0..=11
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// A `Duration` since the epoch as µs (for callers holding a clock reading).

@@ -13,6 +13,8 @@
 //! `tzdb-bundle-always`), so windows do not depend on the container having
 //! `/usr/share/zoneinfo`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
@@ -26,6 +28,53 @@ pub struct Calendar {
     /// The IANA name as written (`UTC` by default).
     pub zone: String,
     tz: TimeZone,
+    /// The last day, week or month window computed, reused while `now`
+    /// stays inside it.
+    recent: RecentWindow,
+}
+
+/// One window packed into one atomic word (start in Unix seconds in the
+/// high 36 bits, length in seconds in the low 28; 0 = none), so every
+/// request thread reads and replaces it without a lock and never sees the
+/// start of one window with the end of another.
+///
+/// Only day, week and month windows are kept: they tile the timeline (each
+/// ends where the next begins), so a window containing `now` *is* the
+/// window of `now`. Minute and hour windows are cut in local time and can
+/// overlap across an offset change of 30 minutes (Lord Howe Island), and
+/// cost little to compute anyway.
+#[derive(Debug, Default)]
+struct RecentWindow(AtomicU64);
+
+impl Clone for RecentWindow {
+    fn clone(&self) -> Self {
+        Self(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+const LEN_BITS: u32 = 28;
+
+impl RecentWindow {
+    fn get(&self, now_us: u64) -> Option<Window> {
+        let packed = self.0.load(Ordering::Relaxed);
+        if packed == 0 {
+            return None;
+        }
+        let start_us = (packed >> LEN_BITS) * 1_000_000;
+        let end_us = start_us + (packed & ((1 << LEN_BITS) - 1)) * 1_000_000;
+        (start_us <= now_us && now_us < end_us).then_some(Window { start_us, end_us })
+    }
+
+    /// Keeps `window` when it packs exactly (whole seconds, in range).
+    fn set(&self, window: Window) {
+        let whole =
+            window.start_us.is_multiple_of(1_000_000) && window.end_us.is_multiple_of(1_000_000);
+        let start = window.start_us / 1_000_000;
+        let len = window.end_us.saturating_sub(window.start_us) / 1_000_000;
+        if whole && len > 0 && len < (1 << LEN_BITS) && start < (1 << (64 - LEN_BITS)) {
+            self.0.store(start << LEN_BITS | len, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One window: `[start, end)` in µs since the Unix epoch.
@@ -57,12 +106,24 @@ impl Calendar {
             window,
             zone: zone.to_owned(),
             tz,
+            recent: RecentWindow::default(),
         })
     }
 
     /// The window containing `now_us`.
     pub fn window_at(&self, now_us: u64) -> Result<Window, String> {
-        window_at(self.window, &self.tz, now_us).map_err(|e| e.to_string())
+        let tiles = matches!(
+            self.window,
+            QuotaWindow::Day | QuotaWindow::Week | QuotaWindow::Month
+        );
+        if tiles && let Some(window) = self.recent.get(now_us) {
+            return Ok(window);
+        }
+        let window = window_at(self.window, &self.tz, now_us).map_err(|e| e.to_string())?;
+        if tiles {
+            self.recent.set(window);
+        }
+        Ok(window)
     }
 }
 
@@ -176,6 +237,30 @@ mod tests {
             at(&c, "2024-03-07T10:10:00Z"),
             ("2024-03-07T09:30:00Z".into(), "2024-03-07T10:30:00Z".into())
         );
+    }
+
+    #[test]
+    fn remembered_windows_match_fresh_ones() {
+        // Walk through a DST month, a month boundary and a leap day in
+        // steps that cross every window edge, in order and back again:
+        // the remembered window must always be the one computed afresh.
+        for (window, zone) in [
+            (QuotaWindow::Day, "America/New_York"),
+            (QuotaWindow::Day, "Australia/Lord_Howe"),
+            (QuotaWindow::Week, "Europe/Berlin"),
+            (QuotaWindow::Month, "Asia/Kolkata"),
+            (QuotaWindow::Hour, "Australia/Lord_Howe"),
+            (QuotaWindow::Minute, "UTC"),
+        ] {
+            let c = Calendar::new(10, window, zone).unwrap();
+            let start = us("2024-02-27T00:00:00Z");
+            let steps: Vec<u64> = (0..2_000u64).map(|i| start + i * 1_789_000_000).collect();
+            for &t in steps.iter().chain(steps.iter().rev()) {
+                let fresh = super::window_at(window, &c.tz, t).unwrap();
+                assert_eq!(c.window_at(t).unwrap(), fresh, "{zone} {window:?} at {t}");
+                assert!(fresh.start_us <= t && t < fresh.end_us);
+            }
+        }
     }
 
     #[test]

@@ -223,19 +223,12 @@ impl RedisStore {
         group: &Group,
         now_us: u64,
     ) -> RedisResult<Vec<i64>> {
-        let (keys, argv) = scripts::layout(group, now_us);
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        for arg in argv {
-            invocation.arg(arg);
-        }
+        let cmd = scripts::invocation(script, group, now_us);
         match &self.conn {
-            Conn::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
+            Conn::Single(manager) => evalsha(&mut manager.clone(), script, &cmd).await,
             Conn::Cluster(lazy) => {
                 let mut conn = lazy.get().await?;
-                invocation.invoke_async(&mut conn).await
+                evalsha(&mut conn, script, &cmd).await
             }
         }
     }
@@ -336,10 +329,9 @@ impl RedisStore {
                 continue;
             }
             let mut cmd = redis::cmd("HMGET");
-            cmd.arg(&key).arg("requests").arg("cost");
-            let values: Vec<Option<u64>> = self.query(&cmd).await?;
-            row.requests = values.first().copied().flatten().unwrap_or(0);
-            row.cost = values.get(1).copied().flatten().unwrap_or(0);
+            cmd.arg(&key).arg(&keys::USAGE_FIELDS);
+            let values: Vec<Option<i64>> = self.query(&cmd).await?;
+            (row.requests, row.cost) = keys::usage_totals(&values);
             rows.push(row);
         }
         super::sort_usage(&mut rows);
@@ -355,6 +347,23 @@ impl RedisStore {
             }
         };
         result.map_err(map_error)
+    }
+}
+
+/// Runs a script's `EVALSHA`; after `NOSCRIPT` (a restarted or failed-over
+/// Redis, `SCRIPT FLUSH`) loads the script (on a Cluster, on every primary)
+/// and runs the call once more.
+async fn evalsha<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> RedisResult<Vec<i64>> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        result => result,
     }
 }
 

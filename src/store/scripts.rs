@@ -15,19 +15,23 @@
 //! ```
 //!
 //! - [`ADMIT`] (`scripts/admit.lua`) checks every nonce (EXISTS) and every
-//!   limit, and only when all pass remembers the nonces (SET … PX), moves the
-//!   GCRA TATs (SET … PX), increments the quota counters (INCRBY +
-//!   PEXPIRE) and the usage hashes (HINCRBY + EXPIRE). Reply: `{status,
-//!   replay_index, then 4 integers per limit: allowed, remaining, reset_us,
-//!   retry_after_us}`, status 0 admitted, 1 replay, 2 exceeded.
+//!   limit (GET), and only when all pass remembers the nonces (SET … PX),
+//!   moves the GCRA TATs (SET … PX), counts the quotas (SET … PX when the
+//!   window's counter is new, else INCRBY, which keeps its TTL) and the
+//!   usage hashes (HINCRBY of `count`, plus `extra` when the cost is not 1;
+//!   EXPIRE only when the HINCRBY created the hash's `count`). Reply:
+//!   `{status, replay_index, then 4 integers per limit: allowed, remaining,
+//!   reset_us, retry_after_us}`, status 0 admitted, 1 replay, 2 exceeded.
+//!   Each command a script runs costs Redis CPU, so the common request (a
+//!   rate, a quota and two usage hashes, cost 1) runs six: GET, SET, GET,
+//!   INCRBY, HINCRBY, HINCRBY.
 //! - [`REFUND`] (`scripts/refund.lua`) undoes an admitted group when another
 //!   group of the same request denied. Reply: 1.
 //!
-//! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`); after
-//! `NOSCRIPT` (a restarted or failed-over Redis, or `SCRIPT FLUSH`) the
-//! script is loaded again and the call retried, transparently
-//! (`redis::Script::invoke_async`; on a Cluster `SCRIPT LOAD` goes to every
-//! primary). Scripts read no clock and no random source, so they replicate
+//! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`, built by
+//! [`invocation`]); after `NOSCRIPT` (a restarted or failed-over Redis, or
+//! `SCRIPT FLUSH`) the store loads the script again and retries the call,
+//! transparently (on a Cluster `SCRIPT LOAD` goes to every primary). Scripts read no clock and no random source, so they replicate
 //! deterministically. Expiries are *relative* (PX, PEXPIRE, EXPIRE computed
 //! from the caller's `now`), so they mean the same whatever Redis's own
 //! clock says.
@@ -44,22 +48,39 @@ pub static ADMIT: LazyLock<redis::Script> =
 pub static REFUND: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/refund.lua")));
 
-/// KEYS and ARGV of `group` at `now_us`, in the layout above.
-pub fn layout(group: &Group, now_us: u64) -> (Vec<&str>, Vec<String>) {
-    let mut keys: Vec<&str> =
-        Vec::with_capacity(group.nonces.len() + group.limits.len() + group.usage.len());
-    let mut argv: Vec<String> =
-        Vec::with_capacity(4 + group.nonces.len() + 5 * group.limits.len() + 2 * group.usage.len());
-    argv.push(now_us.to_string());
-    argv.push(group.nonces.len().to_string());
-    argv.push(group.limits.len().to_string());
-    argv.push(group.usage.len().to_string());
+/// Bytes reserved per numeric argument (a u64 has at most 20 digits).
+const NUMBER_BYTES: usize = 20;
+
+/// The `EVALSHA` of `script` for `group` at `now_us`, KEYS and ARGV in the
+/// layout above. Everything is written straight into the command's one
+/// buffer, numbers in decimal without an intermediate `String`: building
+/// this call runs once per admitted request.
+pub fn invocation(script: &redis::Script, group: &Group, now_us: u64) -> redis::Cmd {
+    let (n, l, u) = (group.nonces.len(), group.limits.len(), group.usage.len());
+    let key_bytes: usize = group.nonces.iter().map(|x| x.key.len()).sum::<usize>()
+        + group.limits.iter().map(|x| x.key.len()).sum::<usize>()
+        + group.usage.iter().map(|x| x.key.len()).sum::<usize>();
+    let numbers = 4 + n + 5 * l + 2 * u;
+    let hash = script.get_hash();
+    let mut cmd = redis::Cmd::with_capacity(
+        3 + n + l + u + numbers,
+        "EVALSHA".len() + hash.len() + NUMBER_BYTES + key_bytes + numbers * NUMBER_BYTES,
+    );
+    cmd.arg("EVALSHA").arg(hash).arg(n + l + u);
     for nonce in &group.nonces {
-        keys.push(&nonce.key);
-        argv.push(nonce.ttl_ms.max(1).to_string());
+        cmd.arg(nonce.key.as_str());
     }
     for limit in &group.limits {
-        keys.push(&limit.key);
+        cmd.arg(limit.key.as_str());
+    }
+    for usage in &group.usage {
+        cmd.arg(usage.key.as_str());
+    }
+    cmd.arg(now_us).arg(n).arg(l).arg(u);
+    for nonce in &group.nonces {
+        cmd.arg(nonce.ttl_ms.max(1));
+    }
+    for limit in &group.limits {
         let (kind, a, b, c) = match limit.rule {
             Rule::Rate { interval_us, burst } => ("r", interval_us, burst, 0),
             Rule::Quota {
@@ -68,16 +89,87 @@ pub fn layout(group: &Group, now_us: u64) -> (Vec<&str>, Vec<String>) {
                 expire_at_us,
             } => ("q", limit, window_end_us, expire_at_us),
         };
-        argv.push(kind.to_owned());
-        argv.push(limit.cost.to_string());
-        argv.push(a.to_string());
-        argv.push(b.to_string());
-        argv.push(c.to_string());
+        cmd.arg(kind).arg(limit.cost).arg(a).arg(b).arg(c);
     }
     for usage in &group.usage {
-        keys.push(&usage.key);
-        argv.push(usage.cost.to_string());
-        argv.push(usage.expire_at_s.to_string());
+        cmd.arg(usage.cost).arg(usage.expire_at_s);
     }
-    (keys, argv)
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LimitOp, NonceOp, UsageOp};
+
+    #[test]
+    fn invocation_follows_the_layout() {
+        let group = Group {
+            tag: "{a:x}".into(),
+            nonces: vec![NonceOp {
+                key: "tg:{a:x}:n:dpop:d".into(),
+                ttl_ms: 0,
+            }],
+            limits: vec![
+                LimitOp {
+                    key: "tg:{a:x}:r:p:free:ps".into(),
+                    cost: 2,
+                    rule: Rule::Rate {
+                        interval_us: 100_000,
+                        burst: 5,
+                    },
+                },
+                LimitOp {
+                    key: "tg:{a:x}:q:p:free:daily:1714521600".into(),
+                    cost: 2,
+                    rule: Rule::Quota {
+                        limit: 10_000,
+                        window_end_us: 1_714_608_000_000_000,
+                        expire_at_us: 1_714_608_060_000_000,
+                    },
+                },
+            ],
+            usage: vec![UsageOp {
+                key: "tg:{a:x}:u:2024-05-01".into(),
+                cost: 2,
+                expire_at_s: 1_749_168_000,
+            }],
+        };
+        let cmd = invocation(&ADMIT, &group, 1_714_560_000_123_456);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                _ => "<not a plain argument>".to_owned(),
+            })
+            .collect();
+        let expected = [
+            "EVALSHA",
+            ADMIT.get_hash(),
+            "4",
+            "tg:{a:x}:n:dpop:d",
+            "tg:{a:x}:r:p:free:ps",
+            "tg:{a:x}:q:p:free:daily:1714521600",
+            "tg:{a:x}:u:2024-05-01",
+            "1714560000123456",
+            "1",
+            "2",
+            "1",
+            // The nonce's TTL is at least 1 ms.
+            "1",
+            "r",
+            "2",
+            "100000",
+            "5",
+            "0",
+            "q",
+            "2",
+            "10000",
+            "1714608000000000",
+            "1714608060000000",
+            "2",
+            "1749168000",
+        ];
+        assert_eq!(args, expected);
+    }
 }
