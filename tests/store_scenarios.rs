@@ -360,6 +360,45 @@ async fn usage_is_metered(store: &dyn Store, app: &str) {
     assert!(only_apps.iter().all(|r| r.user.is_none()));
 }
 
+/// A request refunded because a limit under another tag denied it is not
+/// metered either: usage goes back with the quota (cost included).
+async fn refunded_requests_are_not_metered(store: &dyn Store, app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: app-daily, key: app, quota: {requests: 100, reset: day}},
+            {name: per-ip, key: ip, quota: {requests: 3, reset: day}}]}]",
+    );
+    let t = at("2024-05-13T08:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    call.user = Some(("https://id.example/", "carol"));
+    call.ip = Some("198.51.100.200".parse().unwrap());
+    call.cost = 3;
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    // The address has no units left for a second cost-3 request: its
+    // group denies, and the app's group (limits and usage) is refunded.
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    call.cost = 1;
+    call.ip = Some("198.51.100.201".parse().unwrap());
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(states(&out)[0].remaining, 96, "app-daily: 3 + 1 used");
+    let rows = store
+        .usage(&UsageQuery {
+            app: Some(app.to_owned()),
+            from: "2024-05-13".into(),
+            to: "2024-05-13".into(),
+            users: true,
+        })
+        .await
+        .unwrap();
+    let summary: Vec<(bool, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.user.is_some(), r.requests, r.cost))
+        .collect();
+    assert_eq!(summary, [(false, 2, 4), (true, 2, 4)]);
+}
+
 /// Two replicas, hundreds of concurrent requests, a quota of 100: exactly
 /// 100 pass.
 async fn exact_under_concurrency(backend: &Backend, app: &str) {
@@ -398,6 +437,7 @@ async fn run_suite(backend: Backend) {
     nonces_refuse_replays(backend.store.as_ref(), &format!("{tag}-nonce")).await;
     cross_tag_deny_refunds(backend.store.as_ref(), &format!("{tag}-cross")).await;
     usage_is_metered(backend.store.as_ref(), &format!("{tag}-usage")).await;
+    refunded_requests_are_not_metered(backend.store.as_ref(), &format!("{tag}-refund")).await;
     exact_under_concurrency(&backend, &format!("{tag}-exact")).await;
 }
 
@@ -448,6 +488,180 @@ async fn scenarios_on_redis_cluster() {
         })
         .count();
     assert!(spread >= 2, "keys landed on {spread} of 3 primaries");
+}
+
+// ------------------------------------------------------ what Redis holds
+
+/// Runs a keyed command on the node that owns the key: a single server owns
+/// every key; a Cluster node answers `MOVED` for keys it does not own.
+fn on_owner<T: redis::FromRedisValue>(nodes: &[&RedisServer], cmd: &redis::Cmd) -> T {
+    let mut errors = Vec::new();
+    for node in nodes {
+        match cmd.query(&mut node.connection()) {
+            Ok(value) => return value,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    panic!("no node answered {cmd:?}: {errors:?}")
+}
+
+fn hash(nodes: &[&RedisServer], key: &str) -> std::collections::BTreeMap<String, i64> {
+    on_owner(nodes, redis::cmd("HGETALL").arg(key))
+}
+
+fn ttl_s(nodes: &[&RedisServer], key: &str) -> i64 {
+    on_owner(nodes, redis::cmd("TTL").arg(key))
+}
+
+fn pttl_ms(nodes: &[&RedisServer], key: &str) -> i64 {
+    on_owner(nodes, redis::cmd("PTTL").arg(key))
+}
+
+/// Asserts a TTL lies in `(expected − slack, expected]`: set, relative to
+/// the injected clock, and not reset to something else. The slack covers
+/// the test's own running time (the TTL counts down in real time).
+fn assert_ttl(what: &str, actual: i64, expected: i64, slack: i64) {
+    assert!(
+        actual <= expected && actual > expected - slack,
+        "{what}: TTL {actual}, expected {expected} (within {slack})"
+    );
+}
+
+/// The keys, values and TTLs the admit and refund scripts leave in Redis:
+/// usage hashes hold `count` (plus `extra` once a cost was not 1) and get
+/// their TTL on the first request of the day, and keep it; a quota counter
+/// gets its TTL when the window's first request creates it and keeps it
+/// through `INCRBY` and refunds; hashes of the earlier layout (`requests`,
+/// `cost`) still add up.
+async fn redis_holds_the_documented_state(store: &dyn Store, nodes: &[&RedisServer], app: &str) {
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: hourly, key: app, rate: {requests: 10, period: 1h}},
+            {name: daily, key: app, quota: {requests: 100, reset: day}},
+            {name: per-ip, key: ip, quota: {requests: 6, reset: day}}]}]",
+    );
+    let t = at("2024-05-14T08:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    let user = ("https://id.example/", "dave");
+    call.user = Some(user);
+    let (admission, _) = call.admission();
+    let group = &admission.groups[0];
+    let (rate_key, quota_key) = (group.limits[0].key.clone(), group.limits[1].key.clone());
+    let (app_usage, user_usage) = (group.usage[0].key.clone(), group.usage[1].key.clone());
+    assert!(app_usage.ends_with(":u:2024-05-14"), "{app_usage}");
+    assert!(user_usage.contains(":u:2024-05-14:"), "{user_usage}");
+    // 16 h to the end of the day, then the retention (400 / 31 days); the
+    // daily counter lives to the day's end plus 60 s of grace; one request
+    // moves the rate's TAT one interval (360 s) ahead.
+    let app_ttl = 16 * 3600 + 400 * 86_400;
+    let user_ttl = 16 * 3600 + 31 * 86_400;
+    let quota_pttl = (16 * 3600 + 60) * 1000;
+    let slack_s = 30;
+
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    let one = std::collections::BTreeMap::from([("count".to_owned(), 1)]);
+    assert_eq!(hash(nodes, &app_usage), one);
+    assert_eq!(hash(nodes, &user_usage), one);
+    assert_ttl("app usage", ttl_s(nodes, &app_usage), app_ttl, slack_s);
+    assert_ttl("user usage", ttl_s(nodes, &user_usage), user_ttl, slack_s);
+    let count: i64 = on_owner(nodes, redis::cmd("GET").arg(&quota_key));
+    assert_eq!(count, 1);
+    assert_ttl(
+        "quota",
+        pttl_ms(nodes, &quota_key),
+        quota_pttl,
+        slack_s * 1000,
+    );
+    assert_ttl("rate", pttl_ms(nodes, &rate_key), 360_000, slack_s * 1000);
+
+    // Later requests (one of cost 3) count on, and every TTL stays set:
+    // the usage hashes' and the counter's from their first request.
+    call.now = t + SECOND;
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    call.now = t + 2 * SECOND;
+    call.cost = 3;
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    let expected =
+        std::collections::BTreeMap::from([("count".to_owned(), 3), ("extra".to_owned(), 2)]);
+    assert_eq!(hash(nodes, &app_usage), expected);
+    assert_eq!(hash(nodes, &user_usage), expected);
+    assert_ttl("app usage", ttl_s(nodes, &app_usage), app_ttl, slack_s);
+    assert_ttl("user usage", ttl_s(nodes, &user_usage), user_ttl, slack_s);
+    let count: i64 = on_owner(nodes, redis::cmd("GET").arg(&quota_key));
+    assert_eq!(count, 5);
+    assert_ttl(
+        "quota",
+        pttl_ms(nodes, &quota_key),
+        quota_pttl,
+        slack_s * 1000,
+    );
+    // 5 units at 360 s each, 2 s after the first.
+    assert_ttl(
+        "rate",
+        pttl_ms(nodes, &rate_key),
+        5 * 360_000 - 2_000,
+        slack_s * 1000,
+    );
+
+    // The address has 1 of its 6 left: a cost-3 request is denied by the
+    // per-ip group and the app's group is refunded, TTLs kept.
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Exceeded);
+    assert_eq!(hash(nodes, &app_usage), expected);
+    assert_eq!(hash(nodes, &user_usage), expected);
+    assert_ttl("app usage", ttl_s(nodes, &app_usage), app_ttl, slack_s);
+    assert_ttl("user usage", ttl_s(nodes, &user_usage), user_ttl, slack_s);
+    let count: i64 = on_owner(nodes, redis::cmd("GET").arg(&quota_key));
+    assert_eq!(count, 5, "refunded");
+    assert_ttl(
+        "quota",
+        pttl_ms(nodes, &quota_key),
+        quota_pttl,
+        slack_s * 1000,
+    );
+
+    // A day whose hash was written by an earlier tollgate (`requests`,
+    // `cost`): the new fields add to the old ones.
+    let (day2, day2_key) = ("2024-05-15", app_usage.replace("2024-05-14", "2024-05-15"));
+    let _: () = on_owner(
+        nodes,
+        redis::cmd("HSET")
+            .arg(&day2_key)
+            .arg("requests")
+            .arg(2)
+            .arg("cost")
+            .arg(7),
+    );
+    let _: () = on_owner(nodes, redis::cmd("EXPIRE").arg(&day2_key).arg(3600));
+    call.now = at("2024-05-15T08:00:00Z");
+    call.cost = 1;
+    call.ip = Some("198.51.100.250".parse().unwrap());
+    assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    let rows = store
+        .usage(&UsageQuery {
+            app: Some(app.to_owned()),
+            from: day2.into(),
+            to: day2.into(),
+            users: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].requests, rows[0].cost), (3, 8));
+    // Its first request under the new layout gave it the new layout's TTL.
+    assert_ttl("upgraded day", ttl_s(nodes, &day2_key), app_ttl, slack_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_state_on_redis_and_cluster() {
+    let redis = RedisServer::start();
+    let store = redis_store(&[redis.url()], false);
+    redis_holds_the_documented_state(store.as_ref(), &[&redis], "state").await;
+
+    let cluster = RedisCluster::start(3);
+    let store = redis_store(&cluster.urls(), true);
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    redis_holds_the_documented_state(store.as_ref(), &nodes, "state").await;
 }
 
 // ------------------------------------------------------- Redis-only faults
@@ -600,6 +814,26 @@ async fn measure_commands_and_latency() {
     );
     println!("commandstats: {stats:?}");
     assert_eq!(client_calls, n, "one EVALSHA per request");
+    // Inside the script, per request: the nonce (EXISTS, SET PX), the rate
+    // (GET, SET PX), the quota (GET, then INCRBY: the warm-up created the
+    // day's counter) and one HINCRBY per usage hash. The only EXPIRE is
+    // the user hash's, made by the first measured request; the app hash
+    // and the counter keep the TTLs the warm-up gave them.
+    let calls = |name: &str| stats.get(name).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            calls("exists"),
+            calls("get"),
+            calls("set"),
+            calls("incrby"),
+            calls("hincrby"),
+            calls("expire"),
+            calls("pexpire"),
+        ),
+        (n, 2 * n, 2 * n, n, 2 * n, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(inside, 8 * n + 1, "{stats:?}");
 }
 
 // ------------------------------------------------------------ through decide

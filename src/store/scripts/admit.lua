@@ -10,6 +10,13 @@
 --   per usage: cost, expire_at_s
 -- Reply = {status, replay_index, then per limit: allowed, remaining, reset_us, retry_after_us}
 --   status 0 = admitted, 1 = replay (KEYS[replay_index] was remembered), 2 = exceeded
+--
+-- Commands per admitted request, kept few because each costs Redis CPU:
+-- a rate GET + SET PX; a quota GET, then SET PX when the window's counter
+-- is new or INCRBY (which keeps the TTL it was created with) when it is
+-- not; a usage hash one HINCRBY of `count` (+ one of `extra` when the cost
+-- is not 1), and EXPIRE only when that HINCRBY created the field.
+-- Keys do not expire while a script runs, so what GET saw still holds.
 local now = tonumber(ARGV[1])
 local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -20,7 +27,8 @@ for i = 1, n do
 end
 
 local reply = {0, 0}
-local new_tats = {}
+-- Per limit: the new TAT (rate) or whether the counter existed (quota).
+local seen = {}
 local denied = false
 local lbase = 4 + n
 for j = 1, l do
@@ -36,14 +44,16 @@ for j = 1, l do
     local new_tat = tat + cost * a
     if new_tat - now <= capacity then
       allowed, remaining, reset, retry = 1, math.floor((capacity - (new_tat - now)) / a), new_tat - now, 0
-      new_tats[j] = new_tat
+      seen[j] = new_tat
     else
       local left = capacity - (tat - now)
       if left < 0 then left = 0 end
       allowed, remaining, reset, retry = 0, math.floor(left / a), tat - now, new_tat - now - capacity
     end
   else
-    local count = tonumber(redis.call('GET', key) or '0')
+    local stored = redis.call('GET', key)
+    seen[j] = stored ~= false
+    local count = tonumber(stored or '0')
     if count + cost <= a then
       allowed, remaining, reset, retry = 1, a - count - cost, b - now, 0
     else
@@ -70,24 +80,31 @@ for j = 1, l do
   local at = lbase + (j - 1) * 5
   local cost = tonumber(ARGV[at + 2])
   if ARGV[at + 1] == 'r' then
-    local ttl_ms = math.ceil((new_tats[j] - now) / 1000)
+    local ttl_ms = math.ceil((seen[j] - now) / 1000)
     if ttl_ms < 1 then ttl_ms = 1 end
-    redis.call('SET', key, string.format('%.0f', new_tats[j]), 'PX', string.format('%.0f', ttl_ms))
+    redis.call('SET', key, string.format('%.0f', seen[j]), 'PX', string.format('%.0f', ttl_ms))
   elseif cost > 0 then
-    redis.call('INCRBY', key, cost)
-    local ttl_ms = math.ceil((tonumber(ARGV[at + 5]) - now) / 1000)
-    if ttl_ms < 1 then ttl_ms = 1 end
-    redis.call('PEXPIRE', key, string.format('%.0f', ttl_ms))
+    if seen[j] then
+      redis.call('INCRBY', key, cost)
+    else
+      local ttl_ms = math.ceil((tonumber(ARGV[at + 5]) - now) / 1000)
+      if ttl_ms < 1 then ttl_ms = 1 end
+      redis.call('SET', key, ARGV[at + 2], 'PX', string.format('%.0f', ttl_ms))
+    end
   end
 end
 local ubase = lbase + l * 5
 for k = 1, u do
   local key = KEYS[n + l + k]
   local at = ubase + (k - 1) * 2
-  redis.call('HINCRBY', key, 'requests', 1)
-  redis.call('HINCRBY', key, 'cost', ARGV[at + 1])
-  local ttl_s = tonumber(ARGV[at + 2]) - math.floor(now / 1000000)
-  if ttl_s < 1 then ttl_s = 1 end
-  redis.call('EXPIRE', key, string.format('%.0f', ttl_s))
+  local extra = tonumber(ARGV[at + 1]) - 1
+  if redis.call('HINCRBY', key, 'count', 1) == 1 then
+    local ttl_s = tonumber(ARGV[at + 2]) - math.floor(now / 1000000)
+    if ttl_s < 1 then ttl_s = 1 end
+    redis.call('EXPIRE', key, string.format('%.0f', ttl_s))
+  end
+  if extra ~= 0 then
+    redis.call('HINCRBY', key, 'extra', extra)
+  end
 end
 return reply

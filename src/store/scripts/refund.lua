@@ -1,7 +1,8 @@
 -- tollgate refund: undo an admitted group when another group of the same
 -- request denied. Same KEYS/ARGV layout as admit.lua; reply 1.
 -- Nonces are forgotten, GCRA TATs move back by cost × interval, counters and
--- usage go down by what was added. Keys that expired meanwhile are left alone.
+-- usage go down by what was added (`count` by 1, `extra` by cost - 1), each
+-- keeping its TTL. Keys that expired meanwhile are left alone.
 local now = tonumber(ARGV[1])
 local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, n do
@@ -31,8 +32,11 @@ local ubase = lbase + l * 5
 for k = 1, u do
   local key = KEYS[n + l + k]
   if redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, 'requests', -1)
-    redis.call('HINCRBY', key, 'cost', -tonumber(ARGV[ubase + (k - 1) * 2 + 1]))
+    redis.call('HINCRBY', key, 'count', -1)
+    local extra = tonumber(ARGV[ubase + (k - 1) * 2 + 1]) - 1
+    if extra ~= 0 then
+      redis.call('HINCRBY', key, 'extra', -extra)
+    end
   end
 end
 return 1
