@@ -78,6 +78,14 @@ impl Headers {
         self.entries.push((name.to_ascii_lowercase(), value.into()));
     }
 
+    /// Appends a header taking its strings as they are: the name is
+    /// lower-cased in place, so a request translated from an owned message
+    /// costs no copy per header (Envoy sends names lower-case already).
+    pub fn push_owned(&mut self, mut name: String, value: String) {
+        name.make_ascii_lowercase();
+        self.entries.push((name, value));
+    }
+
     /// The first value of `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.entries
@@ -126,6 +134,17 @@ impl<N: AsRef<str>, V: Into<String>> FromIterator<(N, V)> for Headers {
 }
 
 impl RequestContext {
+    /// [`Self::set_target`] for an owned target: a plain path (no `?`, no
+    /// `#`, the common case) is moved in without a copy.
+    pub fn set_target_owned(&mut self, target: String) {
+        if target.contains(['?', '#']) {
+            self.set_target(&target);
+        } else {
+            self.path = target;
+            self.query = None;
+        }
+    }
+
     /// Splits a request target (`/path?query`) into path and query.
     pub fn set_target(&mut self, target: &str) {
         // A fragment is never sent by clients; drop it defensively.
@@ -162,12 +181,26 @@ mod tests {
     }
 
     #[test]
+    fn owned_headers_are_lower_cased_too() {
+        let mut headers = Headers::new();
+        headers.push_owned("X-Api-Key".to_owned(), "K".to_owned());
+        assert_eq!(headers.get("x-api-key"), Some("K"));
+        assert_eq!(headers.iter().next(), Some(("x-api-key", "K")));
+    }
+
+    #[test]
     fn target_splits_path_and_query() {
         let mut request = RequestContext::default();
         request.set_target("/v1/search?q=1#frag");
         assert_eq!(request.path, "/v1/search");
         assert_eq!(request.query.as_deref(), Some("q=1"));
         request.set_target("/healthz");
+        assert_eq!(request.query, None);
+        request.set_target_owned("/v1/search?q=2#f".to_owned());
+        assert_eq!(request.path, "/v1/search");
+        assert_eq!(request.query.as_deref(), Some("q=2"));
+        request.set_target_owned("/v1/bikes".to_owned());
+        assert_eq!(request.path, "/v1/bikes");
         assert_eq!(request.query, None);
     }
 }

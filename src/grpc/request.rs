@@ -26,21 +26,28 @@ use crate::request::{Body, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_COUNT, R
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
 /// Translates an Envoy `CheckRequest` into the core's request model.
+/// Copies what it needs; the server uses [`into_context`], which moves.
 pub fn to_context(check: &CheckRequest) -> RequestContext {
+    into_context(check.clone())
+}
+
+/// Translates an owned `CheckRequest`, moving its strings (method, target,
+/// header names and values, context extensions) into the
+/// [`RequestContext`] instead of copying them: the request path pays no
+/// allocation per header.
+pub fn into_context(check: CheckRequest) -> RequestContext {
     let mut request = RequestContext::default();
-    let Some(attributes) = &check.attributes else {
+    let Some(mut attributes) = check.attributes else {
         request
             .defects
             .push("the CheckRequest has no attributes".to_owned());
         return request;
     };
-    read_connection(attributes, &mut request);
-    request.context_extensions = attributes
-        .context_extensions
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+    read_connection(&attributes, &mut request);
+    request.context_extensions = std::mem::take(&mut attributes.context_extensions)
+        .into_iter()
         .collect();
-    match attributes.request.as_ref().and_then(|r| r.http.as_ref()) {
+    match attributes.request.and_then(|r| r.http) {
         Some(http) => read_http(http, &mut request),
         None => request
             .defects
@@ -104,48 +111,48 @@ fn peer_ip(peer: &Peer) -> Option<IpAddr> {
 }
 
 /// Method, target, authority, headers and body.
-fn read_http(http: &HttpRequest, request: &mut RequestContext) {
-    request.method = http.method.clone();
-    request.scheme = http.scheme.clone();
-    request.authority = http.host.clone();
-    read_headers(http, request);
+fn read_http(mut http: HttpRequest, request: &mut RequestContext) {
+    request.method = std::mem::take(&mut http.method);
+    request.scheme = std::mem::take(&mut http.scheme);
+    request.authority = std::mem::take(&mut http.host);
+    read_headers(&mut http, request);
     if request.authority.is_empty()
         && let Some(host) = request.headers.get("host")
     {
         request.authority = host.to_owned();
     }
-    request.set_target(&http.path);
+    request.set_target_owned(std::mem::take(&mut http.path));
     // The id goes into log lines: only a short, printable one is taken.
     request.id = request
         .headers
         .get("x-request-id")
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| http.id.clone());
+        .unwrap_or_else(|| std::mem::take(&mut http.id));
     read_body(http, request);
 }
 
 /// Reads the headers from `header_map` (raw) or the `headers` map, within
 /// the count and byte bounds. Pseudo-headers count towards the bounds but
 /// are not kept: their values arrive in the dedicated fields.
-fn read_headers(http: &HttpRequest, request: &mut RequestContext) {
+fn read_headers(http: &mut HttpRequest, request: &mut RequestContext) {
     let mut reader = HeaderReader::default();
-    match &http.header_map {
+    match http.header_map.take() {
         Some(map) if !map.headers.is_empty() => {
-            for header in &map.headers {
+            for header in map.headers {
                 let value = if header.raw_value.is_empty() {
-                    Ok(header.value.as_str())
+                    Ok(header.value)
                 } else {
-                    std::str::from_utf8(&header.raw_value)
+                    String::from_utf8(header.raw_value)
                 };
                 let added = match value {
-                    Ok(value) => reader.add(&header.key, value, request),
-                    Err(_) => {
+                    Ok(value) => reader.add(header.key, value, request),
+                    Err(raw) => {
                         request.defects.push(format!(
                             "the value of header {:?} is not valid UTF-8",
                             printable(&header.key)
                         ));
-                        reader.count(&header.key, header.raw_value.len(), request)
+                        reader.count(&header.key, raw.as_bytes().len(), request)
                     }
                 };
                 if !added {
@@ -155,7 +162,8 @@ fn read_headers(http: &HttpRequest, request: &mut RequestContext) {
         }
         _ => {
             // A map has no order; sort so translation is deterministic.
-            let mut entries: Vec<(&String, &String)> = http.headers.iter().collect();
+            let mut entries: Vec<(String, String)> =
+                std::mem::take(&mut http.headers).into_iter().collect();
             entries.sort();
             for (name, value) in entries {
                 if !reader.add(name, value, request) {
@@ -175,8 +183,8 @@ struct HeaderReader {
 
 impl HeaderReader {
     /// Checks and adds one header; false when reading must stop.
-    fn add(&mut self, name: &str, value: &str, request: &mut RequestContext) -> bool {
-        if !self.count(name, value.len(), request) {
+    fn add(&mut self, name: String, value: String, request: &mut RequestContext) -> bool {
+        if !self.count(&name, value.len(), request) {
             return false;
         }
         if name.is_empty() {
@@ -189,12 +197,12 @@ impl HeaderReader {
         if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
             request.defects.push(format!(
                 "the value of header {:?} contains CR, LF or NUL",
-                printable(name)
+                printable(&name)
             ));
             return true;
         }
         if !name.starts_with(':') {
-            request.headers.push(name, value);
+            request.headers.push_owned(name, value);
         }
         true
     }
@@ -221,13 +229,13 @@ impl HeaderReader {
 
 /// The body from `raw_body` (exact bytes) or `body` (UTF-8, sanitised by
 /// Envoy), bounded by [`MAX_BODY_BYTES`].
-fn read_body(http: &HttpRequest, request: &mut RequestContext) {
-    let bytes: &[u8] = if !http.raw_body.is_empty() {
-        &http.raw_body
+fn read_body(http: HttpRequest, request: &mut RequestContext) {
+    let bytes: Vec<u8> = if !http.raw_body.is_empty() {
+        http.raw_body
     } else {
-        http.body.as_bytes()
+        http.body.into_bytes()
     };
-    let partial = request.headers.get(PARTIAL_BODY_HEADER).map(str::to_owned);
+    let partial = request.headers.get(PARTIAL_BODY_HEADER);
     if bytes.is_empty() && partial.is_none() {
         return;
     }
@@ -237,10 +245,8 @@ fn read_body(http: &HttpRequest, request: &mut RequestContext) {
             .push(format!("the request body exceeds {MAX_BODY_BYTES} bytes"));
         return;
     }
-    request.body = Some(Body {
-        bytes: bytes.to_vec(),
-        truncated: partial.as_deref() == Some("true"),
-    });
+    let truncated = partial == Some("true");
+    request.body = Some(Body { bytes, truncated });
 }
 
 /// A header name made safe for a log line or problem detail.
