@@ -15,13 +15,27 @@ use super::pb::google::rpc::Status;
 use super::pb::{
     CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
 };
-use crate::decision::{Allow, ChallengeParams, Decision, Deny, Verdict};
+use crate::decision::{Allow, ChallengeParams, Decision, Deny, Identity, Verdict};
 use crate::reason::GrpcCode;
 
 /// Builds the `CheckResponse` for `decision`. `challenge` fills the
 /// `WWW-Authenticate` header of a 401 that carries none of its own.
 pub fn to_check_response(decision: &Decision, challenge: &ChallengeParams) -> CheckResponse {
-    let (status, http_response) = match &decision.verdict {
+    into_check_response(decision.clone(), challenge)
+}
+
+/// [`to_check_response`] for an owned decision: header names and values
+/// and the identity move into the response instead of being copied (the
+/// server's path, which has no use for the decision afterwards).
+pub fn into_check_response(decision: Decision, challenge: &ChallengeParams) -> CheckResponse {
+    let Decision {
+        verdict,
+        identity,
+        dry_run_denial,
+        trace: _,
+    } = decision;
+    let metadata = dynamic_metadata(identity, &verdict, dry_run_denial.as_ref());
+    let (status, http_response) = match verdict {
         Verdict::Allow(allow) => (
             Status {
                 code: GrpcCode::Ok as i32,
@@ -34,27 +48,27 @@ pub fn to_check_response(decision: &Decision, challenge: &ChallengeParams) -> Ch
                 code: deny.public_reason().grpc_code() as i32,
                 message: deny.public_reason().code().to_owned(),
             },
-            HttpResponse::DeniedResponse(denied_response(deny, challenge)),
+            HttpResponse::DeniedResponse(denied_response(&deny, challenge)),
         ),
     };
     CheckResponse {
         status: Some(status),
         http_response: Some(http_response),
-        dynamic_metadata: Some(dynamic_metadata(decision)),
+        dynamic_metadata: Some(metadata),
     }
 }
 
-fn ok_response(allow: &Allow) -> OkHttpResponse {
+fn ok_response(allow: Allow) -> OkHttpResponse {
     OkHttpResponse {
         headers: allow
             .set_upstream
-            .iter()
+            .into_iter()
             .map(|(n, v)| overwrite(n, v))
             .collect(),
-        headers_to_remove: allow.remove_upstream.clone(),
+        headers_to_remove: allow.remove_upstream,
         response_headers_to_add: allow
             .response_headers
-            .iter()
+            .into_iter()
             .map(|(n, v)| overwrite(n, v))
             .collect(),
     }
@@ -67,7 +81,7 @@ fn denied_response(deny: &Deny, challenge: &ChallengeParams) -> DeniedHttpRespon
         }),
         headers: deny
             .response_headers(challenge)
-            .iter()
+            .into_iter()
             .map(|(n, v)| overwrite(n, v))
             .collect(),
         body: deny.problem_json(),
@@ -75,11 +89,11 @@ fn denied_response(deny: &Deny, challenge: &ChallengeParams) -> DeniedHttpRespon
 }
 
 /// A header option that replaces any existing value.
-fn overwrite(name: &str, value: &str) -> HeaderValueOption {
+fn overwrite(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: name.to_owned(),
-            value: value.to_owned(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append: None,
@@ -92,33 +106,32 @@ fn overwrite(name: &str, value: &str) -> HeaderValueOption {
 /// access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:app)%`).
 /// Holds identifiers and the reason, never credentials. The logged reason is
 /// the precise one even when clients see a generic one.
-fn dynamic_metadata(decision: &Decision) -> Struct {
-    let identity = &decision.identity;
+fn dynamic_metadata(identity: Identity, verdict: &Verdict, dry_run: Option<&Deny>) -> Struct {
     let mut fields = std::collections::BTreeMap::new();
-    let mut put = |key: &str, value: Option<&str>| {
+    let mut put = |key: &str, value: Option<String>| {
         if let Some(value) = value {
             fields.insert(
                 key.to_owned(),
                 Value {
-                    kind: Some(Kind::StringValue(value.to_owned())),
+                    kind: Some(Kind::StringValue(value)),
                 },
             );
         }
     };
-    let decision_word = if decision.is_allow() { "allow" } else { "deny" };
-    put("decision", Some(decision_word));
-    put("policy", identity.policy.as_deref());
-    put("route", identity.route.as_deref());
-    put("app", identity.app.as_deref());
-    put("plan", identity.plan.as_deref());
-    put("user", identity.user.as_deref());
-    put("issuer", identity.issuer.as_deref());
-    put("device", identity.device.as_deref());
-    put("reason", decision.denial().map(|d| d.reason.code()));
-    put(
-        "dry_run",
-        decision.dry_run_denial.as_ref().map(|d| d.reason.code()),
-    );
+    let (decision_word, reason) = match verdict {
+        Verdict::Allow(_) => ("allow", None),
+        Verdict::Deny(deny) => ("deny", Some(deny.reason.code())),
+    };
+    put("decision", Some(decision_word.to_owned()));
+    put("policy", identity.policy);
+    put("route", identity.route);
+    put("app", identity.app);
+    put("plan", identity.plan);
+    put("user", identity.user);
+    put("issuer", identity.issuer);
+    put("device", identity.device);
+    put("reason", reason.map(str::to_owned));
+    put("dry_run", dry_run.map(|d| d.reason.code().to_owned()));
     Struct { fields }
 }
 

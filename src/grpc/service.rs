@@ -27,6 +27,7 @@ use crate::policy::snapshot::SharedSnapshot;
 use crate::reason::Reason;
 use crate::request::RequestContext;
 use crate::telemetry::app_labels::AppLabels;
+use crate::telemetry::handles;
 
 /// The gRPC service name Envoy calls.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -75,19 +76,25 @@ impl CheckService {
 
     /// Answers one `Check` request. Never fails.
     pub async fn check(&self, check: &CheckRequest) -> CheckResponse {
+        self.check_owned(check.clone()).await
+    }
+
+    /// [`Self::check`] for an owned request, whose strings move into the
+    /// request model instead of being copied (the server's path).
+    pub async fn check_owned(&self, check: CheckRequest) -> CheckResponse {
         let started = Instant::now();
-        let request = request::to_context(check);
+        let request = request::into_context(check);
         // One load per call: the whole decision sees one snapshot even if a
         // reload swaps it meanwhile.
         let snapshot = self.snapshot.load_full();
         let decision = pipeline::decide(&snapshot, &request, &self.deps).await;
-        self.finish(&request, &decision, started)
+        self.finish(&request, decision, started)
     }
 
     /// Answers a decoded or undecodable request.
     pub async fn answer(&self, incoming: Incoming) -> CheckResponse {
         match incoming {
-            Incoming::Request(check) => self.check(&check).await,
+            Incoming::Request(check) => self.check_owned(*check).await,
             Incoming::Undecodable(error) => {
                 let started = Instant::now();
                 let detail = format!("the CheckRequest could not be decoded: {error}");
@@ -101,7 +108,7 @@ impl CheckService {
                         note: detail,
                     }],
                 };
-                self.finish(&RequestContext::default(), &decision, started)
+                self.finish(&RequestContext::default(), decision, started)
             }
         }
     }
@@ -110,14 +117,16 @@ impl CheckService {
     fn finish(
         &self,
         request: &RequestContext,
-        decision: &Decision,
+        decision: Decision,
         started: Instant,
     ) -> CheckResponse {
-        audit(request, decision);
+        audit(request, &decision);
+        count(&decision, &self.app_labels);
         // SEAM (authentication work): per-policy challenge parameters; stages
         // that know better put their own `WWW-Authenticate` on the denial.
-        let response = response::to_check_response(decision, &ChallengeParams::default());
-        record(decision, started, &self.app_labels);
+        let response = response::into_check_response(decision, &ChallengeParams::default());
+        // The latency covers building the response too.
+        handles::check_duration().record(started.elapsed().as_secs_f64());
         response
     }
 }
@@ -161,26 +170,21 @@ fn audit(request: &RequestContext, decision: &Decision) {
     }
 }
 
-/// Counts the decision and records its latency.
-fn record(decision: &Decision, started: Instant, app_labels: &AppLabels) {
-    let policy = decision
-        .identity
-        .policy
-        .clone()
-        .unwrap_or_else(|| "none".to_owned());
+/// Counts the decision. Handles come from [`handles`], registered once per
+/// label combination, so counting allocates nothing.
+fn count(decision: &Decision, app_labels: &AppLabels) {
+    let policy = decision.identity.policy.as_deref().unwrap_or("none");
     let (outcome, reason) = match (&decision.verdict, &decision.dry_run_denial) {
         (Verdict::Deny(deny), _) => ("deny", deny.reason.code()),
         (Verdict::Allow(_), Some(deny)) => ("dry_run_deny", deny.reason.code()),
         (Verdict::Allow(_), None) => ("allow", "none"),
     };
-    metrics::counter!(CHECKS_TOTAL, "policy" => policy, "outcome" => outcome, "reason" => reason)
-        .increment(1);
+    handles::checks_total(policy, outcome, reason).increment(1);
     if let Some(app) = decision.identity.app.as_deref()
         && let Some(label) = app_labels.label(app)
     {
         metrics::counter!(APP_CHECKS_TOTAL, "app" => label, "outcome" => outcome).increment(1);
     }
-    metrics::histogram!(CHECK_DURATION).record(started.elapsed().as_secs_f64());
 }
 
 #[tonic::async_trait]
@@ -190,7 +194,7 @@ impl Authorization for CheckService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(
-            CheckService::check(self, request.get_ref()).await,
+            CheckService::check_owned(self, request.into_inner()).await,
         ))
     }
 }
