@@ -13,6 +13,7 @@
 //! sub-millisecond decisions.
 
 pub mod app_labels;
+pub mod handles;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -90,6 +91,8 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            } else {
+                handles::mark_installed();
             }
             describe_metrics();
             handle

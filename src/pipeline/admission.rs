@@ -28,6 +28,7 @@ use crate::policy::snapshot::{CompiledPolicy, Route};
 use crate::policy::types::StoreErrorAction;
 use crate::reason::Reason;
 use crate::store::{LimitState, Verdict};
+use crate::telemetry::handles;
 
 use super::{Deps, Run};
 
@@ -101,8 +102,7 @@ pub(super) async fn check(
     let store = deps.store.kind();
     let started = Instant::now();
     let result = deps.store.admit(&built.admission).await;
-    metrics::histogram!("tollgate_store_duration_seconds", "store" => store, "op" => "admit")
-        .record(started.elapsed().as_secs_f64());
+    handles::store_duration(store, "admit").record(started.elapsed().as_secs_f64());
 
     let counted: Vec<&Counted<'_>> = built.limits.iter().flatten().collect();
     let outcome = match result {
@@ -236,7 +236,8 @@ fn nonce_scope(nonces: &[Nonce], index: usize) -> Option<&str> {
     nonces.get(index).map(|n| n.scope.as_str())
 }
 
+/// `tollgate_quota_decisions_total{limit, outcome}` (a handle registered
+/// once per label pair).
 fn decision_metric(limit: &str, outcome: &'static str) {
-    metrics::counter!("tollgate_quota_decisions_total", "limit" => limit.to_owned(), "outcome" => outcome)
-        .increment(1);
+    handles::quota_decisions(limit, outcome).increment(1);
 }

@@ -1,0 +1,238 @@
+//! Metric handles registered once, looked up per call.
+//!
+//! `metrics::counter!(NAME, "policy" => policy, …)` builds a key on every
+//! call: a `String` per dynamic label, a label vector, a hash of the whole
+//! key and a lookup in the recorder's registry. On the `Check` path that
+//! happened several times per request. Here each label combination is
+//! registered with the recorder the first time it is seen and its handle
+//! kept, so a call costs one map lookup on a short `&str` under a read
+//! lock, and no allocation.
+//!
+//! Handles are only kept once tollgate's own Prometheus recorder is the
+//! global one ([`super::prometheus`] says so through [`mark_installed`]).
+//! Before that — `tollgate check`, unit tests, a test harness with its own
+//! recorder — every call goes through the macros as before, so a handle
+//! taken from no recorder (a no-op) is never cached and counts are never
+//! lost. The recorder is built without an idle timeout, so a registered
+//! series is never dropped behind a kept handle's back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, RwLock};
+
+use metrics::{Counter, Histogram};
+
+/// Set once tollgate's Prometheus recorder is installed globally.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Records that [`super::prometheus`] installed its recorder: from now on
+/// handles may be kept.
+pub(super) fn mark_installed() {
+    INSTALLED.store(true, Ordering::Release);
+}
+
+fn installed() -> bool {
+    INSTALLED.load(Ordering::Acquire)
+}
+
+/// Handles keyed by one dynamic label value (a policy id, a limit name, a
+/// store kind) and two static ones (outcome, reason…). Label values come
+/// from the loaded policies and the reason table, so the set is bounded by
+/// configuration — the recorder keeps a series for each anyway.
+struct Cache<H> {
+    // A std RwLock is fine: held for one lookup, never across an await.
+    map: RwLock<HashMap<Box<str>, Vec<Entry<H>>>>,
+}
+
+/// The two static label values and the handle.
+type Entry<H> = (&'static str, &'static str, H);
+
+impl<H: Clone> Cache<H> {
+    fn new() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The handle for `(dynamic, a, b)` when tollgate's recorder is
+    /// installed, registered the first time; else a fresh `register()`.
+    fn get(
+        &self,
+        dynamic: &str,
+        a: &'static str,
+        b: &'static str,
+        register: impl FnOnce() -> H,
+    ) -> H {
+        if installed() {
+            self.kept(dynamic, a, b, register)
+        } else {
+            register()
+        }
+    }
+
+    /// The kept handle for `(dynamic, a, b)`, registered the first time.
+    fn kept(
+        &self,
+        dynamic: &str,
+        a: &'static str,
+        b: &'static str,
+        register: impl FnOnce() -> H,
+    ) -> H {
+        let find = |entries: &Vec<Entry<H>>| {
+            entries
+                .iter()
+                .find(|(x, y, _)| *x == a && *y == b)
+                .map(|(_, _, h)| h.clone())
+        };
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(handle) = map.get(dynamic).and_then(find) {
+                return handle;
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let entries = map.entry(dynamic.into()).or_default();
+        if let Some(handle) = find(entries) {
+            return handle;
+        }
+        let handle = register();
+        entries.push((a, b, handle.clone()));
+        handle
+    }
+}
+
+/// `tollgate_checks_total{policy, outcome, reason}`.
+pub fn checks_total(policy: &str, outcome: &'static str, reason: &'static str) -> Counter {
+    static CACHE: OnceLock<Cache<Counter>> = OnceLock::new();
+    CACHE
+        .get_or_init(Cache::new)
+        .get(policy, outcome, reason, || {
+            metrics::counter!(
+                crate::grpc::service::CHECKS_TOTAL,
+                "policy" => policy.to_owned(),
+                "outcome" => outcome,
+                "reason" => reason
+            )
+        })
+}
+
+/// `tollgate_check_duration_seconds` (no labels).
+pub fn check_duration() -> Histogram {
+    static CACHE: OnceLock<Cache<Histogram>> = OnceLock::new();
+    CACHE.get_or_init(Cache::new).get("", "", "", || {
+        metrics::histogram!(crate::grpc::service::CHECK_DURATION)
+    })
+}
+
+/// `tollgate_quota_decisions_total{limit, outcome}`.
+pub fn quota_decisions(limit: &str, outcome: &'static str) -> Counter {
+    static CACHE: OnceLock<Cache<Counter>> = OnceLock::new();
+    CACHE.get_or_init(Cache::new).get(limit, outcome, "", || {
+        metrics::counter!(
+            "tollgate_quota_decisions_total",
+            "limit" => limit.to_owned(),
+            "outcome" => outcome
+        )
+    })
+}
+
+/// `tollgate_store_duration_seconds{store, op}`.
+pub fn store_duration(store: &'static str, op: &'static str) -> Histogram {
+    static CACHE: OnceLock<Cache<Histogram>> = OnceLock::new();
+    CACHE.get_or_init(Cache::new).get(
+        store,
+        op,
+        "",
+        || metrics::histogram!("tollgate_store_duration_seconds", "store" => store, "op" => op),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_each_combination_once() {
+        let cache: Cache<u32> = Cache::new();
+        let mut registered = 0;
+        let mut get = |dynamic: &str, a: &'static str, b: &'static str| {
+            cache.kept(dynamic, a, b, || {
+                registered += 1;
+                registered
+            })
+        };
+        assert_eq!(get("p", "allow", "none"), 1);
+        assert_eq!(get("p", "allow", "none"), 1, "kept, not registered again");
+        assert_eq!(get("p", "deny", "ip_denied"), 2);
+        assert_eq!(get("q", "allow", "none"), 3);
+        assert_eq!(get("p", "deny", "ip_denied"), 2);
+    }
+
+    /// The value of the one rendered series of `name` carrying all `labels`.
+    fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Kept handles count into the very series the macros name, with the
+    /// labels `/metrics` has always shown.
+    #[test]
+    fn kept_handles_count_into_the_same_series_as_the_macros() {
+        let prometheus = crate::telemetry::prometheus();
+        assert!(installed(), "tollgate's recorder is the global one");
+        metrics::counter!(
+            crate::grpc::service::CHECKS_TOTAL,
+            "policy" => "handles/test",
+            "outcome" => "allow",
+            "reason" => "none"
+        )
+        .increment(1);
+        for _ in 0..3 {
+            checks_total("handles/test", "allow", "none").increment(1);
+        }
+        checks_total("handles/test", "deny", "ip_denied").increment(1);
+        quota_decisions("handles-limit", "allowed").increment(2);
+        quota_decisions("handles-limit", "allowed").increment(2);
+        store_duration("memory", "handles-op").record(0.000_03);
+        check_duration().record(0.000_03);
+
+        let text = prometheus.render();
+        let checks = |outcome: &str, reason: &str| {
+            series(
+                &text,
+                "tollgate_checks_total",
+                &[
+                    r#"policy="handles/test""#,
+                    &format!(r#"outcome="{outcome}""#),
+                    &format!(r#"reason="{reason}""#),
+                ],
+            )
+        };
+        assert_eq!(checks("allow", "none"), Some(4.0), "{text}");
+        assert_eq!(checks("deny", "ip_denied"), Some(1.0), "{text}");
+        assert_eq!(
+            series(
+                &text,
+                "tollgate_quota_decisions_total",
+                &[r#"limit="handles-limit""#, r#"outcome="allowed""#]
+            ),
+            Some(4.0),
+            "{text}"
+        );
+        assert!(
+            series(
+                &text,
+                "tollgate_store_duration_seconds_count",
+                &[r#"store="memory""#, r#"op="handles-op""#]
+            ) >= Some(1.0),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tollgate_check_duration_seconds_count ")),
+            "{text}"
+        );
+    }
+}
