@@ -148,7 +148,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
             };
         }
     };
-    run.identity.policy = Some(policy.id.to_string());
+    run.identity.policy = Some(policy.id.as_str().to_owned());
     run.note("select", StepOutcome::Pass, || {
         format!("policy {}", policy.id)
     });

@@ -18,31 +18,43 @@
 //!   seconds until it resets — on a denial the same instant as
 //!   `Retry-After`.
 
+use std::fmt::Write;
+
 use super::admission::Counted;
 use super::{LimitKind, ceil_secs};
 use crate::store::LimitState;
 
-/// The `RateLimit-Policy` value for the counted limits.
+/// The `RateLimit-Policy` value for the counted limits, written into one
+/// string (no string per item).
 pub fn policy(counted: &[&Counted<'_>]) -> Option<String> {
-    let items: Vec<String> = counted
-        .iter()
-        .map(|c| match &c.limit.kind {
-            LimitKind::Rate(gcra) => format!(
+    if counted.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(48 * counted.len());
+    for (i, c) in counted.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = match &c.limit.kind {
+            LimitKind::Rate(gcra) => write!(
+                out,
                 "\"{}\";q={};w={};tollgate-burst={}",
                 c.limit.name,
                 gcra.requests,
                 ceil_secs(super::micros(gcra.period)).max(1),
                 gcra.burst
             ),
-            LimitKind::Quota(calendar) => format!(
+            LimitKind::Quota(calendar) => write!(
+                out,
                 "\"{}\";q={};w={}",
                 c.limit.name,
                 calendar.requests,
                 c.window.map_or(0, |w| w.len_secs())
             ),
-        })
-        .collect();
-    (!items.is_empty()).then(|| items.join(", "))
+        };
+    }
+    Some(out)
 }
 
 /// The `RateLimit` value: the most constraining limit.

@@ -25,8 +25,9 @@ pub(super) fn allow(
     identity: &Identity,
     user: Option<&UserIdentity>,
 ) -> Allow {
-    let mut set: Vec<(String, String)> = Vec::new();
-    let mut unset: Vec<String> = Vec::new();
+    let upstream = &policy.response.upstream_headers;
+    let mut set: Vec<(String, String)> = Vec::with_capacity(4 + upstream.len());
+    let mut unset: Vec<&str> = Vec::new();
     let own = [
         ("x-tollgate-user", identity.user.as_ref()),
         ("x-tollgate-app", identity.app.as_ref()),
@@ -36,26 +37,29 @@ pub(super) fn allow(
     for (name, value) in own {
         match value {
             Some(value) => set.push((name.to_owned(), value.clone())),
-            None => unset.push(name.to_owned()),
+            None => unset.push(name),
         }
     }
     let vars = TemplateVars { identity, user };
-    for (name, template) in &policy.response.upstream_headers {
+    for (name, template) in upstream {
         match template.render(&vars) {
             Some(value) => {
                 set.retain(|(n, _)| n != name);
                 unset.retain(|n| n != name);
                 set.push((name.clone(), value));
             }
-            None => unset.push(name.clone()),
+            None => unset.push(name),
         }
     }
-    let mut remove = client_identity_headers(request);
-    remove.extend(unset);
-    if policy.response.remove_credentials {
-        remove.extend(credential_headers(policy));
-    }
-    finish(request, set, remove)
+    let credentials = if policy.response.remove_credentials {
+        credential_headers(policy)
+    } else {
+        Vec::new()
+    };
+    let candidates = client_identity_headers(request)
+        .chain(unset)
+        .chain(credentials);
+    finish(request, set, candidates)
 }
 
 /// The allow for a request no policy (or a dry run) vouches for: no
@@ -64,9 +68,18 @@ pub(super) fn anonymous_allow(request: &RequestContext) -> Allow {
     finish(request, Vec::new(), client_identity_headers(request))
 }
 
-fn finish(request: &RequestContext, set: Vec<(String, String)>, mut remove: Vec<String>) -> Allow {
-    remove
-        .retain(|name| request.headers.get(name).is_some() && !set.iter().any(|(n, _)| n == name));
+/// The allow with `set`, removing those of the `candidates` the request
+/// carries and tollgate does not set. Only the names that end up removed
+/// are allocated.
+fn finish<'a>(
+    request: &RequestContext,
+    set: Vec<(String, String)>,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Allow {
+    let mut remove: Vec<String> = candidates
+        .filter(|name| request.headers.get(name).is_some() && !set.iter().any(|(n, _)| n == name))
+        .map(str::to_owned)
+        .collect();
     remove.sort();
     remove.dedup();
     Allow {
@@ -77,27 +90,26 @@ fn finish(request: &RequestContext, set: Vec<(String, String)>, mut remove: Vec<
 }
 
 /// Every `x-tollgate-*` header name the client sent.
-fn client_identity_headers(request: &RequestContext) -> Vec<String> {
+fn client_identity_headers(request: &RequestContext) -> impl Iterator<Item = &str> {
     request
         .headers
         .iter()
         .filter(|(name, _)| name.starts_with(IDENTITY_PREFIX))
-        .map(|(name, _)| name.to_owned())
-        .collect()
+        .map(|(name, _)| name)
 }
 
 /// Headers carrying credentials the upstream does not need (app token, API
 /// key, DPoP proof, signatures). The user's `Authorization` stays: the
 /// upstream may need the token.
-fn credential_headers(policy: &CompiledPolicy) -> Vec<String> {
-    let mut names = Vec::new();
+fn credential_headers(policy: &CompiledPolicy) -> Vec<&str> {
+    let mut names = Vec::with_capacity(5);
     if policy.user.is_some() {
-        names.push("dpop".to_owned());
+        names.push("dpop");
     }
     if let Some(app) = &policy.app {
-        names.extend(["signature", "signature-input"].map(String::from));
-        names.extend(app.api_key_header().map(str::to_owned));
-        names.extend(app.attestation_header().map(str::to_owned));
+        names.extend(["signature", "signature-input"]);
+        names.extend(app.api_key_header());
+        names.extend(app.attestation_header());
     }
     names
 }
