@@ -332,8 +332,15 @@ impl VerifyKey {
                     .as_slice()
                     .try_into()
                     .map_err(|_| "Ed25519 public key must be 32 bytes".to_owned())?;
-                if ed25519_dalek::VerifyingKey::from_bytes(&bytes).is_err() {
-                    return Err("Ed25519 public key is not a valid point".to_owned());
+                match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
+                    Err(_) => return Err("Ed25519 public key is not a valid point".to_owned()),
+                    // A small-order key lets one signature verify for many
+                    // messages (RFC 8032 verification does not refuse it);
+                    // a DPoP client could then "prove" a key it never held.
+                    Ok(key) if key.is_weak() => {
+                        return Err("Ed25519 public key is of small order".to_owned());
+                    }
+                    Ok(_) => {}
                 }
                 (
                     KeyKind::Ed25519,
@@ -502,6 +509,17 @@ mod tests {
         assert!(set.keys.is_empty());
         assert_eq!(set.skipped.len(), 2);
         assert!(KeySet::from_jwks(&json!([1]), false).is_err());
+    }
+
+    #[test]
+    fn small_order_ed25519_keys_are_refused() {
+        // The identity point (y = 1): with it, R = identity and S = 0
+        // would verify for every message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let jwk = json!({"kty":"OKP","crv":"Ed25519","x": URL_SAFE_NO_PAD.encode(identity)});
+        let err = VerifyKey::from_jwk(&jwk, false).unwrap_err();
+        assert!(err.contains("small order"), "{err}");
     }
 
     #[test]
