@@ -7,11 +7,12 @@
 //! issuer's public key) cannot work. `none` is not an algorithm here at all.
 //!
 //! The signature arithmetic is `ring`'s (BoringSSL-derived assembly for
-//! P-256, RSA, Ed25519 and SHA-2), already in the tree through rustls: a
-//! first-sight ES256 token costs a few tens of microseconds instead of the
-//! few hundred of the pure-Rust backend. Key material is decoded once, when
-//! the key set is read, into the form ring verifies with ([`Material`]);
-//! verifying then decodes only the signature, into a stack buffer.
+//! P-256, RSA and SHA-2), already in the tree through rustls: a first-sight
+//! ES256 token costs a few tens of microseconds instead of the few hundred
+//! of the pure-Rust backend. Ed25519 stays on `ed25519-dalek`, whose AVX2
+//! backend beats ring's portable Ed25519 code. Key material is decoded
+//! once, when the key set is read ([`Material`]); verifying then decodes
+//! only the signature, into a stack buffer.
 
 use std::sync::Arc;
 
@@ -105,8 +106,8 @@ enum Material {
     P256(Box<[u8]>),
     /// An uncompressed SEC1 point on P-384.
     P384(Box<[u8]>),
-    /// The 32-byte public key (RFC 8032 §5.1.5).
-    Ed25519([u8; 32]),
+    /// The decompressed public key (RFC 8032 §5.1.3), not of small order.
+    Ed25519(ed25519_dalek::VerifyingKey),
     /// The secret, keyed once per hash (ring precomputes the HMAC pads).
     Hmac(Arc<HmacKeys>),
 }
@@ -166,8 +167,10 @@ impl Material {
             // DER; ring's `_FIXED` verifiers take exactly that length.
             (Material::P256(point), ES256) => public(&ring_sig::ECDSA_P256_SHA256_FIXED, point),
             (Material::P384(point), ES384) => public(&ring_sig::ECDSA_P384_SHA384_FIXED, point),
-            // RFC 8037 §3.1.
-            (Material::Ed25519(key), EdDSA) => public(&ring_sig::ED25519, key),
+            // RFC 8037 §3.1; `verify_strict` also refuses S ≥ L and
+            // small-order R (RFC 8032 §5.1.7 and the malleability it allows).
+            (Material::Ed25519(key), EdDSA) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(message, &sig).is_ok()),
             // RFC 7518 §3.2: ring compares the MAC in constant time.
             (Material::Hmac(keys), HS256 | HS384 | HS512) => keys
                 .for_alg(alg)
@@ -332,19 +335,17 @@ impl VerifyKey {
                     .as_slice()
                     .try_into()
                     .map_err(|_| "Ed25519 public key must be 32 bytes".to_owned())?;
-                match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
-                    Err(_) => return Err("Ed25519 public key is not a valid point".to_owned()),
-                    // A small-order key lets one signature verify for many
-                    // messages (RFC 8032 verification does not refuse it);
-                    // a DPoP client could then "prove" a key it never held.
-                    Ok(key) if key.is_weak() => {
-                        return Err("Ed25519 public key is of small order".to_owned());
-                    }
-                    Ok(_) => {}
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| "Ed25519 public key is not a valid point".to_owned())?;
+                // A small-order key lets one signature verify for many
+                // messages; a DPoP client could then "prove" a key it never
+                // held. (`verify_strict` would refuse it too; this says why.)
+                if key.is_weak() {
+                    return Err("Ed25519 public key is of small order".to_owned());
                 }
                 (
                     KeyKind::Ed25519,
-                    Material::Ed25519(bytes),
+                    Material::Ed25519(key),
                     fingerprint("Ed25519", &[&bytes]),
                 )
             }
