@@ -115,8 +115,8 @@ pub enum Rule {
     },
 }
 
-/// Add one request of `cost` to a usage counter (a hash with fields
-/// `requests` and `cost`) that expires at `expire_at_s`.
+/// Add one request of `cost` to a usage counter that expires at
+/// `expire_at_s` (in Redis a hash; its fields: [`keys::USAGE_FIELDS`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageOp {
     pub key: String,
