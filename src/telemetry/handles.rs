@@ -4,9 +4,11 @@
 //! call: a `String` per dynamic label, a label vector, a hash of the whole
 //! key and a lookup in the recorder's registry. On the `Check` path that
 //! happened several times per request. Here each label combination is
-//! registered with the recorder the first time it is seen and its handle
-//! kept, so a call costs one map lookup on a short `&str` under a read
-//! lock, and no allocation.
+//! registered with the recorder the first time a thread sees it and its
+//! handle kept in that thread's table, so a call costs one lookup on a
+//! short `&str`, no allocation, no lock and no atomic shared between
+//! threads (each tokio worker has its own table; the handles of one series
+//! all count into the recorder's one counter).
 //!
 //! Handles are only kept once tollgate's own Prometheus recorder is the
 //! global one ([`super::prometheus`] says so through [`mark_installed`]).
@@ -16,9 +18,9 @@
 //! lost. The recorder is built without an idle timeout, so a registered
 //! series is never dropped behind a kept handle's back.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{OnceLock, RwLock};
 
 use metrics::{Counter, Histogram};
 
@@ -40,8 +42,7 @@ fn installed() -> bool {
 /// from the loaded policies and the reason table, so the set is bounded by
 /// configuration — the recorder keeps a series for each anyway.
 struct Cache<H> {
-    // A std RwLock is fine: held for one lookup, never across an await.
-    map: RwLock<HashMap<Box<str>, Vec<Entry<H>>>>,
+    map: HashMap<Box<str>, Vec<Entry<H>>>,
 }
 
 /// The two static label values and the handle.
@@ -50,29 +51,13 @@ type Entry<H> = (&'static str, &'static str, H);
 impl<H: Clone> Cache<H> {
     fn new() -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// The handle for `(dynamic, a, b)` when tollgate's recorder is
-    /// installed, registered the first time; else a fresh `register()`.
-    fn get(
-        &self,
-        dynamic: &str,
-        a: &'static str,
-        b: &'static str,
-        register: impl FnOnce() -> H,
-    ) -> H {
-        if installed() {
-            self.kept(dynamic, a, b, register)
-        } else {
-            register()
+            map: HashMap::new(),
         }
     }
 
     /// The kept handle for `(dynamic, a, b)`, registered the first time.
     fn kept(
-        &self,
+        &mut self,
         dynamic: &str,
         a: &'static str,
         b: &'static str,
@@ -84,50 +69,65 @@ impl<H: Clone> Cache<H> {
                 .find(|(x, y, _)| *x == a && *y == b)
                 .map(|(_, _, h)| h.clone())
         };
-        {
-            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(handle) = map.get(dynamic).and_then(find) {
-                return handle;
-            }
-        }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let entries = map.entry(dynamic.into()).or_default();
-        if let Some(handle) = find(entries) {
+        if let Some(handle) = self.map.get(dynamic).and_then(find) {
             return handle;
         }
+        let entries = self.map.entry(dynamic.into()).or_default();
         let handle = register();
         entries.push((a, b, handle.clone()));
         handle
     }
 }
 
+/// The handle for `(dynamic, a, b)` from this thread's `cache` when
+/// tollgate's recorder is installed; else a fresh `register()`.
+fn get<H: Clone + 'static>(
+    cache: &'static std::thread::LocalKey<RefCell<Cache<H>>>,
+    dynamic: &str,
+    a: &'static str,
+    b: &'static str,
+    register: impl FnOnce() -> H,
+) -> H {
+    if !installed() {
+        return register();
+    }
+    // `register` never re-enters this cache, so the borrow cannot fail;
+    // were it to, the handle is simply not kept.
+    cache.with(|cache| match cache.try_borrow_mut() {
+        Ok(mut cache) => cache.kept(dynamic, a, b, register),
+        Err(_) => register(),
+    })
+}
+
+thread_local! {
+    static CHECKS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
+    static CHECK_DURATION: RefCell<Cache<Histogram>> = RefCell::new(Cache::new());
+    static QUOTA_DECISIONS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
+    static STORE_DURATION: RefCell<Cache<Histogram>> = RefCell::new(Cache::new());
+}
+
 /// `tollgate_checks_total{policy, outcome, reason}`.
 pub fn checks_total(policy: &str, outcome: &'static str, reason: &'static str) -> Counter {
-    static CACHE: OnceLock<Cache<Counter>> = OnceLock::new();
-    CACHE
-        .get_or_init(Cache::new)
-        .get(policy, outcome, reason, || {
-            metrics::counter!(
-                crate::grpc::service::CHECKS_TOTAL,
-                "policy" => policy.to_owned(),
-                "outcome" => outcome,
-                "reason" => reason
-            )
-        })
+    get(&CHECKS, policy, outcome, reason, || {
+        metrics::counter!(
+            crate::grpc::service::CHECKS_TOTAL,
+            "policy" => policy.to_owned(),
+            "outcome" => outcome,
+            "reason" => reason
+        )
+    })
 }
 
 /// `tollgate_check_duration_seconds` (no labels).
 pub fn check_duration() -> Histogram {
-    static CACHE: OnceLock<Cache<Histogram>> = OnceLock::new();
-    CACHE.get_or_init(Cache::new).get("", "", "", || {
+    get(&CHECK_DURATION, "", "", "", || {
         metrics::histogram!(crate::grpc::service::CHECK_DURATION)
     })
 }
 
 /// `tollgate_quota_decisions_total{limit, outcome}`.
 pub fn quota_decisions(limit: &str, outcome: &'static str) -> Counter {
-    static CACHE: OnceLock<Cache<Counter>> = OnceLock::new();
-    CACHE.get_or_init(Cache::new).get(limit, outcome, "", || {
+    get(&QUOTA_DECISIONS, limit, outcome, "", || {
         metrics::counter!(
             "tollgate_quota_decisions_total",
             "limit" => limit.to_owned(),
@@ -138,8 +138,8 @@ pub fn quota_decisions(limit: &str, outcome: &'static str) -> Counter {
 
 /// `tollgate_store_duration_seconds{store, op}`.
 pub fn store_duration(store: &'static str, op: &'static str) -> Histogram {
-    static CACHE: OnceLock<Cache<Histogram>> = OnceLock::new();
-    CACHE.get_or_init(Cache::new).get(
+    get(
+        &STORE_DURATION,
         store,
         op,
         "",
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn registers_each_combination_once() {
-        let cache: Cache<u32> = Cache::new();
+        let mut cache: Cache<u32> = Cache::new();
         let mut registered = 0;
         let mut get = |dynamic: &str, a: &'static str, b: &'static str| {
             cache.kept(dynamic, a, b, || {
@@ -192,6 +192,10 @@ mod tests {
         for _ in 0..3 {
             checks_total("handles/test", "allow", "none").increment(1);
         }
+        // Another thread keeps its own handle, of the same series.
+        std::thread::spawn(|| checks_total("handles/test", "allow", "none").increment(1))
+            .join()
+            .unwrap();
         checks_total("handles/test", "deny", "ip_denied").increment(1);
         quota_decisions("handles-limit", "allowed").increment(2);
         quota_decisions("handles-limit", "allowed").increment(2);
@@ -210,7 +214,7 @@ mod tests {
                 ],
             )
         };
-        assert_eq!(checks("allow", "none"), Some(4.0), "{text}");
+        assert_eq!(checks("allow", "none"), Some(5.0), "{text}");
         assert_eq!(checks("deny", "ip_denied"), Some(1.0), "{text}");
         assert_eq!(
             series(
