@@ -9,7 +9,9 @@
 //!   runs too;
 //! - `lookup/*` — 100 policies and 10,000 apps loaded: the host → policy
 //!   index alone, and a full cached decision for policy 57 / app 5,000
-//!   (compare with `decide/cached`, which has one policy and one app).
+//!   (compare with `decide/cached`, which has one policy and one app);
+//! - `verify/<alg>` — one JWS signature check (`VerifyKey::verify`, key
+//!   prepared at load) per algorithm: what a first-sight token costs.
 //!
 //! `cargo bench --bench decide`; `cargo bench --bench decide -- --test`
 //! runs each once (the CI smoke run). Figures: `docs/performance.md`.
@@ -17,7 +19,12 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use jsonwebtoken::Algorithm;
+use tollgate::authn::jwk::VerifyKey;
+use tollgate::authn::{jwt, mint};
 use tollgate::clock::SystemClock;
 use tollgate::pipeline::{self, Deps};
 use tollgate::policy::snapshot::Snapshot;
@@ -144,5 +151,82 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide, lookup);
+/// Panics with `what` on an error: benchmark set-up only.
+fn must<T, E: std::fmt::Debug>(result: Result<T, E>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+/// A signed token and the key that verifies it, for each algorithm.
+fn verify_cases() -> Vec<(Algorithm, String, VerifyKey)> {
+    let claims = serde_json::json!({"iss": "https://id.example/", "sub": "alice",
+        "aud": "bikes-api", "exp": 4_000_000_000u64, "scope": "read rent"});
+    let mut cases = Vec::new();
+    let rsa_pem = include_str!("../tests/fixtures/authn/rsa-2048-a.pem");
+    for alg in [
+        Algorithm::ES256,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::EdDSA,
+    ] {
+        let key = must(
+            match alg {
+                Algorithm::RS256 | Algorithm::PS256 => {
+                    mint::SigningKey::from_pem(alg, "k", rsa_pem)
+                }
+                _ => mint::SigningKey::generate(alg, "k"),
+            },
+            "key",
+        );
+        let token = must(key.sign(None, &claims), "sign");
+        let verify = must(VerifyKey::from_jwk(&key.public_jwk(), false), "jwk");
+        cases.push((alg, token, verify));
+    }
+    {
+        use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ECDSA_P384_SHA384_FIXED_SIGNING;
+        let pkcs8 = must(EcdsaKeyPair::generate_pkcs8(alg, &rng), "P-384 key");
+        let pair = must(
+            EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng),
+            "P-384 key",
+        );
+        let point = pair.public_key().as_ref();
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-384",
+            "x": b64(&point[1..49]), "y": b64(&point[49..])});
+        let encoding = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+        let header = serde_json::json!({"alg": "ES384"});
+        let token = must(
+            mint::sign_with(&header, &claims, &encoding, Algorithm::ES384),
+            "sign",
+        );
+        let verify = must(VerifyKey::from_jwk(&jwk, false), "jwk");
+        cases.push((Algorithm::ES384, token, verify));
+    }
+    let secret = [7u8; 32];
+    let token = must(
+        mint::sign_hmac(Algorithm::HS256, &secret, None, &claims),
+        "sign",
+    );
+    let verify = must(VerifyKey::hmac(&secret, None), "secret");
+    cases.push((Algorithm::HS256, token, verify));
+    cases
+}
+
+fn verify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("verify");
+    for (alg, token, key) in verify_cases() {
+        let jwt = must(jwt::parse(&token), "parse");
+        assert!(key.verify(&jwt, alg), "{alg:?} does not verify");
+        group.bench_function(mint::algorithm_name(alg), |b| {
+            b.iter(|| key.verify(black_box(&jwt), alg));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decide, lookup, verify);
 criterion_main!(benches);
