@@ -31,7 +31,8 @@
 //! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`, built by
 //! [`invocation`]); after `NOSCRIPT` (a restarted or failed-over Redis, or
 //! `SCRIPT FLUSH`) the store loads the script again and retries the call,
-//! transparently (on a Cluster `SCRIPT LOAD` goes to every primary). Scripts read no clock and no random source, so they replicate
+//! transparently (on a Cluster `SCRIPT LOAD` goes to every primary).
+//! Scripts read no clock and no random source, so they replicate
 //! deterministically. Expiries are *relative* (PX, PEXPIRE, EXPIRE computed
 //! from the caller's `now`), so they mean the same whatever Redis's own
 //! clock says.
