@@ -91,9 +91,16 @@ pub struct Options {
     /// Connections (HTTP/1.1) or requests in flight (gRPC) when saturated.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
-    /// Seconds per measurement (default 10; 1 with --quick).
+    /// Seconds per measurement (default 10; 1 with --quick), split over
+    /// the rounds.
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Rounds per measurement (default 4; 1 with --quick). The scenarios
+    /// take turns, one slice of each per round, so a change in the
+    /// machine's speed during the run (a shared virtual machine's speed
+    /// moves by up to a third) weighs on every scenario alike.
+    #[arg(long)]
+    pub rounds: Option<u32>,
     /// grpc: measure only the servers whose title contains this text (for
     /// profiling one server, e.g. `--only Redis`); the targets are then
     /// not evaluated.
@@ -107,8 +114,28 @@ impl Options {
         std::time::Duration::from_secs_f64(seconds)
     }
 
+    /// The warm-up before a scenario's first round (the later rounds warm
+    /// up for a quarter of it: new connections, warm servers).
     pub fn warmup(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(if self.quick { 0.3 } else { 2.0 })
+    }
+
+    pub fn rounds(&self) -> u32 {
+        self.rounds.unwrap_or(if self.quick { 1 } else { 4 }).max(1)
+    }
+
+    /// One round's slice of a measurement.
+    pub fn slice(&self) -> std::time::Duration {
+        self.duration() / self.rounds()
+    }
+
+    /// The warm-up before round `round` of a scenario.
+    pub fn warmup_before(&self, round: u32) -> std::time::Duration {
+        if round == 0 {
+            self.warmup()
+        } else {
+            self.warmup() / 4
+        }
     }
 
     pub fn tollgate_binary(&self) -> PathBuf {

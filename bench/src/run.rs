@@ -38,6 +38,25 @@ struct Measured {
 }
 
 impl Measured {
+    /// Adds a later round of the same measurement.
+    fn absorb(&mut self, other: Measured) {
+        self.sample.absorb(other.sample);
+        for (label, seconds) in other.cpu {
+            match self.cpu.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, total)) => *total += seconds,
+                None => self.cpu.push((label, seconds)),
+            }
+        }
+        self.generator_cpu += other.generator_cpu;
+        for (name, calls) in other.redis_commands {
+            match self.redis_commands.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += calls,
+                None => self.redis_commands.push((name, calls)),
+            }
+        }
+        self.redis_commands.sort();
+    }
+
     fn per_request_us(&self, seconds: f64) -> f64 {
         seconds * 1e6 / (self.sample.calls.max(1) as f64)
     }
@@ -134,6 +153,27 @@ impl Meter {
         }
         Ok((callers, measured))
     }
+}
+
+/// Measures each of `items` in `rounds` rounds, the items taking turns
+/// within each round, and merges each item's rounds: a slow minute of the
+/// machine then lands on every item instead of on whichever ran in it.
+fn interleaved<T>(
+    rounds: u32,
+    items: &[T],
+    mut measure: impl FnMut(&T, u32) -> anyhow::Result<Measured>,
+) -> anyhow::Result<Vec<Measured>> {
+    let mut merged: Vec<Option<Measured>> = items.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        for (item, slot) in items.iter().zip(merged.iter_mut()) {
+            let measured = measure(item, round)?;
+            match slot {
+                Some(total) => total.absorb(measured),
+                None => *slot = Some(measured),
+            }
+        }
+    }
+    Ok(merged.into_iter().flatten().collect())
 }
 
 fn runtime() -> anyhow::Result<Runtime> {
@@ -428,28 +468,39 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     };
 
     println!("\n## Through Envoy (HTTP/1.1, one Envoy worker)");
-    let (duration, warmup) = (options.duration(), options.warmup());
-    let mut rows = Vec::new();
-    for scenario in &scenarios {
+    let (rounds, slice) = (options.rounds(), options.slice());
+    let closed = |scenario: &Scenario, connections: usize, warmup: Duration| {
         let addr = envoy.listener(scenario.listener)?;
-        eprintln!("[envoy] {} ...", scenario.title);
-        let callers = http_callers(&rt, addr, &fixture, options.connections)?;
+        let callers = http_callers(&rt, addr, &fixture, connections)?;
         let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
-        let (_, saturated) = meter.measure(
+        let (_, measured) = meter.measure(
             &rt,
             &watch_list(scenario),
             &redis,
-            loadgen::closed_loop(callers, duration),
+            loadgen::closed_loop(callers, slice),
         )?;
-        let callers = http_callers(&rt, addr, &fixture, 1)?;
-        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup / 2))?;
-        let (_, unloaded) = meter.measure(
-            &rt,
-            &watch_list(scenario),
-            &redis,
-            loadgen::closed_loop(callers, duration),
-        )?;
+        anyhow::Ok(measured)
+    };
+    let saturated = interleaved(rounds, &scenarios, |scenario, round| {
+        eprintln!(
+            "[envoy] round {}/{rounds}: {} ...",
+            round + 1,
+            scenario.title
+        );
+        closed(scenario, options.connections, options.warmup_before(round))
+    })?;
+    let unloaded = interleaved(rounds, &scenarios, |scenario, round| {
+        eprintln!(
+            "[envoy] round {}/{rounds}: {} unloaded ...",
+            round + 1,
+            scenario.title
+        );
+        closed(scenario, 1, options.warmup_before(round) / 2)
+    })?;
+    let mut rows = Vec::new();
+    for ((scenario, saturated), unloaded) in scenarios.iter().zip(saturated).zip(unloaded) {
         let round_trips = if saturated.redis_per_request() > 0.0 {
+            let addr = envoy.listener(scenario.listener)?;
             let callers = http_callers(&rt, addr, &fixture, 1)?;
             Some(round_trips(&rt, &redis, callers)?)
         } else {
@@ -466,20 +517,25 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     }
     let floor_rate = row(&rows, "null_redis")?.saturated.sample.rate();
     let open_rate = (floor_rate / 2.0).max(10.0);
-    for (scenario, row) in scenarios.iter().zip(rows.iter_mut()) {
-        let addr = envoy.listener(scenario.listener)?;
+    let open = interleaved(rounds, &scenarios, |scenario, round| {
         eprintln!(
-            "[envoy] {} open loop at {open_rate:.0}/s ...",
+            "[envoy] round {}/{rounds}: {} open loop at {open_rate:.0}/s ...",
+            round + 1,
             scenario.title
         );
+        let addr = envoy.listener(scenario.listener)?;
         let callers = http_callers(&rt, addr, &fixture, options.connections)?;
+        let warmup = options.warmup_before(round);
         let (callers, _) = rt.block_on(loadgen::open_loop(callers, open_rate, warmup))?;
         let (_, open) = meter.measure(
             &rt,
             &watch_list(scenario),
             &redis,
-            loadgen::open_loop(callers, open_rate, duration),
+            loadgen::open_loop(callers, open_rate, slice),
         )?;
+        anyhow::Ok(open)
+    })?;
+    for (row, open) in rows.iter_mut().zip(open) {
         row.open = Some(open);
     }
     print_envoy(&rows, options.connections, open_rate)?;
@@ -681,12 +737,12 @@ fn grpc_callers(
 ) -> anyhow::Result<Vec<GrpcCaller>> {
     let request = check::request(&fixture.credentials(0, fixtures::SUBJECT));
     rt.block_on(async {
-        let mut channels = Vec::with_capacity(connections);
+        let mut shared = Vec::with_capacity(connections);
         for _ in 0..connections {
-            channels.push(loadgen::grpc_channel(addr).await?);
+            shared.push(loadgen::grpc_connection(addr).await?);
         }
         Ok((0..in_flight)
-            .map(|i| GrpcCaller::new(channels[i % connections].clone(), request.clone()))
+            .map(|i| GrpcCaller::new(shared[i % connections].clone(), &request))
             .collect())
     })
 }
@@ -728,17 +784,19 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
         },
     ];
     let in_flight = options.connections;
-    let (duration, warmup) = (options.duration(), options.warmup());
+    let (rounds, slice) = (options.rounds(), options.slice());
     println!("\n## Direct gRPC Check (no Envoy), {in_flight} in flight");
-    let mut rows = Vec::new();
-    let selected = |t: &&GrpcTarget| {
-        options
-            .only
-            .as_ref()
-            .is_none_or(|o| t.title.contains(o.as_str()))
-    };
-    for t in targets.iter().filter(selected) {
-        let watched = [
+    let selected: Vec<&GrpcTarget> = targets
+        .iter()
+        .filter(|t| {
+            options
+                .only
+                .as_ref()
+                .is_none_or(|o| t.title.contains(o.as_str()))
+        })
+        .collect();
+    let watched = |t: &GrpcTarget| {
+        [
             Watched {
                 label: "server",
                 pid: t.pid,
@@ -747,54 +805,79 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
                 label: "redis",
                 pid: redis.proc.pid(),
             },
-        ];
-        let mut saturated = Vec::new();
-        for connections in [1, 4] {
-            eprintln!(
-                "[grpc] {} (pid {}) over {connections} connection(s) ...",
-                t.title, t.pid
-            );
-            let callers = grpc_callers(&rt, t.addr, &fixture, connections, in_flight)?;
-            let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
-            let (_, m) = meter.measure(
-                &rt,
-                &watched,
-                &redis,
-                loadgen::closed_loop(callers, duration),
-            )?;
-            saturated.push((connections, m));
-        }
-        // 70 % of what the server sustains over the connections the open
-        // loop uses (one connection batches more and can run faster, so
-        // its rate would put the open loop at or past saturation).
-        let open_connections = 4;
-        let same_shape = saturated
+        ]
+    };
+    // Saturated over 1 and 4 connections: every (server, connections)
+    // pair takes its turn in each round.
+    let shapes: Vec<(&GrpcTarget, usize)> =
+        selected.iter().flat_map(|t| [(*t, 1), (*t, 4)]).collect();
+    let saturated = interleaved(rounds, &shapes, |(t, connections), round| {
+        eprintln!(
+            "[grpc] round {}/{rounds}: {} (pid {}) over {connections} connection(s) ...",
+            round + 1,
+            t.title,
+            t.pid
+        );
+        let callers = grpc_callers(&rt, t.addr, &fixture, *connections, in_flight)?;
+        let warmup = options.warmup_before(round);
+        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
+        let (_, m) = meter.measure(
+            &rt,
+            &watched(t),
+            &redis,
+            loadgen::closed_loop(callers, slice),
+        )?;
+        anyhow::Ok(m)
+    })?;
+    let mut saturated = shapes.iter().map(|(_, c)| *c).zip(saturated);
+    // 70 % of what each server sustains over the connections the open
+    // loop uses (one connection batches more and can run faster, so its
+    // rate would put the open loop at or past saturation).
+    let open_connections = 4;
+    let mut rows = Vec::new();
+    for t in &selected {
+        let shaped: Vec<(usize, Measured)> = saturated.by_ref().take(2).collect();
+        let same_shape = shaped
             .iter()
             .find(|(c, _)| *c == open_connections)
             .map_or(0.0, |(_, m)| m.sample.rate());
-        let rate = (same_shape * 0.7).max(10.0);
-        eprintln!("[grpc] {} open loop at {rate:.0}/s ...", t.title);
+        rows.push((t, shaped, (same_shape * 0.7).max(10.0)));
+    }
+    let open = interleaved(rounds, &rows, |(t, _, rate), round| {
+        eprintln!(
+            "[grpc] round {}/{rounds}: {} open loop at {rate:.0}/s ...",
+            round + 1,
+            t.title
+        );
         let callers = grpc_callers(&rt, t.addr, &fixture, open_connections, in_flight * 2)?;
-        let (callers, _) = rt.block_on(loadgen::open_loop(callers, rate, warmup))?;
+        let warmup = options.warmup_before(round);
+        let (callers, _) = rt.block_on(loadgen::open_loop(callers, *rate, warmup))?;
         let (_, open) = meter.measure(
             &rt,
-            &watched,
+            &watched(t),
             &redis,
-            loadgen::open_loop(callers, rate, duration),
+            loadgen::open_loop(callers, *rate, slice),
         )?;
-        let round_trips = if open.redis_per_request() > 0.0 {
-            let callers = grpc_callers(&rt, t.addr, &fixture, 1, 1)?;
-            Some(round_trips(&rt, &redis, callers)?)
-        } else {
-            None
-        };
-        rows.push(GrpcRow {
-            title: t.title,
-            saturated,
-            open,
-            round_trips,
-        });
-    }
+        anyhow::Ok(open)
+    })?;
+    let rows = rows
+        .into_iter()
+        .zip(open)
+        .map(|((t, saturated, _), open)| {
+            let round_trips = if open.redis_per_request() > 0.0 {
+                let callers = grpc_callers(&rt, t.addr, &fixture, 1, 1)?;
+                Some(round_trips(&rt, &redis, callers)?)
+            } else {
+                None
+            };
+            anyhow::Ok(GrpcRow {
+                title: t.title,
+                saturated,
+                open,
+                round_trips,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     print_grpc(&rows, in_flight, options.only.is_none())?;
     drop((null, null_redis, tollgate, tollgate_memory));
     Ok(())
