@@ -95,6 +95,14 @@ pub struct Options {
     /// the rounds.
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Tokio worker threads of every authorization server, null and
+    /// tollgate alike (`TOKIO_WORKER_THREADS`). One, like Envoy's one
+    /// worker: the servers' CPU per check is then one core's work, the
+    /// unit operators size by, and on two cores shared with Envoy, Redis
+    /// and the generator a second worker mostly adds cross-thread
+    /// wake-ups (docs/performance.md).
+    #[arg(long, default_value = "1")]
+    pub server_threads: std::num::NonZeroUsize,
     /// Rounds per measurement (default 4; 1 with --quick). The scenarios
     /// take turns, one slice of each per round, so a change in the
     /// machine's speed during the run (a shared virtual machine's speed

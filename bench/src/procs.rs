@@ -308,7 +308,13 @@ pub struct Tollgate {
 }
 
 impl Tollgate {
-    pub fn start(binary: &Path, policy: &[PathBuf], redis: Option<&str>) -> anyhow::Result<Self> {
+    /// `threads`: tokio worker threads (`TOKIO_WORKER_THREADS`).
+    pub fn start(
+        binary: &Path,
+        policy: &[PathBuf],
+        redis: Option<&str>,
+        threads: std::num::NonZeroUsize,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -321,7 +327,8 @@ impl Tollgate {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("TOKIO_WORKER_THREADS", threads.to_string());
         if let Some(url) = redis {
             command.args(["--redis", url]);
         }

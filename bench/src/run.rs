@@ -228,10 +228,15 @@ pub fn machine(options: &Options) -> anyhow::Result<()> {
         }
     );
     println!(
-        "measurements: {:?} each after {:?} warm-up; {} connections when saturated",
+        "measurements: {:?} each in {} interleaved round(s), {:?} warm-up before a scenario's first; {} connections when saturated",
         options.duration(),
+        options.rounds(),
         options.warmup(),
         options.connections
+    );
+    println!(
+        "servers (null and tollgate): {} tokio worker thread(s) each; Envoy: 1 worker",
+        options.server_threads
     );
     Ok(())
 }
@@ -263,10 +268,15 @@ fn round_trip_cell(value: &Option<(f64, String)>) -> String {
 }
 
 /// A null ext_authz server child process.
-fn start_null(redis: Option<&str>, bare: bool) -> anyhow::Result<(Proc, SocketAddr)> {
+fn start_null(
+    options: &Options,
+    redis: Option<&str>,
+    bare: bool,
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
+        .env("TOKIO_WORKER_THREADS", options.server_threads.to_string())
         .arg("null-server")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -320,7 +330,7 @@ fn start_tollgate(
             binary.display()
         );
     }
-    let tollgate = Tollgate::start(&binary, policy, redis)?;
+    let tollgate = Tollgate::start(&binary, policy, redis, options.server_threads)?;
     // Ready once the snapshot is loaded.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -386,9 +396,9 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
 
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
-    let (null, null_addr) = start_null(None, false)?;
-    let (null_bare, null_bare_addr) = start_null(None, true)?;
-    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()), false)?;
+    let (null, null_addr) = start_null(options, None, false)?;
+    let (null_bare, null_bare_addr) = start_null(options, None, true)?;
+    let (null_redis, null_redis_addr) = start_null(options, Some(&redis.url()), false)?;
     let listeners = [
         ("direct", Filter::None),
         ("null_bare", Filter::ExtAuthz("null_bare")),
@@ -759,8 +769,8 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
     let tollgate_memory = start_tollgate(options, &policy, None)?;
-    let (null, null_addr) = start_null(None, false)?;
-    let (null_redis, null_redis_addr) = start_null(Some(&redis.url()), false)?;
+    let (null, null_addr) = start_null(options, None, false)?;
+    let (null_redis, null_redis_addr) = start_null(options, Some(&redis.url()), false)?;
     let targets = [
         GrpcTarget {
             title: "null ext_authz",
