@@ -294,6 +294,62 @@ async fn attestation_failures() {
     }
 }
 
+/// A verified attestation token is cached (its signature is checked once),
+/// but its time claims and its binding are checked on every request: a
+/// cached token presented with another `Authorization`, without one, or
+/// after it expired is refused with the same reason as a fresh one.
+#[tokio::test]
+async fn cached_attestation_tokens_are_still_checked_on_every_request() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tollgate::clock::ManualClock;
+
+    let s = snapshot();
+    let start = Duration::from_secs_f64(idp::now());
+    let clock = Arc::new(ManualClock::new(start));
+    let deps = tollgate::pipeline::Deps {
+        store: Arc::new(tollgate::store::MemoryStore::new()),
+        clock: clock.clone(),
+        settings: Default::default(),
+    };
+    let token = app_token(30.0, Some(AUTH), json!({}));
+    let decide_with = |auth: Option<&'static str>| {
+        let mut headers = vec![
+            ("x-api-key", COMMUTER_KEY),
+            ("approov-token", token.as_str()),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth));
+        }
+        request(HOST, "/v1/bikes", &headers)
+    };
+    let outcome_of =
+        async |auth| outcome(&tollgate::pipeline::decide(&s, &decide_with(auth), &deps).await);
+    assert_eq!(outcome_of(Some(AUTH)).await, "allow");
+    assert_eq!(
+        outcome_of(Some(AUTH)).await,
+        "allow",
+        "served from the cache"
+    );
+    assert_eq!(
+        outcome_of(Some("Bearer someone-else")).await,
+        "token_binding_mismatch"
+    );
+    assert_eq!(outcome_of(None).await, "token_binding_mismatch");
+    assert_eq!(outcome_of(Some(AUTH)).await, "allow");
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(outcome_of(Some(AUTH)).await, "attestation_expired");
+
+    // A new snapshot (a rotated secret) starts with an empty cache: the
+    // token signed with the old secret no longer verifies.
+    let rotated = compile(
+        &policies(ATTESTED, true).replace(&STANDARD.encode(SECRET), &STANDARD.encode([8u8; 32])),
+    );
+    clock.set(start);
+    let d = tollgate::pipeline::decide(&rotated, &decide_with(Some(AUTH)), &deps).await;
+    assert_eq!(outcome(&d), "attestation_invalid");
+}
+
 #[tokio::test]
 async fn the_token_claim_identifies_the_app_and_must_agree() {
     let s = snapshot();

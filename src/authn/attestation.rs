@@ -12,7 +12,12 @@
 //!   `authorization` the whole value including `Bearer `. A bound header
 //!   that is absent fails the binding (never the hash of an empty string).
 //!   Compared in constant time.
+//! - Verified tokens are cached like user tokens ([`token_cache`]): a
+//!   repeat token skips the parse and the signature check, never the time
+//!   claims, `maxLifetime`, the issuer or the binding, which are checked
+//!   on every request against its own headers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,6 +30,7 @@ use subtle::ConstantTimeEq;
 use super::jwk::{self, is_symmetric};
 use super::jwt::{self, TimeError};
 use super::keys::{self, KeyProvider};
+use super::token_cache::{self, TokenCache, Verified};
 use crate::decision::Deny;
 use crate::limits::Nonce;
 use crate::policy::compile::CompileContext;
@@ -49,6 +55,9 @@ pub struct Attestation {
     binding: Option<Binding>,
     pub single_use: bool,
     leeway: f64,
+    /// Verified signatures of this compiled policy (a new snapshot starts
+    /// empty; an entry whose key left the key set is dropped).
+    cache: TokenCache,
 }
 
 /// Compiled token binding.
@@ -63,7 +72,8 @@ pub struct Binding {
 /// What a verified attestation token says.
 #[derive(Clone, Debug, Default)]
 pub struct AttestationClaims {
-    pub claims: Map<String, Value>,
+    /// Shared with the verified-token cache entry.
+    pub claims: Arc<Map<String, Value>>,
     /// `exp`, possibly fractional.
     pub exp: f64,
     /// `jti`, for single-use checks.
@@ -142,6 +152,7 @@ impl Attestation {
                 .as_ref()
                 .map_or(Duration::ZERO, |d| d.get())
                 .as_secs_f64(),
+            cache: TokenCache::new(token_cache::DEFAULT_CAPACITY),
         })
     }
 
@@ -170,7 +181,50 @@ impl Attestation {
                 format!("the {} header appears more than once", self.header),
             ));
         }
-        let jwt = jwt::parse(token.trim()).map_err(|e| invalid(e.to_string()))?;
+        let verified = self.verified(token.trim(), now).await?;
+        let claims = &verified.claims;
+        let now = now.as_secs_f64();
+        let times = jwt::check_times(claims, now, self.leeway).map_err(|e| match e {
+            TimeError::Expired => Deny::new(Reason::AttestationExpired, "the app token expired"),
+            other => invalid(format!("app token: {other}")),
+        })?;
+        if times.exp - now > self.max_lifetime + self.leeway {
+            return Err(invalid(
+                "the app token's exp lies further ahead than the policy's maxLifetime".into(),
+            ));
+        }
+        if let Some(expected) = &self.issuer
+            && jwt::string_claim(claims, "iss") != Some(expected.as_str())
+        {
+            return Err(invalid("the app token's issuer is not accepted".into()));
+        }
+        if let Some(binding) = &self.binding {
+            check_binding(binding, claims, request)?;
+        }
+        Ok(Some(AttestationClaims {
+            exp: times.exp,
+            jti: jwt::string_claim(claims, "jti").map(str::to_owned),
+            device: jwt::string_claim(claims, "did").map(str::to_owned),
+            ipk: jwt::string_claim(claims, "ipk").map(str::to_owned),
+            claims: Arc::clone(claims),
+        }))
+    }
+
+    /// The signature half: from the cache, or parsed, verified and cached.
+    async fn verified(&self, token: &str, now: Duration) -> Result<Arc<Verified>, Deny> {
+        let invalid = |detail: String| Deny::new(Reason::AttestationInvalid, detail);
+        let digest = token_cache::digest(token);
+        if let Some(hit) = self.cache.get(&digest) {
+            if self
+                .keys
+                .current()
+                .is_some_and(|set| set.contains(&hit.key))
+            {
+                return Ok(hit);
+            }
+            self.cache.remove(&digest);
+        }
+        let jwt = jwt::parse(token).map_err(|e| invalid(e.to_string()))?;
         let alg = jwk::parse_algorithm(&jwt.header.alg).map_err(invalid)?;
         if !self.algorithms.contains(&alg) {
             return Err(invalid(format!(
@@ -186,40 +240,31 @@ impl Attestation {
             )
             .with_header("retry-after", "5")
         })?;
-        if !keys
+        let Some(key) = keys
             .set
             .candidates(kid, alg)
             .into_iter()
-            .any(|key| key.verify(&jwt, alg))
-        {
+            .find(|key| key.verify(&jwt, alg))
+        else {
             return Err(invalid("the app token signature does not verify".into()));
-        }
-        let claims = jwt.claims;
-        let now = now.as_secs_f64();
-        let times = jwt::check_times(&claims, now, self.leeway).map_err(|e| match e {
-            TimeError::Expired => Deny::new(Reason::AttestationExpired, "the app token expired"),
-            other => invalid(format!("app token: {other}")),
-        })?;
-        if times.exp - now > self.max_lifetime + self.leeway {
-            return Err(invalid(
-                "the app token's exp lies further ahead than the policy's maxLifetime".into(),
-            ));
-        }
-        if let Some(expected) = &self.issuer
-            && jwt::string_claim(&claims, "iss") != Some(expected.as_str())
-        {
-            return Err(invalid("the app token's issuer is not accepted".into()));
-        }
-        if let Some(binding) = &self.binding {
-            check_binding(binding, &claims, request)?;
-        }
-        Ok(Some(AttestationClaims {
-            exp: times.exp,
-            jti: jwt::string_claim(&claims, "jti").map(str::to_owned),
-            device: jwt::string_claim(&claims, "did").map(str::to_owned),
-            ipk: jwt::string_claim(&claims, "ipk").map(str::to_owned),
-            claims,
-        }))
+        };
+        // Cached no longer than the token lives (an `exp` the per-request
+        // checks refuse makes a zero TTL: not cached).
+        let ttl = jwt::numeric_date(&jwt.claims, "exp")
+            .ok()
+            .flatten()
+            .map_or(Duration::ZERO, |exp| {
+                Duration::try_from_secs_f64(exp - now.as_secs_f64()).unwrap_or(Duration::ZERO)
+            });
+        let verified = Arc::new(Verified {
+            issuer: 0,
+            key: key.fingerprint,
+            typ: None,
+            claims: Arc::new(jwt.claims),
+            ttl,
+        });
+        self.cache.insert(digest, Arc::clone(&verified));
+        Ok(verified)
     }
 }
 
