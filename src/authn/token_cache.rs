@@ -6,8 +6,8 @@
 //! key) and the claims, and live no longer than the token. Everything that
 //! depends on the request or on time is re-checked on every use by the
 //! caller. Failures are never cached. A cache belongs to one compiled user
-//! policy, so a policy change starts with an empty cache; the caller drops
-//! an entry whose key has left its key set.
+//! policy or attestation, so a policy change starts with an empty cache;
+//! the caller drops an entry whose key has left its key set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// What a successful signature check established.
 #[derive(Debug)]
 pub struct Verified {
-    /// Index of the issuer in the policy.
+    /// Index of the issuer in the policy (0 for attestation tokens, whose
+    /// policy has one key source).
     pub issuer: usize,
     /// Fingerprint of the key that verified the signature.
     pub key: [u8; 32],
