@@ -227,15 +227,13 @@ impl HeaderReader {
     }
 }
 
-/// Whether `value` holds a CR, LF or NUL byte. Scans 32 bytes at a time
-/// without an early exit inside a block, which the compiler vectorises:
-/// credential headers (JWTs) are the longest values of every request.
+/// Whether `value` holds a CR, LF or NUL byte. `memchr3` scans with the
+/// widest vector unit the CPU has (AVX2 or SSE2, picked at run time):
+/// credential headers (JWTs) are the longest values of every request, and
+/// the portable byte loop cost about 7 instructions per byte of them
+/// (docs/performance.md, "Session 3").
 fn has_cr_lf_or_nul(value: &[u8]) -> bool {
-    value.chunks(32).any(|block| {
-        block.iter().fold(false, |found, &b| {
-            found | (b == b'\r') | (b == b'\n') | (b == 0)
-        })
-    })
+    memchr::memchr3(b'\r', b'\n', 0, value).is_some()
 }
 
 /// The body from `raw_body` (exact bytes) or `body` (UTF-8, sanitised by
