@@ -26,7 +26,7 @@ use crate::pipeline::{self, Deps};
 use crate::policy::snapshot::SharedSnapshot;
 use crate::reason::Reason;
 use crate::request::RequestContext;
-use crate::telemetry::app_labels::AppLabels;
+use crate::telemetry::app_labels::{AppLabels, OTHER};
 use crate::telemetry::handles;
 
 /// The gRPC service name Envoy calls.
@@ -180,10 +180,13 @@ fn count(decision: &Decision, app_labels: &AppLabels) {
         (Verdict::Allow(_), None) => ("allow", "none"),
     };
     handles::checks_total(policy, outcome, reason).increment(1);
-    if let Some(app) = decision.identity.app.as_deref()
-        && let Some(label) = app_labels.label(app)
+    if app_labels.enabled()
+        && let Some(app) = decision.identity.app.as_deref()
     {
-        metrics::counter!(APP_CHECKS_TOTAL, "app" => label, "outcome" => outcome).increment(1);
+        handles::app_checks(app, outcome, || {
+            app_labels.label(app).unwrap_or_else(|| OTHER.to_owned())
+        })
+        .increment(1);
     }
 }
 

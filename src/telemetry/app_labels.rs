@@ -29,6 +29,11 @@ impl AppLabels {
         }
     }
 
+    /// Whether per-app metrics are on (`--metrics-app-labels` above 0).
+    pub fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+
     /// The label for `app`, or `None` when per-app metrics are off.
     pub fn label(&self, app: &str) -> Option<String> {
         if self.limit == 0 {

@@ -104,6 +104,8 @@ thread_local! {
     static CHECK_DURATION: RefCell<Cache<Histogram>> = RefCell::new(Cache::new());
     static QUOTA_DECISIONS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
     static STORE_DURATION: RefCell<Cache<Histogram>> = RefCell::new(Cache::new());
+    static APP_CHECKS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
+    static TOKEN_CACHE: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
 }
 
 /// `tollgate_checks_total{policy, outcome, reason}`.
@@ -134,6 +136,34 @@ pub fn quota_decisions(limit: &str, outcome: &'static str) -> Counter {
             "outcome" => outcome
         )
     })
+}
+
+/// `tollgate_app_checks_total{app, outcome}` (`--metrics-app-labels`),
+/// kept per app id: `label` (the bounded label value of
+/// [`crate::telemetry::app_labels::AppLabels`], which takes a lock and
+/// allocates) runs only the first time a thread sees the app. An app's
+/// label never changes once given, so keeping the handle keeps the
+/// label. App ids come from the registered apps, so the table is bounded
+/// by configuration like the others.
+pub fn app_checks(app: &str, outcome: &'static str, label: impl FnOnce() -> String) -> Counter {
+    get(&APP_CHECKS, app, outcome, "", || {
+        metrics::counter!(
+            crate::grpc::service::APP_CHECKS_TOTAL,
+            "app" => label(),
+            "outcome" => outcome
+        )
+    })
+}
+
+/// `tollgate_token_cache_total{result}` (`hit`, `miss`).
+pub fn token_cache(result: &'static str) -> Counter {
+    get(
+        &TOKEN_CACHE,
+        "",
+        result,
+        "",
+        || metrics::counter!("tollgate_token_cache_total", "result" => result),
+    )
 }
 
 /// `tollgate_store_duration_seconds{store, op}`.
