@@ -350,6 +350,66 @@ async fn cached_attestation_tokens_are_still_checked_on_every_request() {
     assert_eq!(outcome(&d), "attestation_invalid");
 }
 
+/// With a user policy too, the binding to `authorization` compares with the
+/// user stage's hash of that header: a cached app token bound to one valid
+/// user token and sent with another valid user token is refused like an
+/// uncached one, whichever of the two tokens was cached first.
+#[tokio::test]
+async fn a_cached_app_token_stays_bound_to_its_user_token() {
+    const USER_SECRET: [u8; 32] = [9; 32];
+    let yaml = policies(ATTESTED, true).replace(
+        "  app:\n",
+        "  user:\n    issuers:\n      - issuer: https://id.example\n        audiences: [bikes]\n        jwks: { secretRef: { name: user-hs, key: key } }\n        algorithms: [HS256]\n  app:\n",
+    ) + &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: user-hs, namespace: m }}\ndata: {{ key: \"{}\" }}\n",
+        STANDARD.encode(USER_SECRET)
+    );
+    let user_token = |sub: &str| {
+        let now = idp::now() as u64;
+        let claims =
+            json!({"iss": "https://id.example", "aud": "bikes", "sub": sub, "exp": now + 300});
+        format!(
+            "Bearer {}",
+            mint::sign_hmac(Algorithm::HS256, &USER_SECRET, None, &claims).unwrap()
+        )
+    };
+    let (alice, bob) = (user_token("alice"), user_token("bob"));
+    let token = app_token(30.0, Some(&alice), json!({}));
+    let with = |auth: &str| {
+        vec![
+            ("x-api-key", COMMUTER_KEY),
+            ("approov-token", token.as_str()),
+            ("authorization", auth),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n, v.to_owned()))
+        .collect::<Vec<_>>()
+    };
+    let outcome_of = async |s: &Snapshot, auth: &str| {
+        let headers = with(auth);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        outcome(&run(s, &headers).await)
+    };
+
+    // The bound user token first: both tokens cached, then the other.
+    let s = compile(&yaml);
+    assert_eq!(outcome_of(&s, &alice).await, "allow");
+    assert_eq!(outcome_of(&s, &alice).await, "allow", "both cached");
+    assert_eq!(outcome_of(&s, &bob).await, "token_binding_mismatch");
+    assert_eq!(
+        outcome_of(&s, &bob).await,
+        "token_binding_mismatch",
+        "bob's token cached too"
+    );
+    assert_eq!(outcome_of(&s, &alice).await, "allow");
+
+    // The other user token first, on a fresh snapshot (nothing cached).
+    let s = compile(&yaml);
+    assert_eq!(outcome_of(&s, &bob).await, "token_binding_mismatch");
+    assert_eq!(outcome_of(&s, &alice).await, "allow");
+    assert_eq!(outcome_of(&s, &bob).await, "token_binding_mismatch");
+}
+
 #[tokio::test]
 async fn the_token_claim_identifies_the_app_and_must_agree() {
     let s = snapshot();

@@ -90,6 +90,7 @@ impl<'a> Call<'a> {
             subject: Subject {
                 app: self.app,
                 user: self.user,
+                user_digest: None,
                 device: None,
                 ip: self.ip,
             },

@@ -317,12 +317,15 @@ impl AppPolicy {
         &self,
         request: &RequestContext,
         origin: &Origin,
-        _user: Option<&UserIdentity>,
+        user: Option<&UserIdentity>,
         apps: &AppIndex,
         policy: &PolicyId,
         now: std::time::Duration,
     ) -> Result<AppOutcome, Deny> {
-        self.identify(request, origin, apps, policy, now)
+        // The user stage's hash of the Authorization value, which an
+        // attestation binding to that header reuses.
+        let authorization_sha256 = user.map(|u| &u.authorization_sha256);
+        self.identify(request, origin, apps, policy, now, authorization_sha256)
             .await
             .map_err(|deny| self.challenge(deny))
     }
@@ -334,6 +337,7 @@ impl AppPolicy {
         apps: &AppIndex,
         policy: &PolicyId,
         now: std::time::Duration,
+        authorization_sha256: Option<&[u8; 32]>,
     ) -> Result<AppOutcome, Deny> {
         // 1. The API key.
         let mut key_app = None;
@@ -389,7 +393,11 @@ impl AppPolicy {
             ));
         }
         let claims = match &self.attestation {
-            Some(attestation) => attestation.verify(request, now).await?,
+            Some(attestation) => {
+                attestation
+                    .verify(request, now, authorization_sha256)
+                    .await?
+            }
             None => None,
         };
         let mut nonces = Vec::new();

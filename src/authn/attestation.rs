@@ -157,11 +157,16 @@ impl Attestation {
     }
 
     /// Verifies the attestation token of `request`; `Ok(None)` when none was
-    /// sent and none is required.
+    /// sent and none is required. `authorization_sha256`: the SHA-256 of the
+    /// request's `Authorization` value when the user stage already hashed
+    /// it ([`super::user::UserIdentity::authorization_sha256`]); a binding
+    /// to `authorization` alone then compares with it instead of hashing
+    /// the value again.
     pub async fn verify(
         &self,
         request: &RequestContext,
         now: Duration,
+        authorization_sha256: Option<&[u8; 32]>,
     ) -> Result<Option<AttestationClaims>, Deny> {
         let invalid = |detail: String| Deny::new(Reason::AttestationInvalid, detail);
         let mut values = request.headers.get_all(&self.header);
@@ -199,7 +204,7 @@ impl Attestation {
             return Err(invalid("the app token's issuer is not accepted".into()));
         }
         if let Some(binding) = &self.binding {
-            check_binding(binding, claims, request)?;
+            check_binding(binding, claims, request, authorization_sha256)?;
         }
         Ok(Some(AttestationClaims {
             exp: times.exp,
@@ -262,6 +267,7 @@ impl Attestation {
             typ: None,
             claims: Arc::new(jwt.claims),
             ttl,
+            subject_digest: None,
         });
         self.cache.insert(digest, Arc::clone(&verified));
         Ok(verified)
@@ -319,10 +325,15 @@ pub fn binding_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
     STANDARD.encode(hash.finalize())
 }
 
+/// Checks the binding claim against this request's headers.
+/// `authorization_sha256` must be the SHA-256 of this request's
+/// `Authorization` value (the user stage's, over the same header); it
+/// stands in for hashing when the binding names `authorization` alone.
 fn check_binding(
     binding: &Binding,
     claims: &Map<String, Value>,
     request: &RequestContext,
+    authorization_sha256: Option<&[u8; 32]>,
 ) -> Result<(), Deny> {
     let mismatch = |detail: String| Deny::new(Reason::TokenBindingMismatch, detail);
     let Some(claimed) = claims.get(&binding.claim) else {
@@ -352,7 +363,10 @@ fn check_binding(
             }
         }
     }
-    let expected = binding_hash(values);
+    let expected = match (binding.headers.as_slice(), authorization_sha256) {
+        ([only], Some(digest)) if only == "authorization" => STANDARD.encode(digest),
+        _ => binding_hash(values),
+    };
     if bool::from(expected.as_bytes().ct_eq(claimed.as_bytes())) {
         Ok(())
     } else {

@@ -1,8 +1,9 @@
 //! The verified-token cache: a repeat token costs a hash and a lookup
 //! instead of a signature check.
 //!
-//! Entries are keyed by the SHA-256 of the token (the token itself is never
-//! stored), hold only the result of the signature check (which issuer, which
+//! Entries are keyed by the SHA-256 of the token — for user tokens, of the
+//! whole `Authorization` value, whose hash the attestation binding reuses
+//! (the token itself is never stored), hold only the result of the signature check (which issuer, which
 //! key) and the claims, and live no longer than the token. Everything that
 //! depends on the request or on time is re-checked on every use by the
 //! caller. Failures are never cached. A cache belongs to one compiled user
@@ -35,12 +36,17 @@ pub struct Verified {
     pub claims: Arc<Map<String, Value>>,
     /// How long the entry may live (until the token's `exp`, bounded).
     pub ttl: Duration,
+    /// The store's digest of the user (`keys::user_digest` of issuer and
+    /// `sub`), computed once per verified user token rather than on every
+    /// request; `None` for attestation tokens and tokens without a `sub`.
+    pub subject_digest: Option<Arc<str>>,
 }
 
-/// The SHA-256 of a token: the cache key.
+/// The SHA-256 of a token (for user tokens, of the whole `Authorization`
+/// value that carries it): the cache key.
 pub type TokenDigest = [u8; 32];
 
-/// Hashes a token for lookup.
+/// Hashes a token (or the header value carrying it) for lookup.
 pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -112,6 +118,7 @@ mod tests {
             typ: None,
             claims: Arc::default(),
             ttl,
+            subject_digest: None,
         })
     }
 

@@ -27,6 +27,7 @@ use crate::policy::compile::CompileContext;
 use crate::policy::types::{Requirement, UserSpec};
 use crate::reason::Reason;
 use crate::request::RequestContext;
+use crate::telemetry::handles;
 
 /// Default clock skew tolerated on user tokens.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -83,8 +84,14 @@ pub struct UserIdentity {
     pub expires_at: f64,
     /// `jti`, when the token has one.
     pub jti: Option<String>,
-    /// SHA-256 of the access token (DPoP `ath`, RFC 9449 §4.2).
-    pub token_sha256: [u8; 32],
+    /// SHA-256 of the whole `Authorization` value (scheme and token): the
+    /// verified-token cache key, and the hash an attestation token's
+    /// binding to `authorization` alone compares with, so a request hashes
+    /// its longest header once.
+    pub authorization_sha256: [u8; 32],
+    /// The store's digest of this user (`store::keys::user_digest(issuer,
+    /// subject)`), computed once per verified token.
+    pub store_digest: Option<Arc<str>>,
     /// The verified DPoP proof, when the token came with one: its key
     /// thumbprint and the `jti` the admission stage remembers.
     pub dpop: Option<dpop::Proof>,
@@ -212,7 +219,9 @@ impl UserPolicy {
             return Err(invalid("the access token is empty"));
         }
         let now_secs = now.as_secs_f64();
-        let digest = token_cache::digest(token);
+        // The whole value, not just the token: the attestation binding
+        // hashes exactly this value, and reuses this hash.
+        let digest = token_cache::digest(value);
         // RFC 9449 §7.1: a token sent under the DPoP scheme is challenged
         // with the DPoP scheme when it fails.
         let challenge = |deny: Deny| match scheme {
@@ -258,12 +267,12 @@ impl UserPolicy {
                 .and_then(|issuer| issuer.keys.current())
                 .is_some_and(|set| set.contains(&hit.key));
             if key_still_served {
-                metrics::counter!("tollgate_token_cache_total", "result" => "hit").increment(1);
+                handles::token_cache("hit").increment(1);
                 return Ok(hit);
             }
             self.cache.remove(&digest);
         }
-        metrics::counter!("tollgate_token_cache_total", "result" => "miss").increment(1);
+        handles::token_cache("miss").increment(1);
 
         let jwt = jwt::parse(token).map_err(|e| invalid(e.to_string()))?;
         let Some(iss) = jwt::string_claim(&jwt.claims, "iss") else {
@@ -307,12 +316,18 @@ impl UserPolicy {
             .map_or(Duration::ZERO, |exp| {
                 Duration::try_from_secs_f64(exp - now).unwrap_or(Duration::ZERO)
             });
+        // Derived from the verified claims once; `check_claims` still
+        // refuses a token without a `sub` on every use.
+        let subject_digest = jwt::string_claim(&jwt.claims, "sub")
+            .filter(|sub| !sub.is_empty())
+            .map(|sub| Arc::from(crate::store::keys::user_digest(&issuer.issuer, sub)));
         let verified = Arc::new(Verified {
             issuer: index,
             key: key.fingerprint,
             typ: jwt.header.typ.clone(),
             claims: Arc::new(jwt.claims),
             ttl,
+            subject_digest,
         });
         self.cache.insert(digest, verified.clone());
         Ok(verified)
@@ -383,7 +398,8 @@ impl UserPolicy {
             cnf_x5t_s256: cnf_x5t,
             expires_at: times.exp,
             jti: jwt::string_claim(claims, "jti").map(str::to_owned),
-            token_sha256: digest,
+            authorization_sha256: digest,
+            store_digest: verified.subject_digest.clone(),
             dpop: None,
         })
     }

@@ -17,6 +17,7 @@
 //! So an anonymous request is still limited per client, never by one bucket
 //! shared by every anonymous caller.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct Subject<'a> {
     pub app: Option<&'a str>,
     /// (issuer, subject) of the authenticated user.
     pub user: Option<(&'a str, &'a str)>,
+    /// `keys::user_digest` of `user` when the caller already has it (kept
+    /// with the verified token); computed from `user` when `None`. Must be
+    /// the digest of `user`: it names the user's counters.
+    pub user_digest: Option<&'a str>,
     pub device: Option<&'a str>,
     /// The client address from the trusted origin.
     pub ip: Option<IpAddr>,
@@ -92,7 +97,7 @@ pub struct Counted<'p> {
 struct Tags<'a> {
     subject: Subject<'a>,
     app: Option<String>,
-    user_digest: Option<String>,
+    user_digest: Option<Cow<'a, str>>,
     user: OnceCell<Option<String>>,
     ip_digest: OnceCell<Option<String>>,
     ip: OnceCell<Option<String>>,
@@ -104,7 +109,20 @@ impl<'a> Tags<'a> {
         Self {
             subject,
             app: subject.app.map(keys::app_tag),
-            user_digest: subject.user.map(|(iss, sub)| keys::user_digest(iss, sub)),
+            user_digest: match (subject.user, subject.user_digest) {
+                (Some(_), Some(digest)) => {
+                    debug_assert_eq!(
+                        subject
+                            .user
+                            .map(|(iss, sub)| keys::user_digest(iss, sub))
+                            .as_deref(),
+                        Some(digest),
+                        "a precomputed user digest must be the user's"
+                    );
+                    Some(Cow::Borrowed(digest))
+                }
+                (user, _) => user.map(|(iss, sub)| Cow::Owned(keys::user_digest(iss, sub))),
+            },
             user: OnceCell::new(),
             ip_digest: OnceCell::new(),
             ip: OnceCell::new(),

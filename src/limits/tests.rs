@@ -173,24 +173,28 @@ plans:
             Subject {
                 app: Some("my app/ü:{x}"),
                 user: Some(("https://id.example/", "alice")),
+                user_digest: None,
                 device: Some("dev-1"),
                 ip: Some(ip),
             },
             Subject {
                 app: Some("app"),
                 user: None,
+                user_digest: None,
                 device: None,
                 ip: Some(ip),
             },
             Subject {
                 app: None,
                 user: Some(("https://id.example/", "bob")),
+                user_digest: None,
                 device: Some("dev-2"),
                 ip: Some(ip),
             },
             Subject {
                 app: None,
                 user: None,
+                user_digest: None,
                 device: None,
                 ip: Some(ip),
             },

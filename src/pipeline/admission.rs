@@ -68,6 +68,7 @@ pub(super) async fn check(
         subject: Subject {
             app: inputs.app.map(|a| a.app_id.as_str()),
             user: inputs.user.map(|u| (u.issuer.as_str(), u.subject.as_str())),
+            user_digest: inputs.user.and_then(|u| u.store_digest.as_deref()),
             device: inputs.app.and_then(|a| a.device.as_deref()),
             ip: inputs.origin.client_ip,
         },
