@@ -2,13 +2,15 @@
 //! call. A message that is not valid protobuf (truncated, wrong wire types,
 //! invalid UTF-8 in a `string` field) becomes [`Incoming::Undecodable`],
 //! which the service answers with a `request_malformed` denial, so `Check`
-//! never turns bad input into a gRPC error. Responses use prost's encoder.
+//! never turns bad input into a gRPC error. Responses are
+//! [`WireResponse`]s: prost's bytes of the `CheckResponse`, its dynamic
+//! metadata written without building a `prost_types::Struct`.
 
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::ProstEncoder;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::pb::{CheckRequest, CheckResponse};
+use super::pb::CheckRequest;
+use super::response::WireResponse;
 
 /// A decoded `Check` request, or why it could not be decoded.
 #[derive(Debug)]
@@ -18,18 +20,18 @@ pub enum Incoming {
     Undecodable(String),
 }
 
-/// `CheckResponse` out, [`Incoming`] in.
+/// `CheckResponse` out (as a [`WireResponse`]), [`Incoming`] in.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LenientCodec;
 
 impl Codec for LenientCodec {
-    type Encode = CheckResponse;
+    type Encode = WireResponse;
     type Decode = Incoming;
-    type Encoder = ProstEncoder<CheckResponse>;
+    type Encoder = WireEncoder;
     type Decoder = LenientDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
+        WireEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -50,5 +52,24 @@ impl Decoder for LenientDecoder {
             Ok(request) => Incoming::Request(Box::new(request)),
             Err(error) => Incoming::Undecodable(error.to_string()),
         }))
+    }
+}
+
+/// Encodes a [`WireResponse`]: the bytes of its `CheckResponse`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WireEncoder;
+
+impl Encoder for WireEncoder {
+    type Item = WireResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        buf.reserve(item.encoded_len());
+        item.encode(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
     }
 }

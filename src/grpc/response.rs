@@ -6,6 +6,9 @@
 //! that sets neither `append` nor `append_action`, which would let a
 //! client-sent copy of an identity header travel next to tollgate's.
 
+use prost::Message;
+use prost::bytes::BufMut;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 
@@ -25,9 +28,147 @@ pub fn to_check_response(decision: &Decision, challenge: &ChallengeParams) -> Ch
 }
 
 /// [`to_check_response`] for an owned decision: header names and values
-/// and the identity move into the response instead of being copied (the
-/// server's path, which has no use for the decision afterwards).
+/// and the identity move into the response instead of being copied.
 pub fn into_check_response(decision: Decision, challenge: &ChallengeParams) -> CheckResponse {
+    into_wire_response(decision, challenge).into_check_response()
+}
+
+/// The response the server sends: the `CheckResponse` without its
+/// `dynamic_metadata`, which travels as [`Metadata`] and is encoded
+/// straight onto the wire. The bytes are those prost writes for the
+/// `CheckResponse` with its `prost_types::Struct` (a test compares them);
+/// building that `Struct` took a `BTreeMap` node and a `String` key per
+/// entry on every `Check`, for a value only ever encoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireResponse {
+    /// `dynamic_metadata` is always `None` here.
+    pub response: CheckResponse,
+    pub metadata: Metadata,
+}
+
+/// The entries of the dynamic metadata, sorted by key (the order prost
+/// encodes a `Struct`'s `BTreeMap` in). Every value is a string.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata {
+    entries: Vec<(&'static str, String)>,
+}
+
+/// `CheckResponse.dynamic_metadata` (envoy/service/auth/v3/external_auth.proto).
+const DYNAMIC_METADATA_FIELD: u32 = 4;
+/// `Struct.fields` (google/protobuf/struct.proto), a map: each entry is a
+/// message with `key = 1` and `value = 2`.
+const STRUCT_FIELDS_FIELD: u32 = 1;
+const MAP_KEY_FIELD: u32 = 1;
+const MAP_VALUE_FIELD: u32 = 2;
+/// `Value.string_value` (a oneof member: written even when empty).
+const VALUE_STRING_FIELD: u32 = 3;
+
+impl Metadata {
+    /// The `google.protobuf.Struct` (tests, and the generated trait's path).
+    pub fn to_struct(&self) -> Struct {
+        Struct {
+            fields: self
+                .entries
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        (*key).to_owned(),
+                        Value {
+                            kind: Some(Kind::StringValue(value.clone())),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Length of one `Value { string_value }`.
+    fn value_len(value: &str) -> usize {
+        len_delimited(VALUE_STRING_FIELD, value.len())
+    }
+
+    /// Length of one map entry message (a key is never empty, so prost
+    /// writes it; the value is never the default `Value`, so it is written).
+    fn entry_len(key: &str, value: &str) -> usize {
+        len_delimited(MAP_KEY_FIELD, key.len())
+            + len_delimited(MAP_VALUE_FIELD, Self::value_len(value))
+    }
+
+    /// Length of the `Struct` message.
+    fn struct_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|(k, v)| len_delimited(STRUCT_FIELDS_FIELD, Self::entry_len(k, v)))
+            .sum()
+    }
+
+    /// Writes `dynamic_metadata = 4` as prost writes `Some(self.to_struct())`.
+    fn encode_field(&self, buf: &mut impl BufMut) {
+        encode_key(DYNAMIC_METADATA_FIELD, WireType::LengthDelimited, buf);
+        encode_varint(self.struct_len() as u64, buf);
+        for (key, value) in &self.entries {
+            encode_key(STRUCT_FIELDS_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(Self::entry_len(key, value) as u64, buf);
+            encode_key(MAP_KEY_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(key.len() as u64, buf);
+            buf.put_slice(key.as_bytes());
+            encode_key(MAP_VALUE_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(Self::value_len(value) as u64, buf);
+            encode_key(VALUE_STRING_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(value.len() as u64, buf);
+            buf.put_slice(value.as_bytes());
+        }
+    }
+}
+
+/// Bytes of a length-delimited field `tag` holding `len` bytes.
+fn len_delimited(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+impl WireResponse {
+    /// The whole `CheckResponse`, metadata included.
+    pub fn into_check_response(self) -> CheckResponse {
+        CheckResponse {
+            dynamic_metadata: Some(self.metadata.to_struct()),
+            ..self.response
+        }
+    }
+
+    /// Encodes the `CheckResponse`: its fields 1–3 by prost, then field 4.
+    /// prost writes fields in field-number order, so appending field 4
+    /// gives its very bytes.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        debug_assert!(self.response.dynamic_metadata.is_none());
+        self.response.encode_raw(buf);
+        self.metadata.encode_field(buf);
+    }
+
+    /// The encoded length.
+    pub fn encoded_len(&self) -> usize {
+        self.response.encoded_len()
+            + len_delimited(DYNAMIC_METADATA_FIELD, self.metadata.struct_len())
+    }
+
+    /// The encoded bytes.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut buf);
+        buf
+    }
+}
+
+/// The server's [`into_check_response`]: the same response, with the
+/// dynamic metadata kept for direct encoding.
+pub fn into_wire_response(decision: Decision, challenge: &ChallengeParams) -> WireResponse {
     let Decision {
         verdict,
         identity,
@@ -51,10 +192,13 @@ pub fn into_check_response(decision: Decision, challenge: &ChallengeParams) -> C
             HttpResponse::DeniedResponse(denied_response(&deny, challenge)),
         ),
     };
-    CheckResponse {
-        status: Some(status),
-        http_response: Some(http_response),
-        dynamic_metadata: Some(metadata),
+    WireResponse {
+        response: CheckResponse {
+            status: Some(status),
+            http_response: Some(http_response),
+            dynamic_metadata: None,
+        },
+        metadata,
     }
 }
 
@@ -106,33 +250,31 @@ fn overwrite(key: String, value: String) -> HeaderValueOption {
 /// access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:app)%`).
 /// Holds identifiers and the reason, never credentials. The logged reason is
 /// the precise one even when clients see a generic one.
-fn dynamic_metadata(identity: Identity, verdict: &Verdict, dry_run: Option<&Deny>) -> Struct {
-    let mut fields = std::collections::BTreeMap::new();
-    let mut put = |key: &str, value: Option<String>| {
-        if let Some(value) = value {
-            fields.insert(
-                key.to_owned(),
-                Value {
-                    kind: Some(Kind::StringValue(value)),
-                },
-            );
-        }
-    };
+fn dynamic_metadata(identity: Identity, verdict: &Verdict, dry_run: Option<&Deny>) -> Metadata {
     let (decision_word, reason) = match verdict {
         Verdict::Allow(_) => ("allow", None),
         Verdict::Deny(deny) => ("deny", Some(deny.reason.code())),
     };
-    put("decision", Some(decision_word.to_owned()));
-    put("policy", identity.policy);
-    put("route", identity.route);
-    put("app", identity.app);
-    put("plan", identity.plan);
-    put("user", identity.user);
-    put("issuer", identity.issuer);
-    put("device", identity.device);
-    put("reason", reason.map(str::to_owned));
-    put("dry_run", dry_run.map(|d| d.reason.code().to_owned()));
-    Struct { fields }
+    // In key order (`Struct` is a sorted map).
+    let entries = [
+        ("app", identity.app),
+        ("decision", Some(decision_word.to_owned())),
+        ("device", identity.device),
+        ("dry_run", dry_run.map(|d| d.reason.code().to_owned())),
+        ("issuer", identity.issuer),
+        ("plan", identity.plan),
+        ("policy", identity.policy),
+        ("reason", reason.map(str::to_owned)),
+        ("route", identity.route),
+        ("user", identity.user),
+    ];
+    debug_assert!(entries.is_sorted_by_key(|(key, _)| *key));
+    Metadata {
+        entries: entries
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +394,49 @@ mod tests {
         let response = to_check_response(&d, &Default::default());
         assert_eq!(response.status.as_ref().unwrap().code, 0);
         assert_eq!(metadata(&response, "dry_run").as_deref(), Some("ip_denied"));
+    }
+
+    /// The server's directly encoded metadata gives the very bytes prost
+    /// writes for the whole `CheckResponse` with its `Struct`, whatever
+    /// identity fields are set (empty, non-ASCII, and longer than 127 bytes
+    /// so lengths take two varint bytes) and whatever the verdict.
+    #[test]
+    fn wire_response_bytes_equal_prosts() {
+        use proptest::prelude::*;
+        let field = || proptest::option::of("(|[a-z]{1,8}|é/ü\\{x\\}|[a-z0-9]{120,200})");
+        let identity = (
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+        );
+        let verdict = 0..3u8;
+        proptest!(|(ids in identity, which in verdict)| {
+            let (policy, route, app, plan, user, issuer, device) = ids;
+            let identity = Identity { policy, route, app, plan, user, issuer, device };
+            let allow = Allow {
+                set_upstream: vec![("x-tollgate-app".into(), "a".into())],
+                remove_upstream: vec!["x-api-key".into()],
+                response_headers: vec![("ratelimit".into(), "r=1".into())],
+            };
+            let (verdict, dry_run_denial) = match which {
+                0 => (Verdict::Allow(allow), None),
+                1 => (Verdict::Allow(allow), Some(Deny::new(Reason::IpDenied, "range"))),
+                _ => (Verdict::Deny(Deny::new(Reason::QuotaExceeded, "limit")), None),
+            };
+            let decision = Decision { verdict, identity, dry_run_denial, trace: Vec::new() };
+            let wire = into_wire_response(decision.clone(), &Default::default());
+            let prost_bytes = to_check_response(&decision, &Default::default()).encode_to_vec();
+            prop_assert_eq!(wire.encoded_len(), prost_bytes.len());
+            prop_assert_eq!(wire.encode_to_vec(), prost_bytes);
+            prop_assert_eq!(
+                CheckResponse::decode(wire.encode_to_vec().as_slice()).unwrap(),
+                wire.into_check_response()
+            );
+        });
     }
 
     /// `docs/decision-contract.md` holds the reason table; every row must

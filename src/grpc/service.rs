@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use super::codec::{Incoming, LenientCodec};
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::{CheckRequest, CheckResponse};
+use super::response::WireResponse;
 use super::{request, response};
 use crate::decision::{ChallengeParams, Decision, Deny, Identity, Step, StepOutcome, Verdict};
 use crate::pipeline::{self, Deps};
@@ -80,8 +81,14 @@ impl CheckService {
     }
 
     /// [`Self::check`] for an owned request, whose strings move into the
-    /// request model instead of being copied (the server's path).
+    /// request model instead of being copied.
     pub async fn check_owned(&self, check: CheckRequest) -> CheckResponse {
+        self.check_wire(check).await.into_check_response()
+    }
+
+    /// The server's path: [`Self::check_owned`] with the dynamic metadata
+    /// kept for direct encoding ([`WireResponse`]).
+    async fn check_wire(&self, check: CheckRequest) -> WireResponse {
         let started = Instant::now();
         let request = request::into_context(check);
         // One load per call: the whole decision sees one snapshot even if a
@@ -92,9 +99,9 @@ impl CheckService {
     }
 
     /// Answers a decoded or undecodable request.
-    pub async fn answer(&self, incoming: Incoming) -> CheckResponse {
+    pub async fn answer(&self, incoming: Incoming) -> WireResponse {
         match incoming {
-            Incoming::Request(check) => self.check_owned(*check).await,
+            Incoming::Request(check) => self.check_wire(*check).await,
             Incoming::Undecodable(error) => {
                 let started = Instant::now();
                 let detail = format!("the CheckRequest could not be decoded: {error}");
@@ -119,12 +126,12 @@ impl CheckService {
         request: &RequestContext,
         decision: Decision,
         started: Instant,
-    ) -> CheckResponse {
+    ) -> WireResponse {
         audit(request, &decision);
         count(&decision, &self.app_labels);
         // SEAM (authentication work): per-policy challenge parameters; stages
         // that know better put their own `WWW-Authenticate` on the denial.
-        let response = response::into_check_response(decision, &ChallengeParams::default());
+        let response = response::into_wire_response(decision, &ChallengeParams::default());
         // The latency covers building the response too.
         handles::check_duration().record(started.elapsed().as_secs_f64());
         response
@@ -224,8 +231,8 @@ impl NamedService for CheckServer {
 struct CheckCall(Arc<CheckService>);
 
 impl UnaryService<Incoming> for CheckCall {
-    type Response = CheckResponse;
-    type Future = BoxFuture<Response<CheckResponse>, Status>;
+    type Response = WireResponse;
+    type Future = BoxFuture<Response<WireResponse>, Status>;
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let service = Arc::clone(&self.0);
