@@ -64,10 +64,12 @@ impl moka::Expiry<TokenDigest, Arc<Verified>> for PerEntryTtl {
     }
 }
 
-/// A bounded cache of verified tokens.
+/// A bounded cache of verified tokens. Its keys are SHA-256 digests, so
+/// the table's hasher need not resist chosen keys (nobody can choose a
+/// digest): foldhash, not std's SipHash.
 #[derive(Clone)]
 pub struct TokenCache {
-    inner: moka::sync::Cache<TokenDigest, Arc<Verified>>,
+    inner: moka::sync::Cache<TokenDigest, Arc<Verified>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -85,7 +87,7 @@ impl TokenCache {
             inner: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntryTtl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 

@@ -41,8 +41,11 @@ fn installed() -> bool {
 /// store kind) and two static ones (outcome, reason…). Label values come
 /// from the loaded policies and the reason table, so the set is bounded by
 /// configuration — the recorder keeps a series for each anyway.
+///
+/// Hashed with foldhash rather than std's SipHash: the keys come from
+/// configuration, not from clients, and a `Check` makes five lookups.
 struct Cache<H> {
-    map: HashMap<Box<str>, Vec<Entry<H>>>,
+    map: HashMap<Box<str>, Vec<Entry<H>>, foldhash::fast::RandomState>,
 }
 
 /// The two static label values and the handle.
@@ -51,7 +54,7 @@ type Entry<H> = (&'static str, &'static str, H);
 impl<H: Clone> Cache<H> {
     fn new() -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 
