@@ -31,8 +31,12 @@ struct Measured {
     sample: Sample,
     /// (process label, CPU seconds used during the run).
     cpu: Vec<(&'static str, f64)>,
+    /// (process label, seconds its threads waited for a core).
+    wait: Vec<(&'static str, f64)>,
     /// The generator's own CPU seconds.
     generator_cpu: f64,
+    /// Seconds the generator's threads waited for a core.
+    generator_wait: f64,
     /// Redis commands during the run.
     redis_commands: Vec<(String, u64)>,
 }
@@ -41,13 +45,10 @@ impl Measured {
     /// Adds a later round of the same measurement.
     fn absorb(&mut self, other: Measured) {
         self.sample.absorb(other.sample);
-        for (label, seconds) in other.cpu {
-            match self.cpu.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, total)) => *total += seconds,
-                None => self.cpu.push((label, seconds)),
-            }
-        }
+        add_by_label(&mut self.cpu, other.cpu);
+        add_by_label(&mut self.wait, other.wait);
         self.generator_cpu += other.generator_cpu;
+        self.generator_wait += other.generator_wait;
         for (name, calls) in other.redis_commands {
             match self.redis_commands.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, total)) => *total += calls,
@@ -75,6 +76,31 @@ impl Measured {
             .map(|(_, s)| self.per_request_us(*s))
     }
 
+    /// CPU µs per request of the `labels` processes and the generator,
+    /// as `a / b / … / generator`.
+    fn cpu_cells(&self, labels: &[&str]) -> String {
+        self.cells(&self.cpu, self.generator_cpu, labels)
+    }
+
+    /// Run-queue wait µs per request (time runnable but off-core) of the
+    /// `labels` processes and the generator, as `a / b / … / generator`.
+    fn wait_cells(&self, labels: &[&str]) -> String {
+        self.cells(&self.wait, self.generator_wait, labels)
+    }
+
+    fn cells(&self, seconds: &[(&'static str, f64)], generator: f64, labels: &[&str]) -> String {
+        let us = |s: f64| format!("{:.1}", self.per_request_us(s));
+        let cells: Vec<String> = labels
+            .iter()
+            .map(|label| {
+                let found = seconds.iter().find(|(l, _)| l == label);
+                found.map_or_else(|| "-".to_owned(), |(_, s)| us(*s))
+            })
+            .chain(std::iter::once(us(generator)))
+            .collect();
+        cells.join(" / ")
+    }
+
     fn redis_per_request(&self) -> f64 {
         let total: u64 = self.redis_commands.iter().map(|(_, n)| n).sum();
         total as f64 / self.sample.calls.max(1) as f64
@@ -87,6 +113,16 @@ impl Measured {
             .map(|(name, n)| format!("{name} {:.2}", *n as f64 / calls))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Adds `more`'s seconds to `totals`, label by label.
+fn add_by_label(totals: &mut Vec<(&'static str, f64)>, more: Vec<(&'static str, f64)>) {
+    for (label, seconds) in more {
+        match totals.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, total)) => *total += seconds,
+            None => totals.push((label, seconds)),
+        }
     }
 }
 
@@ -119,28 +155,44 @@ impl Meter {
     where
         F: std::future::Future<Output = anyhow::Result<(Vec<C>, Sample)>>,
     {
-        let cpu_now = || -> Vec<f64> {
+        // (CPU seconds, run-queue wait seconds) of each watched process.
+        let usage_now = || -> Vec<(f64, f64)> {
             watched
                 .iter()
-                .map(|w| procs::cpu_seconds(Some(w.pid), self.ticks))
+                .map(|w| {
+                    (
+                        procs::cpu_seconds(Some(w.pid), self.ticks),
+                        procs::run_queue_wait_seconds(Some(w.pid)),
+                    )
+                })
                 .collect()
         };
+        let own_usage = || {
+            (
+                procs::cpu_seconds(None, self.ticks),
+                procs::run_queue_wait_seconds(None),
+            )
+        };
         let commands_before = redis.command_calls()?;
-        let self_before = procs::cpu_seconds(None, self.ticks);
-        let before = cpu_now();
+        let self_before = own_usage();
+        let before = usage_now();
         let (callers, sample) = rt.block_on(load)?;
-        let after = cpu_now();
-        let self_after = procs::cpu_seconds(None, self.ticks);
+        let after = usage_now();
+        let self_after = own_usage();
         let commands_after = redis.command_calls()?;
-        let cpu = watched
-            .iter()
-            .zip(before.iter().zip(after.iter()))
-            .map(|(w, (b, a))| (w.label, a - b))
-            .collect();
+        let delta = |pick: fn(&(f64, f64)) -> f64| -> Vec<(&'static str, f64)> {
+            watched
+                .iter()
+                .zip(before.iter().zip(after.iter()))
+                .map(|(w, (b, a))| (w.label, pick(a) - pick(b)))
+                .collect()
+        };
         let measured = Measured {
             sample,
-            cpu,
-            generator_cpu: self_after - self_before,
+            cpu: delta(|u| u.0),
+            wait: delta(|u| u.1),
+            generator_cpu: self_after.0 - self_before.0,
+            generator_wait: self_after.1 - self_before.1,
             redis_commands: procs::command_delta(&commands_before, &commands_after),
         };
         if measured.sample.failures > 0 {
@@ -589,8 +641,8 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
     }
     println!(
         "\n### Latency: unloaded (1 connection, closed loop) and open loop at {open_rate:.0} req/s (half the null+Redis saturation)\n\n\
-         | scenario | unloaded req/s | unloaded p50 ms | unloaded p99 ms | open p50 ms | open p99 ms | open p99.9 ms | open achieved req/s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|"
+         | scenario | unloaded req/s | unloaded p50 ms | unloaded p99 ms | open p50 ms | open p99 ms | open p99.9 ms | open achieved req/s | open: Envoy / server / Redis / generator CPU µs/req | open: run-queue wait µs/req, same order |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|---|"
     );
     for r in rows {
         let u = &r.unloaded.sample;
@@ -602,8 +654,12 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
                 o.sample.rate(),
             )
         });
+        let (ocpu, owait) = r.open.as_ref().map_or_else(Default::default, |o| {
+            let labels = ["envoy", "server", "redis"];
+            (o.cpu_cells(&labels), o.wait_cells(&labels))
+        });
         println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {o50:.3} | {o99:.3} | {o999:.3} | {orate:.0} |",
+            "| {} | {:.0} | {:.3} | {:.3} | {o50:.3} | {o99:.3} | {o999:.3} | {orate:.0} | {ocpu} | {owait} |",
             r.title,
             u.rate(),
             u.percentile_ms(50.0),
@@ -918,20 +974,21 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
     }
     println!(
         "\n### Open loop at 70 % of each server's saturated rate over 4 connections\n\n\
-         | server | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check |\n\
-         |---|---:|---:|---:|---:|---:|---:|"
+         | server | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | server / Redis / generator CPU µs/check | run-queue wait µs/check, same order |\n\
+         |---|---:|---:|---:|---:|---:|---|---|"
     );
     for r in rows {
         let s = &r.open.sample;
         println!(
-            "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} |",
             r.title,
             s.offered.unwrap_or_default(),
             s.rate(),
             s.percentile_ms(50.0),
             s.percentile_ms(99.0),
             s.percentile_ms(99.9),
-            cpu_cell(r.open.cpu_us("server")),
+            r.open.cpu_cells(&["server", "redis"]),
+            r.open.wait_cells(&["server", "redis"]),
         );
     }
     if !targets {
