@@ -218,8 +218,8 @@ impl Redis {
         Ok(redis::Client::open(self.url())?.get_connection()?)
     }
 
-    /// Calls per command from `INFO commandstats` (`evalsha` → n).
-    pub fn command_calls(&self) -> anyhow::Result<Vec<(String, u64)>> {
+    /// Calls and time per command from `INFO commandstats`.
+    pub fn command_calls(&self) -> anyhow::Result<Vec<(String, CommandStat)>> {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(&mut self.connection()?)?;
@@ -294,33 +294,63 @@ pub fn client_command(line: &str) -> Option<String> {
     Some(command.to_ascii_lowercase())
 }
 
-/// `cmdstat_evalsha:calls=12,usec=…` lines → (`evalsha`, 12).
-pub fn parse_commandstats(info: &str) -> Vec<(String, u64)> {
+/// One command's line of `INFO commandstats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommandStat {
+    pub calls: u64,
+    /// µs Redis spent in the command; a script's (`evalsha`) includes
+    /// the commands it runs, which are counted on their own lines too.
+    pub usec: u64,
+}
+
+impl std::ops::AddAssign for CommandStat {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.usec += other.usec;
+    }
+}
+
+/// `cmdstat_evalsha:calls=12,usec=96,…` lines → (`evalsha`, 12 calls, 96 µs).
+pub fn parse_commandstats(info: &str) -> Vec<(String, CommandStat)> {
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let field = |key: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            let stat = CommandStat {
+                calls: field("calls")?,
+                usec: field("usec").unwrap_or(0),
+            };
+            Some((name.to_owned(), stat))
         })
         .collect()
 }
 
 /// The difference of two `commandstats` readings, leaving out the
 /// benchmark's own `INFO`, `CONFIG` and `FLUSHALL` calls.
-pub fn command_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = after
+pub fn command_delta(
+    before: &[(String, CommandStat)],
+    after: &[(String, CommandStat)],
+) -> Vec<(String, CommandStat)> {
+    let mut out: Vec<(String, CommandStat)> = after
         .iter()
         .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|get" | "config" | "flushall"))
-        .filter_map(|(name, calls)| {
+        .filter_map(|(name, now)| {
             let was = before
                 .iter()
                 .find(|(n, _)| n == name)
-                .map_or(0, |(_, c)| *c);
-            (calls > &was).then(|| (name.clone(), calls - was))
+                .map_or_else(CommandStat::default, |(_, c)| *c);
+            (now.calls > was.calls).then(|| {
+                let delta = CommandStat {
+                    calls: now.calls - was.calls,
+                    usec: now.usec.saturating_sub(was.usec),
+                };
+                (name.clone(), delta)
+            })
         })
         .collect();
     out.sort();
@@ -443,7 +473,16 @@ mod tests {
         );
         assert_eq!(
             command_delta(&before, &after),
-            vec![("evalsha".into(), 100), ("script|load".into(), 1)]
+            vec![
+                (
+                    "evalsha".into(),
+                    CommandStat {
+                        calls: 100,
+                        usec: 500
+                    }
+                ),
+                ("script|load".into(), CommandStat { calls: 1, usec: 9 })
+            ]
         );
     }
 

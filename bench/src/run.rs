@@ -38,7 +38,7 @@ struct Measured {
     /// Seconds the generator's threads waited for a core.
     generator_wait: f64,
     /// Redis commands during the run.
-    redis_commands: Vec<(String, u64)>,
+    redis_commands: Vec<(String, procs::CommandStat)>,
 }
 
 impl Measured {
@@ -49,10 +49,10 @@ impl Measured {
         add_by_label(&mut self.wait, other.wait);
         self.generator_cpu += other.generator_cpu;
         self.generator_wait += other.generator_wait;
-        for (name, calls) in other.redis_commands {
+        for (name, stat) in other.redis_commands {
             match self.redis_commands.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += calls,
-                None => self.redis_commands.push((name, calls)),
+                Some((_, total)) => *total += stat,
+                None => self.redis_commands.push((name, stat)),
             }
         }
         self.redis_commands.sort();
@@ -102,15 +102,23 @@ impl Measured {
     }
 
     fn redis_per_request(&self) -> f64 {
-        let total: u64 = self.redis_commands.iter().map(|(_, n)| n).sum();
+        let total: u64 = self.redis_commands.iter().map(|(_, s)| s.calls).sum();
         total as f64 / self.sample.calls.max(1) as f64
     }
 
+    /// Per request: each command's calls and the µs Redis spent in it
+    /// (`commandstats`; a script's time includes the commands it runs).
     fn redis_breakdown(&self) -> String {
         let calls = self.sample.calls.max(1) as f64;
         self.redis_commands
             .iter()
-            .map(|(name, n)| format!("{name} {:.2}", *n as f64 / calls))
+            .map(|(name, s)| {
+                format!(
+                    "{name} {:.2} ({:.1} µs)",
+                    s.calls as f64 / calls,
+                    s.usec as f64 / calls
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -676,15 +684,20 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         );
     }
     println!(
-        "- Redis commands per request, tollgate (INFO commandstats, counting the commands its script runs inside Redis): {:.2} ({})",
+        "- Redis commands per request, tollgate (INFO commandstats, counting the commands its script runs inside Redis, with Redis's own µs per request in each; a script's µs include its commands'): {:.2} ({})",
         tollgate.saturated.redis_per_request(),
         tollgate.saturated.redis_breakdown()
+    );
+    let floor = row(rows, "null_redis")?;
+    println!(
+        "- Redis commands per request, the floor (null+Redis): {:.2} ({})",
+        floor.saturated.redis_per_request(),
+        floor.saturated.redis_breakdown()
     );
     if let Some((n, breakdown)) = &tollgate.round_trips {
         println!("- Redis round trips per request, tollgate (MONITOR): {n:.2} ({breakdown})");
     }
 
-    let floor = row(rows, "null_redis")?;
     let jwt = row(rows, "jwt")?;
     let jwt_cache = row(rows, "jwt_cache")?;
     let ratio = |a: &EnvoyRow, b: &EnvoyRow| {
@@ -990,6 +1003,15 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
             r.open.cpu_cells(&["server", "redis"]),
             r.open.wait_cells(&["server", "redis"]),
         );
+    }
+    println!(
+        "\nRedis per check, fastest saturated measurement (INFO commandstats: calls, with \
+         Redis's own µs in each; a script's µs include its commands'):\n"
+    );
+    for r in rows {
+        if let Some(m) = best(r).filter(|m| m.redis_per_request() > 0.0) {
+            println!("- {}: {}", r.title, m.redis_breakdown());
+        }
     }
     if !targets {
         return Ok(());
