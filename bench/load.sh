@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tollgate's load benchmark, side by side in one run (docs/performance.md):
 #
-#   bench/load.sh            full run (~10 s per measurement; about 15 minutes)
+#   bench/load.sh            full run (~10 s per measurement; about 8 minutes)
 #   bench/load.sh --quick    CI smoke run (~1 s per measurement; checks that
 #                            every part runs, never judges the figures)
 #
