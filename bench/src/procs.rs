@@ -459,8 +459,14 @@ mod tests {
     fn schedstat_wait_is_the_second_field() {
         assert_eq!(parse_schedstat_wait_ns("81234 5678 90\n"), Some(5678));
         assert_eq!(parse_schedstat_wait_ns("81234"), None);
-        let own = run_queue_wait_seconds(None);
-        assert!(own >= 0.0 && own.is_finite());
+        let own = std::fs::read_to_string("/proc/self/schedstat")
+            .expect("the kernel exposes /proc/<pid>/schedstat");
+        assert!(parse_schedstat_wait_ns(&own).is_some(), "{own}");
+        assert_eq!(
+            run_queue_wait_seconds(Some(u32::MAX)),
+            0.0,
+            "no such process"
+        );
     }
 
     #[test]

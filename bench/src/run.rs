@@ -45,16 +45,11 @@ impl Measured {
     /// Adds a later round of the same measurement.
     fn absorb(&mut self, other: Measured) {
         self.sample.absorb(other.sample);
-        add_by_label(&mut self.cpu, other.cpu);
-        add_by_label(&mut self.wait, other.wait);
+        add_by_key(&mut self.cpu, other.cpu);
+        add_by_key(&mut self.wait, other.wait);
         self.generator_cpu += other.generator_cpu;
         self.generator_wait += other.generator_wait;
-        for (name, stat) in other.redis_commands {
-            match self.redis_commands.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += stat,
-                None => self.redis_commands.push((name, stat)),
-            }
-        }
+        add_by_key(&mut self.redis_commands, other.redis_commands);
         self.redis_commands.sort();
     }
 
@@ -124,12 +119,13 @@ impl Measured {
     }
 }
 
-/// Adds `more`'s seconds to `totals`, label by label.
-fn add_by_label(totals: &mut Vec<(&'static str, f64)>, more: Vec<(&'static str, f64)>) {
-    for (label, seconds) in more {
-        match totals.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, total)) => *total += seconds,
-            None => totals.push((label, seconds)),
+/// Adds `more` to `totals`, key by key (a process's seconds, a Redis
+/// command's calls and time).
+fn add_by_key<K: PartialEq, V: std::ops::AddAssign>(totals: &mut Vec<(K, V)>, more: Vec<(K, V)>) {
+    for (key, value) in more {
+        match totals.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, total)) => *total += value,
+            None => totals.push((key, value)),
         }
     }
 }
