@@ -88,6 +88,12 @@ pub struct Options {
     /// The tollgate binary (default `<repo>/target/release/tollgate`).
     #[arg(long)]
     pub tollgate: Option<PathBuf>,
+    /// Start each null server through this program, given the benchmark
+    /// binary and the null server's arguments (a script that execs
+    /// `valgrind --tool=callgrind "$@"`, as `bench/callgrind.sh` writes):
+    /// the null servers' counterpart of `--tollgate`.
+    #[arg(long)]
+    pub null_wrapper: Option<PathBuf>,
     /// Connections (HTTP/1.1) or requests in flight (gRPC) when saturated.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,

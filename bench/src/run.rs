@@ -330,7 +330,14 @@ fn start_null(
     bare: bool,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
+    let mut command = match &options.null_wrapper {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
     command
         .env("TOKIO_WORKER_THREADS", options.server_threads.to_string())
         .arg("null-server")
