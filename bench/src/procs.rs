@@ -461,7 +461,10 @@ mod tests {
         assert_eq!(parse_schedstat_wait_ns("81234"), None);
         let own = std::fs::read_to_string("/proc/self/schedstat")
             .expect("the kernel exposes /proc/<pid>/schedstat");
-        assert!(parse_schedstat_wait_ns(&own).is_some(), "{own}");
+        let main_thread = parse_schedstat_wait_ns(&own).expect("a schedstat line") as f64 / 1e9;
+        // The main thread is one of this process's tasks and its wait only
+        // grows, so the sum read afterwards holds at least its wait.
+        assert!(run_queue_wait_seconds(None) >= main_thread, "{own}");
         assert_eq!(
             run_queue_wait_seconds(Some(u32::MAX)),
             0.0,

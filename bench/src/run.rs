@@ -65,7 +65,12 @@ impl Measured {
     }
 
     fn cpu_us(&self, label: &str) -> Option<f64> {
-        self.cpu
+        self.us_of(&self.cpu, label)
+    }
+
+    /// µs per request of `label`'s seconds in `seconds` (CPU or wait).
+    fn us_of(&self, seconds: &[(&'static str, f64)], label: &str) -> Option<f64> {
+        seconds
             .iter()
             .find(|(l, _)| *l == label)
             .map(|(_, s)| self.per_request_us(*s))
@@ -84,14 +89,11 @@ impl Measured {
     }
 
     fn cells(&self, seconds: &[(&'static str, f64)], generator: f64, labels: &[&str]) -> String {
-        let us = |s: f64| format!("{:.1}", self.per_request_us(s));
         let cells: Vec<String> = labels
             .iter()
-            .map(|label| {
-                let found = seconds.iter().find(|(l, _)| l == label);
-                found.map_or_else(|| "-".to_owned(), |(_, s)| us(*s))
-            })
-            .chain(std::iter::once(us(generator)))
+            .map(|label| self.us_of(seconds, label))
+            .chain(std::iter::once(Some(self.per_request_us(generator))))
+            .map(|us| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")))
             .collect();
         cells.join(" / ")
     }
