@@ -21,6 +21,7 @@ pub mod admin;
 pub mod authn;
 pub mod cli;
 pub mod clock;
+pub mod compile_context;
 pub mod config;
 pub mod decision;
 pub mod encoding;

@@ -131,6 +131,9 @@ impl ServerState {
 #[derive(Clone, Debug)]
 pub struct Readiness {
     flags: Arc<watch::Sender<Flags>>,
+    /// What a source still waits for before its first snapshot (shown by
+    /// `/readyz`).
+    waiting: Arc<std::sync::Mutex<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -188,7 +191,19 @@ impl Readiness {
         });
         Self {
             flags: Arc::new(flags),
+            waiting: Arc::default(),
         }
+    }
+
+    /// Records what the policy source waits for before its first snapshot.
+    pub fn set_waiting(&self, detail: String) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = detail;
+    }
+
+    /// What the policy source waits for, if it said.
+    pub fn waiting(&self) -> Option<String> {
+        let detail = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        (!detail.is_empty()).then(|| detail.clone())
     }
 
     /// Records that a policy snapshot is being served.

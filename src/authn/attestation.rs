@@ -33,7 +33,7 @@ use super::keys::{self, KeyProvider};
 use super::token_cache::{self, TokenCache, Verified};
 use crate::decision::Deny;
 use crate::limits::Nonce;
-use crate::policy::compile::CompileContext;
+use crate::compile_context::CompileContext;
 use crate::policy::types::AttestationSpec;
 use crate::reason::Reason;
 use crate::request::RequestContext;

@@ -23,7 +23,7 @@ use super::keys::{self, KeyProvider};
 use super::token_cache::{self, TokenCache, Verified};
 use crate::decision::Deny;
 use crate::origin::Origin;
-use crate::policy::compile::CompileContext;
+use crate::compile_context::CompileContext;
 use crate::policy::types::{Requirement, UserSpec};
 use crate::reason::Reason;
 use crate::request::RequestContext;
