@@ -393,15 +393,32 @@ mod tests {
         assert!(config.kubernetes);
         assert_eq!(config.kube.namespaces, ["mobility", "payments", "rail"]);
         assert_eq!(config.validate(), Ok(()));
-        assert_eq!(parse(&["--kubernetes"]).kube.secret_label, "tollgate.dev/secret=true");
+        assert_eq!(
+            parse(&["--kubernetes"]).kube.secret_label,
+            "tollgate.dev/secret=true"
+        );
 
         let both = parse(&["--kubernetes", "--policy-file", "p.yaml"]);
         assert_eq!(both.validate(), Err(ConfigError::BothPolicySources));
         let stray = parse(&["--policy-file", "p.yaml", "--namespace", "x"]);
-        assert_eq!(stray.validate(), Err(ConfigError::KubernetesOnly("--namespace")));
+        assert_eq!(
+            stray.validate(),
+            Err(ConfigError::KubernetesOnly("--namespace"))
+        );
         let namespace = parse(&["--kubernetes", "--namespace", "Mobility"]);
-        assert_eq!(namespace.validate(), Err(ConfigError::Namespace("Mobility".into())));
-        for bad in ["", "=true", "a b=c", "x/=y", "-x=y", "k=v!", "UPPER.example/k=v"] {
+        assert_eq!(
+            namespace.validate(),
+            Err(ConfigError::Namespace("Mobility".into()))
+        );
+        for bad in [
+            "",
+            "=true",
+            "a b=c",
+            "x/=y",
+            "-x=y",
+            "k=v!",
+            "UPPER.example/k=v",
+        ] {
             let label = parse(&["--kubernetes", "--secret-label", bad]);
             assert!(
                 matches!(label.validate(), Err(ConfigError::SecretLabel(..))),

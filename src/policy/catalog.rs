@@ -238,7 +238,9 @@ impl Report {
             }
         }
         for object in &self.objects {
-            *counts.entry((object.object.kind, object.state)).or_default() += 1;
+            *counts
+                .entry((object.object.kind, object.state))
+                .or_default() += 1;
         }
         counts
     }
@@ -289,7 +291,10 @@ impl<Spec, Compiled> Slot<Spec, Compiled> {
     }
 
     fn state(&self) -> ObjectState {
-        match (&self.serving, self.errors.is_empty() && self.latest.is_some()) {
+        match (
+            &self.serving,
+            self.errors.is_empty() && self.latest.is_some(),
+        ) {
             (Some(_), true) => ObjectState::Serving,
             (Some(_), false) => ObjectState::ServingPrevious,
             (None, _) => ObjectState::NotServing,
@@ -316,7 +321,10 @@ trait Compile: Sized {
     type Output;
     /// True when `other` has the same spec (metadata aside).
     fn same_spec(&self, other: &Self) -> bool;
-    fn compile(&self, secrets: &Secrets) -> (Result<Self::Output, Vec<FieldError>>, Vec<SecretRead>);
+    fn compile(
+        &self,
+        secrets: &Secrets,
+    ) -> (Result<Self::Output, Vec<FieldError>>, Vec<SecretRead>);
     fn generation(&self) -> Option<i64>;
 }
 
@@ -327,7 +335,10 @@ impl Compile for ApiPolicy {
         self.spec == other.spec
     }
 
-    fn compile(&self, secrets: &Secrets) -> (Result<PolicyBuild, Vec<FieldError>>, Vec<SecretRead>) {
+    fn compile(
+        &self,
+        secrets: &Secrets,
+    ) -> (Result<PolicyBuild, Vec<FieldError>>, Vec<SecretRead>) {
         let namespace = self.metadata.namespace.as_deref().unwrap_or("default");
         let ctx = CompileContext::new(namespace, secrets);
         let result = super::compile::compile_policy(self, &ctx).map(|policy| PolicyBuild {
@@ -349,7 +360,10 @@ impl Compile for AppRegistration {
         self.spec == other.spec
     }
 
-    fn compile(&self, secrets: &Secrets) -> (Result<CompiledApp, Vec<FieldError>>, Vec<SecretRead>) {
+    fn compile(
+        &self,
+        secrets: &Secrets,
+    ) -> (Result<CompiledApp, Vec<FieldError>>, Vec<SecretRead>) {
         let namespace = self.metadata.namespace.as_deref().unwrap_or("default");
         let ctx = CompileContext::new(namespace, secrets);
         let result = CompiledApp::compile(self, &ctx);
@@ -473,7 +487,10 @@ impl Catalog {
     pub fn objects(&self) -> Vec<(ObjectRef, &Origin)> {
         let mut out = Vec::new();
         for ((namespace, name), slot) in &self.policies {
-            out.push((ObjectRef::new(Kind::ApiPolicy, namespace, name), &slot.origin));
+            out.push((
+                ObjectRef::new(Kind::ApiPolicy, namespace, name),
+                &slot.origin,
+            ));
         }
         for ((namespace, name), slot) in &self.apps {
             out.push((
@@ -496,81 +513,18 @@ impl Catalog {
     /// report of every object.
     pub fn assemble(&self, version: u64) -> (Snapshot, Report) {
         let mut reports: BTreeMap<ObjectRef, ObjectReport> = BTreeMap::new();
-        let policy_ref = |(ns, name): &(String, String)| ObjectRef::new(Kind::ApiPolicy, ns, name);
-        let app_ref = |(ns, name): &(String, String)| ObjectRef::new(Kind::AppRegistration, ns, name);
         for (key, slot) in &self.policies {
-            reports.insert(policy_ref(key), slot.report(policy_ref(key)));
+            let object = ObjectRef::new(Kind::ApiPolicy, &key.0, &key.1);
+            reports.insert(object.clone(), slot.report(object));
         }
         for (key, slot) in &self.apps {
-            reports.insert(app_ref(key), slot.report(app_ref(key)));
+            let object = ObjectRef::new(Kind::AppRegistration, &key.0, &key.1);
+            reports.insert(object.clone(), slot.report(object));
         }
-
-        // Policies, oldest first, claim their hosts.
-        let mut serving: Vec<_> = self
-            .policies
-            .iter()
-            .filter_map(|(key, slot)| Some((slot.age, key, &slot.describe, slot.serving.as_ref()?)))
-            .collect();
-        serving.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let mut hosts = HostIndex::default();
-        let mut policies = HashMap::new();
         let mut warnings = Vec::new();
-        for (_, key, describe, (build, _)) in &serving {
-            let report = reports.get_mut(&policy_ref(key));
-            let mut served = Vec::new();
-            let mut conflicts = Vec::new();
-            for (i, host) in build.hosts.iter().enumerate() {
-                match hosts.claim(host, &build.policy.id) {
-                    Ok(()) => served.push(host.to_ascii_lowercase()),
-                    Err(conflict) => {
-                        let error = FieldError::new(
-                            format!("spec.hosts[{i}]"),
-                            format!(
-                                "host {:?} is already served by the older ApiPolicy {}; this \
-                                 policy is not served for it",
-                                conflict.host, conflict.kept
-                            ),
-                        );
-                        warnings.push(format!("{describe}: {error}"));
-                        let (ns, name) = conflict.kept.as_str().split_once('/').unwrap_or_default();
-                        conflicts.push(Conflict {
-                            error,
-                            holder: ObjectRef::new(Kind::ApiPolicy, ns, name),
-                        });
-                    }
-                }
-            }
-            served.sort();
-            if let Some(report) = report {
-                report.hosts = served;
-                report.conflicts = conflicts;
-            }
-            policies.insert(build.policy.id.clone(), build.policy.clone());
-        }
-
-        // Registrations, oldest first, claim their ids and credentials.
-        let mut serving_apps: Vec<_> = self
-            .apps
-            .iter()
-            .filter_map(|(key, slot)| Some((slot.age, key, slot.serving.as_ref()?)))
-            .collect();
-        serving_apps.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let (apps, app_conflicts) = AppIndex::build(serving_apps.iter().map(|(_, _, (app, _))| &**app));
-        for conflict in app_conflicts {
-            let object = app_ref(&conflict.refused);
-            if let Some(report) = reports.get_mut(&object) {
-                // Left out of the index whole: nothing of it is served.
-                report.state = ObjectState::NotServing;
-                warnings.push(format!("{}: {}", report.describe, conflict.error));
-                report.conflicts.push(Conflict {
-                    error: conflict.error,
-                    holder: app_ref(&conflict.holder),
-                });
-            }
-        }
-
+        let (hosts, policies) = self.claim_hosts(&mut reports, &mut warnings);
+        let apps = self.index_apps(&mut reports, &mut warnings);
         self.relate_apps_and_policies(&apps, &policies, &mut reports, &mut warnings);
-
         let snapshot = Snapshot {
             policies,
             hosts,
@@ -583,6 +537,85 @@ impl Catalog {
             objects: reports.into_values().collect(),
         };
         (snapshot, report)
+    }
+
+    /// Served policies, oldest first, claim their hosts; a host an older
+    /// policy holds is a conflict of the newer one (it keeps its other
+    /// hosts).
+    fn claim_hosts(
+        &self,
+        reports: &mut BTreeMap<ObjectRef, ObjectReport>,
+        warnings: &mut Vec<String>,
+    ) -> (HostIndex, HashMap<PolicyId, Arc<CompiledPolicy>>) {
+        let mut serving: Vec<_> = self
+            .policies
+            .iter()
+            .filter_map(|(key, slot)| Some((slot.age, key, slot.serving.as_ref()?)))
+            .collect();
+        serving.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut hosts = HostIndex::default();
+        let mut policies = HashMap::new();
+        for (_, (namespace, name), (build, _)) in serving {
+            let object = ObjectRef::new(Kind::ApiPolicy, namespace, name);
+            let Some(report) = reports.get_mut(&object) else {
+                continue;
+            };
+            for (i, host) in build.hosts.iter().enumerate() {
+                match hosts.claim(host, &build.policy.id) {
+                    Ok(()) => report.hosts.push(host.to_ascii_lowercase()),
+                    Err(conflict) => {
+                        let error = FieldError::new(
+                            format!("spec.hosts[{i}]"),
+                            format!(
+                                "host {:?} is already served by the older ApiPolicy {}; this \
+                                 policy is not served for it",
+                                conflict.host, conflict.kept
+                            ),
+                        );
+                        warnings.push(format!("{}: {error}", report.describe));
+                        let (ns, name) = conflict.kept.as_str().split_once('/').unwrap_or_default();
+                        report.conflicts.push(Conflict {
+                            error,
+                            holder: ObjectRef::new(Kind::ApiPolicy, ns, name),
+                        });
+                    }
+                }
+            }
+            report.hosts.sort();
+            policies.insert(build.policy.id.clone(), build.policy.clone());
+        }
+        (hosts, policies)
+    }
+
+    /// Served registrations, oldest first, claim their ids and
+    /// credentials; one claiming what an older one holds is left out.
+    fn index_apps(
+        &self,
+        reports: &mut BTreeMap<ObjectRef, ObjectReport>,
+        warnings: &mut Vec<String>,
+    ) -> AppIndex {
+        let mut serving: Vec<_> = self
+            .apps
+            .iter()
+            .filter_map(|(key, slot)| Some((slot.age, key, slot.serving.as_ref()?)))
+            .collect();
+        serving.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let (apps, conflicts) = AppIndex::build(serving.iter().map(|(_, _, (app, _))| &**app));
+        for conflict in conflicts {
+            let (namespace, name) = &conflict.refused;
+            let object = ObjectRef::new(Kind::AppRegistration, namespace, name);
+            if let Some(report) = reports.get_mut(&object) {
+                // Left out of the index whole: nothing of it is served.
+                report.state = ObjectState::NotServing;
+                warnings.push(format!("{}: {}", report.describe, conflict.error));
+                let (namespace, name) = &conflict.holder;
+                report.conflicts.push(Conflict {
+                    error: conflict.error,
+                    holder: ObjectRef::new(Kind::AppRegistration, namespace, name),
+                });
+            }
+        }
+        apps
     }
 
     /// The facts and warnings that relate served registrations to served
@@ -640,8 +673,15 @@ impl Catalog {
                 report.plans.push(((*id).clone(), effective));
             }
             report.plans.sort();
-            report.warnings.sort_by(|a, b| (&a.field, &a.message).cmp(&(&b.field, &b.message)));
-            app_warnings.extend(report.warnings.iter().map(|w| format!("{}: {w}", report.describe)));
+            report
+                .warnings
+                .sort_by(|a, b| (&a.field, &a.message).cmp(&(&b.field, &b.message)));
+            app_warnings.extend(
+                report
+                    .warnings
+                    .iter()
+                    .map(|w| format!("{}: {w}", report.describe)),
+            );
         }
         for (id, count) in accepted {
             let (ns, name) = id.as_str().split_once('/').unwrap_or_default();
@@ -670,7 +710,11 @@ fn upsert_slot<S: Compile>(
     slot.origin = origin;
     slot.age = age;
     slot.generation = spec.generation();
-    if slot.latest.as_deref().is_some_and(|latest| latest.same_spec(&spec)) {
+    if slot
+        .latest
+        .as_deref()
+        .is_some_and(|latest| latest.same_spec(&spec))
+    {
         // Unchanged (a re-list, a resync): the same spec and the same
         // Secrets compile the same; keep the compiled version and its
         // caches.

@@ -259,10 +259,10 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<LoadedDocument>, L
     let results = parse_each(path, text).map_err(|e| LoadErrors(vec![e]))?;
     let mut docs = Vec::new();
     let mut errors = Vec::new();
-    for result in results {
-        match result {
-            Ok(doc) => docs.push(doc),
-            Err(rejected) => errors.push(rejected.error),
+    for parsed in results {
+        match parsed {
+            Parsed::Loaded(doc) => docs.push(doc),
+            Parsed::Rejected(rejected) => errors.push(rejected.error),
         }
     }
     if errors.is_empty() {
@@ -281,13 +281,17 @@ pub struct RejectedDocument {
     pub error: DocumentError,
 }
 
+/// One document of a file, read or not.
+#[derive(Clone, Debug)]
+pub enum Parsed {
+    Loaded(LoadedDocument),
+    Rejected(RejectedDocument),
+}
+
 /// Parses the documents of one file one by one, so a broken document is
 /// an error of its own and the others still load. `Err`: the file as a
 /// whole is not YAML (no document can be trusted).
-pub fn parse_each(
-    path: &Path,
-    text: &str,
-) -> Result<Vec<Result<LoadedDocument, RejectedDocument>>, DocumentError> {
+pub fn parse_each(path: &Path, text: &str) -> Result<Vec<Parsed>, DocumentError> {
     // Snippets are off: a YAML error inside a Secret would otherwise print
     // the Secret's lines. The message still carries line and column.
     // Booleans are YAML 1.2 only (`true`/`false`): with YAML 1.1 rules the
@@ -319,23 +323,24 @@ pub fn parse_each(
         .enumerate()
         .map(|(i, value)| {
             let index = i + 1;
-            parse_document(value)
-                .map(|document| LoadedDocument {
+            match parse_document(value) {
+                Ok(document) => Parsed::Loaded(LoadedDocument {
                     origin: Origin::File {
                         path: path.to_owned(),
                         index,
                     },
                     document,
-                })
-                .map_err(|e| RejectedDocument {
-                    object: e.object,
+                }),
+                Err(e) => Parsed::Rejected(RejectedDocument {
+                    object: e.object.map(|o| *o),
                     error: DocumentError {
                         file: path.to_owned(),
                         document: Some((index, e.label)),
                         field: e.field,
                         message: e.message,
                     },
-                })
+                }),
+            }
         })
         .collect();
     Ok(results)
@@ -345,15 +350,15 @@ pub fn parse_each(
 /// strict reader as policy files. `Err`: the object it would have been
 /// (when known), the field and the message.
 pub fn read_object(value: Value) -> Result<Document, (Option<ObjectRef>, Option<String>, String)> {
-    parse_document(value).map_err(|e| (e.object, e.field, e.message))
+    parse_document(value).map_err(|e| (e.object.map(|o| *o), e.field, e.message))
 }
 
 /// An error inside one document, before the file is known.
 struct DocError {
     label: String,
     /// The object the document would have been, when its kind and name
-    /// could be read.
-    object: Option<ObjectRef>,
+    /// could be read (boxed: errors travel by value through every reader).
+    object: Option<Box<ObjectRef>>,
     field: Option<String>,
     message: String,
 }
@@ -414,7 +419,7 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
             .unwrap_or("default");
-        Some(ObjectRef::new(kind, namespace, name))
+        Some(Box::new(ObjectRef::new(kind, namespace, name)))
     };
     let about = |kind: Kind| {
         let object = object(kind);

@@ -45,7 +45,7 @@ use super::report::Reporter;
 use crate::compile_context::FieldError;
 use crate::policy::catalog::{Age, Catalog, ObjectRef};
 use crate::policy::compile::{self, CompileErrors};
-use crate::policy::document::{self, DocumentError, LoadErrors, Origin};
+use crate::policy::document::{self, DocumentError, LoadErrors, Origin, Parsed};
 use crate::policy::snapshot::{SharedSnapshot, Snapshot};
 
 /// The default polling interval of [`watch_files`].
@@ -233,11 +233,7 @@ impl FileSource {
         files: Vec<(PathBuf, Result<String, DocumentError>)>,
         version: u64,
     ) -> (Snapshot, Outcome) {
-        let mut problems: Vec<String> = self
-            .apply(files)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let mut problems: Vec<String> = self.apply(files).iter().map(ToString::to_string).collect();
         let (mut snapshot, report) = self.catalog.assemble(version);
         snapshot.source_digest = Some(self.digest);
         self.reporter.publish(&report, version);
@@ -250,7 +246,10 @@ impl FileSource {
     /// Applies every readable document to the catalog and removes objects
     /// no longer defined (except those of files that could not be read
     /// whole). Returns the problems of reading; each is also logged.
-    fn apply(&mut self, files: Vec<(PathBuf, Result<String, DocumentError>)>) -> Vec<DocumentError> {
+    fn apply(
+        &mut self,
+        files: Vec<(PathBuf, Result<String, DocumentError>)>,
+    ) -> Vec<DocumentError> {
         let mut problems = Vec::new();
         // Objects read in this pass → how messages name them.
         let mut seen: HashMap<ObjectRef, String> = HashMap::new();
@@ -266,10 +265,10 @@ impl FileSource {
                     continue;
                 }
             };
-            for result in results {
+            for parsed in results {
                 position += 1;
-                match result {
-                    Ok(loaded) => {
+                match parsed {
+                    Parsed::Loaded(loaded) => {
                         let object = ObjectRef::of(&loaded.document);
                         if let Some(first) = seen.get(&object) {
                             problems.push(duplicate(&loaded.origin, &object, first));
@@ -280,7 +279,7 @@ impl FileSource {
                         let age = Age::of(&loaded.document, position);
                         self.catalog.upsert(loaded, age);
                     }
-                    Err(rejected) => {
+                    Parsed::Rejected(rejected) => {
                         let error = rejected.error;
                         match rejected.object {
                             Some(object) if !seen.contains_key(&object) => {

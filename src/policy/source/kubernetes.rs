@@ -108,7 +108,10 @@ enum Change {
 enum LoadedOrRejected {
     Loaded(Box<LoadedDocument>),
     /// The API server holds it but tollgate cannot read it.
-    Rejected { object: ObjectRef, error: FieldError },
+    Rejected {
+        object: ObjectRef,
+        error: FieldError,
+    },
 }
 
 impl LoadedOrRejected {
@@ -132,7 +135,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Stri
                 .map_err(|e| format!("cannot use the kubeconfig {}: {e}", path.display()))?
         }
         None => kube::Config::infer().await.map_err(|e| {
-            format!("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config): {e}")
+            format!(
+                "no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config): {e}"
+            )
         })?,
     };
     Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
@@ -151,25 +156,7 @@ pub async fn run(
         "tollgate reads only Secrets labelled {}: is the label missing?",
         settings.secret_label
     );
-    let mut scopes = Vec::new();
-    let mut streams: Vec<BoxStream<'static, (usize, Change)>> = Vec::new();
-    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
-    for namespace in &namespaces {
-        for kind in [Kind::ApiPolicy, Kind::AppRegistration, Kind::Secret] {
-            let scope = Scope {
-                kind,
-                namespace: namespace.clone(),
-            };
-            let index = scopes.len();
-            let changes = watch_scope(client.clone(), &scope, &settings.secret_label);
-            streams.push(changes.map(move |change| (index, change)).boxed());
-            scopes.push(scope);
-        }
-    }
+    let (scopes, streams) = watches(&client, &settings);
     let state = State {
         catalog: Catalog::new(Some(hint)),
         reporter: Reporter::default(),
@@ -222,6 +209,34 @@ pub async fn run(
         }
     }
     tracing::debug!("Kubernetes policy watcher stopped");
+}
+
+/// Every watch (three kinds in each namespace, or in all), each tagged
+/// with its index in the returned scopes.
+fn watches(
+    client: &Client,
+    settings: &Settings,
+) -> (Vec<Scope>, Vec<BoxStream<'static, (usize, Change)>>) {
+    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut scopes = Vec::new();
+    let mut streams = Vec::new();
+    for namespace in namespaces {
+        for kind in [Kind::ApiPolicy, Kind::AppRegistration, Kind::Secret] {
+            let scope = Scope {
+                kind,
+                namespace: namespace.clone(),
+            };
+            let index = scopes.len();
+            let changes = watch_scope(client.clone(), &scope, &settings.secret_label);
+            streams.push(changes.map(move |change| (index, change)).boxed());
+            scopes.push(scope);
+        }
+    }
+    (scopes, streams)
 }
 
 /// What a batch led to.
@@ -360,7 +375,11 @@ impl State {
 
 /// Watches one scope; every event is read into documents, every error
 /// reported (the watch retries by itself after a backoff).
-fn watch_scope(client: Client, scope: &Scope, secret_label: &str) -> impl Stream<Item = Change> + Send + 'static {
+fn watch_scope(
+    client: Client,
+    scope: &Scope,
+    secret_label: &str,
+) -> impl Stream<Item = Change> + Send + 'static {
     let config = watcher::Config::default();
     match scope.kind {
         Kind::Secret => {
@@ -397,10 +416,12 @@ where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
     K: Send,
 {
-    watch.backoff(WatchBackoff::default()).map(move |item| match item {
-        Ok(event) => Change::Object(map_event(event, &read)),
-        Err(error) => Change::Failed(describe_error(&error)),
-    })
+    watch
+        .backoff(WatchBackoff::default())
+        .map(move |item| match item {
+            Ok(event) => Change::Object(map_event(event, &read)),
+            Err(error) => Change::Failed(describe_error(&error)),
+        })
 }
 
 fn map_event<K, T>(event: Event<K>, read: impl Fn(K) -> T) -> Event<T> {
@@ -427,9 +448,9 @@ fn describe_error(error: &watcher::Error) -> String {
     };
     match api {
         Some((403, message)) => format!(
-            "permission denied: {message} (tollgate serve --kubernetes needs get, list and \
-             watch on apipolicies and appregistrations (tollgate.dev) and list and watch on \
-             secrets; see docs/kubernetes.md)"
+            "permission denied: {message} (tollgate serve --kubernetes needs list and watch \
+             on apipolicies and appregistrations in group tollgate.dev and on secrets: \
+             deploy/rbac/server.yaml, docs/kubernetes.md)"
         ),
         Some((404, message)) => format!(
             "not found: {message} (are the tollgate CRDs installed? kubectl apply -f \
@@ -471,7 +492,10 @@ fn read_custom(kind: Kind, resource: &ApiResource, object: DynamicObject) -> Loa
     };
     if let Value::Object(map) = &mut value {
         // List items come without apiVersion and kind; the watch knows them.
-        map.insert("apiVersion".to_owned(), Value::from(resource.api_version.clone()));
+        map.insert(
+            "apiVersion".to_owned(),
+            Value::from(resource.api_version.clone()),
+        );
         map.insert("kind".to_owned(), Value::from(resource.kind.clone()));
         if let Some(Value::Object(meta)) = map.get_mut("metadata") {
             meta.remove("managedFields");
