@@ -415,11 +415,11 @@ mod tests {
             "=true",
             "a b=c",
             "x/=y",
-            "-x=y",
+            "_x=y",
             "k=v!",
             "UPPER.example/k=v",
         ] {
-            let label = parse(&["--kubernetes", "--secret-label", bad]);
+            let label = parse(&["--kubernetes", &format!("--secret-label={bad}")]);
             assert!(
                 matches!(label.validate(), Err(ConfigError::SecretLabel(..))),
                 "{bad:?} must be refused"
