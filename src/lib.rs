@@ -13,6 +13,9 @@
 //! - [`policy`] — CRD types, policy files, compile, snapshot, sources;
 //! - [`reason`] — the one table of deny reasons.
 //!
+//! The control plane: [`operator`] (status conditions and events of the
+//! custom resources, leader-elected).
+//!
 //! Around it: [`server`] (binds and runs the listeners), [`admin`]
 //! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
 //! and [`cli`] (the subcommands).
@@ -27,6 +30,7 @@ pub mod decision;
 pub mod encoding;
 pub mod grpc;
 pub mod limits;
+pub mod operator;
 pub mod origin;
 pub mod pipeline;
 pub mod policy;

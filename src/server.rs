@@ -211,7 +211,9 @@ impl Readiness {
         self.flags.send_modify(|f| f.snapshot_loaded = true);
     }
 
-    fn set_listening(&self) {
+    /// Records that the listeners serve (for processes that bind their
+    /// own, like the operator's admin port).
+    pub fn set_listening(&self) {
         self.flags.send_modify(|f| f.listening = true);
     }
 

@@ -46,9 +46,9 @@ use serde_json::Value;
 
 use super::report::Reporter;
 use crate::compile_context::FieldError;
-use crate::policy::catalog::{Age, Catalog, Kind, ObjectRef};
+use crate::policy::catalog::{Age, Catalog, Kind, ObjectRef, Report};
 use crate::policy::document::{self, Document, LoadedDocument, Origin};
-use crate::policy::snapshot::SharedSnapshot;
+use crate::policy::snapshot::{SharedSnapshot, Snapshot};
 use crate::policy::types::{ApiPolicy, AppRegistration};
 use crate::server::Readiness;
 
@@ -100,28 +100,37 @@ impl Scope {
 
 /// An event of one of the watches, tagged with the watch.
 enum Change {
-    Object(Event<LoadedOrRejected>),
+    Object(Event<Read>),
     Failed(String),
 }
 
 /// An object as read from the API server.
+struct Read {
+    object: ObjectRef,
+    outcome: LoadedOrRejected,
+    /// Custom resources: what the operator needs to know of them.
+    observed: Option<Observed>,
+}
+
 enum LoadedOrRejected {
     Loaded(Box<LoadedDocument>),
     /// The API server holds it but tollgate cannot read it.
-    Rejected {
-        object: ObjectRef,
-        error: FieldError,
-    },
+    Rejected(FieldError),
 }
 
-impl LoadedOrRejected {
-    fn object(&self) -> ObjectRef {
-        match self {
-            LoadedOrRejected::Loaded(loaded) => ObjectRef::of(&loaded.document),
-            LoadedOrRejected::Rejected { object, .. } => object.clone(),
-        }
-    }
+/// A custom resource as the API server holds it: identity, generation
+/// and the status it carries (the operator compares its own verdict with
+/// it and writes only what changed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub uid: String,
+    pub generation: Option<i64>,
+    pub status: Option<Value>,
 }
+
+/// What became known of the custom resources in one batch: an object
+/// as observed, or `None` for one that is gone.
+pub type Observations = Vec<(ObjectRef, Option<Observed>)>;
 
 /// A client from `kubeconfig`, else the usual places (`KUBECONFIG`,
 /// `~/.kube/config`, the in-cluster ServiceAccount).
@@ -152,63 +161,102 @@ pub async fn run(
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) {
-    let hint = format!(
-        "tollgate reads only Secrets labelled {}: is the label missing?",
-        settings.secret_label
-    );
-    let (scopes, streams) = watches(&client, &settings);
-    let state = State {
-        catalog: Catalog::new(Some(hint)),
-        reporter: Reporter::default(),
-        scopes,
-        never_synced: (0..streams.len()).collect(),
-        listing: vec![None; streams.len()],
-        errors_before_sync: Vec::new(),
-        dirty: false,
-        version: 0,
-    };
-    readiness.set_waiting(state.waiting_for());
-    let state = Arc::new(Mutex::new(state));
-    let mut changes = stream::select_all(streams);
+    let mut watch = ClusterWatch::new(&client, &settings);
+    readiness.set_waiting(watch.waiting_for());
     tokio::pin!(shutdown);
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             () = &mut shutdown => break,
-            change = changes.next() => change,
+            batch = watch.next() => batch,
         };
-        let Some(first) = first else { break };
-        // Everything already waiting joins the batch: a flood of updates
-        // is applied and published once.
-        let mut batch = vec![first];
-        while batch.len() < 10_000 {
-            match changes.next().now_or_never() {
-                Some(Some(change)) => batch.push(change),
-                _ => break,
-            }
-        }
-        let applying = Arc::clone(&state);
-        let published = tokio::task::spawn_blocking(move || {
-            let mut state = applying.lock().unwrap_or_else(|e| e.into_inner());
-            for (scope, change) in batch {
-                state.apply(scope, change);
-            }
-            state.publish()
-        })
-        .await;
+        let Some((published, _)) = batch else { break };
         match published {
-            Ok(Published::Snapshot(snapshot)) => {
+            Published::Snapshot { snapshot, .. } => {
                 let first = shared.load().version == 0;
                 shared.store(Arc::new(*snapshot));
                 if first {
                     readiness.set_snapshot_loaded();
                 }
             }
-            Ok(Published::Waiting(waiting)) => readiness.set_waiting(waiting),
-            Ok(Published::Nothing) => {}
-            Err(error) => tracing::error!(%error, "policy compile task failed"),
+            Published::Waiting(waiting) => readiness.set_waiting(waiting),
+            Published::Nothing => {}
         }
     }
     tracing::debug!("Kubernetes policy watcher stopped");
+}
+
+/// The watches of the Kubernetes source and the catalog they feed; the
+/// server and the operator drive it with [`ClusterWatch::next`].
+pub struct ClusterWatch {
+    state: Arc<Mutex<State>>,
+    changes: stream::SelectAll<BoxStream<'static, (usize, Change)>>,
+}
+
+impl ClusterWatch {
+    /// Starts every watch `settings` asks for.
+    pub fn new(client: &Client, settings: &Settings) -> Self {
+        let hint = format!(
+            "tollgate reads only Secrets labelled {}: is the label missing?",
+            settings.secret_label
+        );
+        let (scopes, streams) = watches(client, settings);
+        let state = State {
+            catalog: Catalog::new(Some(hint)),
+            reporter: Reporter::default(),
+            scopes,
+            never_synced: (0..streams.len()).collect(),
+            listing: vec![None; streams.len()],
+            errors_before_sync: Vec::new(),
+            observations: Vec::new(),
+            dirty: false,
+            version: 0,
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            changes: stream::select_all(streams),
+        }
+    }
+
+    /// What the first sync still waits for.
+    pub fn waiting_for(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting_for()
+    }
+
+    /// Waits for the next events, applies them with everything already
+    /// waiting (a flood of updates is applied and published once), and
+    /// returns what that publishes and what was observed. `None` when
+    /// every watch ended (they do not, short of a bug).
+    pub async fn next(&mut self) -> Option<(Published, Observations)> {
+        let first = self.changes.next().await?;
+        let mut batch = vec![first];
+        while batch.len() < 10_000 {
+            match self.changes.next().now_or_never() {
+                Some(Some(change)) => batch.push(change),
+                _ => break,
+            }
+        }
+        let applying = Arc::clone(&self.state);
+        // Compiling thousands of objects takes a while: off the runtime.
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut state = applying.lock().unwrap_or_else(|e| e.into_inner());
+            for (scope, change) in batch {
+                state.apply(scope, change);
+            }
+            let published = state.publish();
+            (published, std::mem::take(&mut state.observations))
+        })
+        .await;
+        match applied {
+            Ok(applied) => Some(applied),
+            Err(error) => {
+                tracing::error!(%error, "policy compile task failed");
+                Some((Published::Nothing, Vec::new()))
+            }
+        }
+    }
 }
 
 /// Every watch (three kinds in each namespace, or in all), each tagged
@@ -240,10 +288,15 @@ fn watches(
 }
 
 /// What a batch led to.
-enum Published {
-    Snapshot(Box<crate::policy::snapshot::Snapshot>),
+pub enum Published {
+    /// A new snapshot to serve, and the report of every object.
+    Snapshot {
+        snapshot: Box<Snapshot>,
+        report: Report,
+    },
     /// Not synced yet: what readiness waits for.
     Waiting(String),
+    /// Nothing to publish (nothing changed, or a re-list is under way).
     Nothing,
 }
 
@@ -259,6 +312,8 @@ struct State {
     /// The last error of each watch that has not synced yet (readiness
     /// shows it: a missing permission is visible in `/readyz`).
     errors_before_sync: Vec<(usize, String)>,
+    /// Custom resources observed since the last batch was returned.
+    observations: Observations,
     /// Something changed since the last published snapshot.
     dirty: bool,
     version: u64,
@@ -286,11 +341,11 @@ impl State {
         };
         match event {
             Event::Init => self.listing[index] = Some(HashSet::new()),
-            Event::InitApply(object) => {
+            Event::InitApply(read) => {
                 if let Some(seen) = &mut self.listing[index] {
-                    seen.insert(object.object());
+                    seen.insert(read.object.clone());
                 }
-                self.upsert(object);
+                self.upsert(read);
             }
             Event::InitDone => {
                 let seen = self.listing[index].take().unwrap_or_default();
@@ -301,8 +356,11 @@ impl State {
                     .map(|(object, _)| object)
                     .filter(|object| scope.contains(object) && !seen.contains(object))
                     .collect();
-                for object in &gone {
-                    self.catalog.remove(object);
+                for object in gone {
+                    self.catalog.remove(&object);
+                    if object.kind != Kind::Secret {
+                        self.observations.push((object, None));
+                    }
                 }
                 if self.never_synced.remove(&index) {
                     tracing::info!(watch = scope.describe(), objects = seen.len(), "listed");
@@ -310,25 +368,31 @@ impl State {
                 }
                 self.dirty = true;
             }
-            Event::Apply(object) => self.upsert(object),
-            Event::Delete(object) => {
-                self.catalog.remove(&object.object());
+            Event::Apply(read) => self.upsert(read),
+            Event::Delete(read) => {
+                self.catalog.remove(&read.object);
+                if read.observed.is_some() {
+                    self.observations.push((read.object, None));
+                }
                 self.dirty = true;
             }
         }
     }
 
-    fn upsert(&mut self, object: LoadedOrRejected) {
-        match object {
+    fn upsert(&mut self, read: Read) {
+        match read.outcome {
             LoadedOrRejected::Loaded(loaded) => {
                 let age = Age::of(&loaded.document, 0);
                 self.catalog.upsert(*loaded, age);
             }
-            LoadedOrRejected::Rejected { object, error } => {
-                let describe = object.to_string();
+            LoadedOrRejected::Rejected(error) => {
+                let describe = read.object.to_string();
                 self.catalog
-                    .reject(&object, describe, Origin::Cluster, vec![error]);
+                    .reject(&read.object, describe, Origin::Cluster, vec![error]);
             }
+        }
+        if let Some(observed) = read.observed {
+            self.observations.push((read.object, Some(observed)));
         }
         self.dirty = true;
     }
@@ -353,7 +417,10 @@ impl State {
             problems,
             "policies updated from Kubernetes"
         );
-        Published::Snapshot(Box::new(snapshot))
+        Published::Snapshot {
+            snapshot: Box::new(snapshot),
+            report,
+        }
     }
 
     /// What the first sync waits for, with the last error of each watch.
@@ -410,7 +477,7 @@ fn watch_scope(
 /// backoff between retries.
 fn changes<K, S>(
     watch: S,
-    read: impl Fn(K) -> LoadedOrRejected + Send + 'static,
+    read: impl Fn(K) -> Read + Send + 'static,
 ) -> impl Stream<Item = Change> + Send
 where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
@@ -461,55 +528,75 @@ fn describe_error(error: &watcher::Error) -> String {
 }
 
 /// A labelled Secret as a document.
-fn read_secret(secret: Secret) -> LoadedOrRejected {
-    LoadedOrRejected::Loaded(Box::new(LoadedDocument {
-        origin: Origin::Cluster,
-        document: Document::Secret(Box::new(Secret {
-            metadata: kube::api::ObjectMeta {
-                managed_fields: None,
-                ..secret.metadata
-            },
-            ..secret
+fn read_secret(secret: Secret) -> Read {
+    let object = ObjectRef::new(
+        Kind::Secret,
+        secret.metadata.namespace.as_deref().unwrap_or("default"),
+        secret.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let document = Document::Secret(Box::new(Secret {
+        metadata: kube::api::ObjectMeta {
+            managed_fields: None,
+            ..secret.metadata
+        },
+        ..secret
+    }));
+    Read {
+        object,
+        outcome: LoadedOrRejected::Loaded(Box::new(LoadedDocument {
+            origin: Origin::Cluster,
+            document,
         })),
-    }))
+        observed: None,
+    }
 }
 
 /// A custom resource read by the policy-file reader.
-fn read_custom(kind: Kind, resource: &ApiResource, object: DynamicObject) -> LoadedOrRejected {
+fn read_custom(kind: Kind, resource: &ApiResource, object: DynamicObject) -> Read {
     let object_ref = ObjectRef::new(
         kind,
         object.namespace().as_deref().unwrap_or("default"),
         &object.name_any(),
     );
-    let mut value = match serde_json::to_value(&object) {
-        Ok(value) => value,
-        Err(error) => {
-            return LoadedOrRejected::Rejected {
-                object: object_ref,
-                error: FieldError::new("metadata", format!("cannot be read: {error}")),
-            };
+    let observed = Some(Observed {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        generation: object.metadata.generation,
+        status: object.data.get("status").cloned(),
+    });
+    let outcome = match serde_json::to_value(&object) {
+        Ok(mut value) => {
+            if let Value::Object(map) = &mut value {
+                // List items come without apiVersion and kind; the watch
+                // knows them.
+                map.insert(
+                    "apiVersion".to_owned(),
+                    Value::from(resource.api_version.clone()),
+                );
+                map.insert("kind".to_owned(), Value::from(resource.kind.clone()));
+                if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+                    meta.remove("managedFields");
+                }
+            }
+            match document::read_object(value) {
+                Ok(document) => LoadedOrRejected::Loaded(Box::new(LoadedDocument {
+                    origin: Origin::Cluster,
+                    document,
+                })),
+                Err((_, field, message)) => LoadedOrRejected::Rejected(FieldError::new(
+                    field.unwrap_or_else(|| "spec".to_owned()),
+                    message,
+                )),
+            }
         }
+        Err(error) => LoadedOrRejected::Rejected(FieldError::new(
+            "metadata",
+            format!("cannot be read: {error}"),
+        )),
     };
-    if let Value::Object(map) = &mut value {
-        // List items come without apiVersion and kind; the watch knows them.
-        map.insert(
-            "apiVersion".to_owned(),
-            Value::from(resource.api_version.clone()),
-        );
-        map.insert("kind".to_owned(), Value::from(resource.kind.clone()));
-        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
-            meta.remove("managedFields");
-        }
-    }
-    match document::read_object(value) {
-        Ok(document) => LoadedOrRejected::Loaded(Box::new(LoadedDocument {
-            origin: Origin::Cluster,
-            document,
-        })),
-        Err((_, field, message)) => LoadedOrRejected::Rejected {
-            object: object_ref,
-            error: FieldError::new(field.unwrap_or_else(|| "spec".to_owned()), message),
-        },
+    Read {
+        object: object_ref,
+        outcome,
+        observed,
     }
 }
 
