@@ -80,6 +80,17 @@ pub async fn run(
     };
     let mut watch = ClusterWatch::new(&client, &settings.watch);
     readiness.set_waiting(watch.waiting_for());
+    // The watch runs in its own task and hands over whole batches:
+    // `ClusterWatch::next` must not be cancelled half way (a batch taken
+    // from the streams would be lost), and the loop below selects.
+    let (batches, mut batch_rx) = tokio::sync::mpsc::channel(1);
+    let watching = tokio::spawn(async move {
+        while let Some(batch) = watch.next().await {
+            if batches.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut state = State::default();
     tokio::pin!(shutdown);
     loop {
@@ -89,7 +100,7 @@ pub async fn run(
             .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             () = &mut shutdown => break,
-            batch = watch.next() => {
+            batch = batch_rx.recv() => {
                 let Some((published, observations)) = batch else { break };
                 state.observe(observations);
                 match published {
@@ -118,6 +129,7 @@ pub async fn run(
             state.reconcile_due(&ctx, &leader).await;
         }
     }
+    watching.abort();
     let _ = stop_lease.send(());
     let _ = lease.await;
     tracing::info!("operator stopped");

@@ -161,11 +161,15 @@ async fn a_broken_update_keeps_the_previous_version_and_a_delete_stops_serving()
     api.apply(&policy("trains", "api.trains.example")).await;
     let tollgate = Tollgate::start_kubernetes(api.admin_kubeconfig(), &[]);
 
-    // Accepted by the API server, refused by the compile step (a route
-    // cost of 0): bikes keeps serving its previous version.
-    let broken = format!(
-        "{}  routes: [{{ name: all, match: {{ pathPrefix: /v1 }}, cost: 0 }}]\n",
-        policy("bikes", "api.bikes-new.example")
+    // Accepted by the API server, refused by the compile step (an
+    // address range that is not one): bikes keeps serving its previous
+    // version.
+    let broken = policy("bikes", "api.bikes-new.example").replace(
+        "transport: {{ requireHttps: false }}"
+            .replace("{{", "{")
+            .replace("}}", "}")
+            .as_str(),
+        "transport: { requireHttps: false, allowCidrs: [10.0.0.300/8] }",
     );
     api.apply(&broken).await;
     let logged = tollgate.wait_for_log(
@@ -175,7 +179,10 @@ async fn a_broken_update_keeps_the_previous_version_and_a_delete_stops_serving()
     let problem = support::tollgate::log_field(&logged, "problem").unwrap();
     assert_eq!(
         problem.as_str(),
-        Some("ApiPolicy mobility/bikes: spec.routes[0].cost: must be at least 1")
+        Some(
+            "ApiPolicy mobility/bikes: spec.transport.allowCidrs[0]: \"10.0.0.300/8\" is not a \
+             CIDR (e.g. 10.0.0.0/8, 2001:db8::/32) or an address"
+        )
     );
     let old = check(
         tollgate.grpc_addr(),

@@ -84,12 +84,25 @@ pub struct KubeApi {
     ca_pem: String,
     admin_kubeconfig: PathBuf,
     client: Client,
+    /// The API server's audit log (JSON lines), when started audited.
+    audit_log: Option<PathBuf>,
 }
 
 impl KubeApi {
     /// Starts etcd and the API server, waits for `/readyz`, and installs
     /// the CRDs of `deploy/crds/`.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Like [`KubeApi::start`], with the API server writing an audit log
+    /// of every request's metadata (who did what to which resource), so a
+    /// test can prove which permissions a client used.
+    pub async fn start_audited() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(audited: bool) -> Self {
         let started = std::time::Instant::now();
         let tools = tools_dir();
         let dir = tempfile::Builder::new()
@@ -126,7 +139,17 @@ impl KubeApi {
             ca_pem: pki.ca_pem,
             admin_kubeconfig,
             client,
+            audit_log: None,
         };
+        if audited {
+            let policy = api.dir.path().join("audit-policy.yaml");
+            std::fs::write(
+                &policy,
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+            )
+            .unwrap();
+            api.audit_log = Some(api.dir.path().join("audit.log"));
+        }
         api.start_apiserver().await;
         api.install_crds().await;
         eprintln!(
@@ -176,6 +199,15 @@ impl KubeApi {
             .arg("--authorization-mode=RBAC")
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--allow-privileged=true")
+            .args(self.audit_log.iter().flat_map(|log| {
+                [
+                    format!(
+                        "--audit-policy-file={}",
+                        self.dir.path().join("audit-policy.yaml").display()
+                    ),
+                    format!("--audit-log-path={}", log.display()),
+                ]
+            }))
             .arg("--profiling=false")
             .arg("--v=0")
             .stdin(Stdio::null())
@@ -255,6 +287,22 @@ impl KubeApi {
     /// Everything etcd and the API server printed.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The audit events of requests made by `username` (e.g.
+    /// `system:serviceaccount:tollgate:tollgate`), as the API server
+    /// logged them. Panics when not started audited.
+    pub fn audit_events(&self, username: &str) -> Vec<Value> {
+        let log = self
+            .audit_log
+            .as_ref()
+            .expect("the API server was started with KubeApi::start_audited");
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["user"]["username"] == username)
+            .collect()
     }
 
     /// Creates a namespace.

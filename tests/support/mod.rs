@@ -17,6 +17,7 @@
 //! - [`redis`] starts `redis-server` (and a Redis Cluster) for store tests;
 //! - [`kube`] starts etcd and a real `kube-apiserver` (built from their Go
 //!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
+//! - [`operator`] runs the built `tollgate operator` with a short lease;
 //! - [`check`] calls `Check` over gRPC as Envoy would.
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
@@ -32,6 +33,7 @@ pub mod client;
 pub mod envoy;
 pub mod idp;
 pub mod kube;
+pub mod operator;
 pub mod redis;
 pub mod stack;
 pub mod tls;

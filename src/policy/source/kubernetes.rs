@@ -229,6 +229,10 @@ impl ClusterWatch {
     /// waiting (a flood of updates is applied and published once), and
     /// returns what that publishes and what was observed. `None` when
     /// every watch ended (they do not, short of a bug).
+    ///
+    /// Not cancel-safe: a batch taken from the watches is lost if the
+    /// future is dropped before it returns. Await it to completion (or
+    /// drop the whole watch).
     pub async fn next(&mut self) -> Option<(Published, Observations)> {
         let first = self.changes.next().await?;
         let mut batch = vec![first];
