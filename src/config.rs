@@ -86,6 +86,14 @@ pub struct ServeConfig {
     /// (absent `--redis`: in-memory, single replica).
     #[command(flatten)]
     pub store: crate::store::StoreArgs,
+
+    /// Traces: `--otlp-endpoint`, `--otlp-sampler-ratio` and `OTEL_*`.
+    #[command(flatten)]
+    pub trace: crate::telemetry::trace::TraceArgs,
+
+    /// The audit log: `--audit-user`, `--audit-allow-ratio`.
+    #[command(flatten)]
+    pub audit: crate::telemetry::audit::AuditArgs,
 }
 
 /// How to reach and what to watch in the Kubernetes API (`serve
@@ -259,6 +267,10 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--drain-timeout must be at most {}s", MAX_DRAIN_TIMEOUT.as_secs())]
     DrainTimeout,
+    #[error("tracing: {0}")]
+    Tracing(String),
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 impl ServeConfig {
@@ -285,6 +297,10 @@ impl ServeConfig {
         if self.drain_timeout > MAX_DRAIN_TIMEOUT {
             return Err(ConfigError::DrainTimeout);
         }
+        self.trace
+            .settings(|name| std::env::var(name).ok())
+            .map_err(ConfigError::Tracing)?;
+        self.audit.settings().map_err(ConfigError::Audit)?;
         Ok(())
     }
 }

@@ -47,6 +47,10 @@ pub struct Identity {
     pub plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The client's address as the trusted origin gives it (for the audit
+    /// log; not part of the identity a decision reports).
+    #[serde(skip)]
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// An allowed request's effects.

@@ -130,6 +130,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
     run.note("validate", StepOutcome::Pass, || "request well-formed");
 
     let origin = origin::resolve(request, deps.settings.trusted_origin);
+    run.identity.client = origin.client_ip;
     let policy = match select::policy(snapshot, request, &origin, &deps.settings) {
         Ok(policy) => policy,
         Err(select::NoPolicy(detail)) => {

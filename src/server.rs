@@ -109,6 +109,11 @@ pub struct ServerState {
     pub drain_timeout: Duration,
     /// Per-app metric labels (off unless given a limit).
     pub app_labels: Arc<AppLabels>,
+    /// A span per Check when tracing ([`telemetry::trace`]); `None` traces
+    /// nothing.
+    pub tracer: Option<telemetry::trace::CheckTracer>,
+    /// Audit log settings ([`telemetry::audit`]).
+    pub audit: telemetry::audit::Audit,
 }
 
 impl ServerState {
@@ -121,6 +126,8 @@ impl ServerState {
             metrics: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             app_labels: Arc::new(AppLabels::new(0)),
+            tracer: None,
+            audit: telemetry::audit::Audit::default(),
         }
     }
 }
@@ -255,7 +262,9 @@ pub async fn run(
         .build_v1alpha()?;
     let check = CheckServer::new(
         CheckService::new(state.snapshot.clone(), state.deps.clone())
-            .with_app_labels(state.app_labels.clone()),
+            .with_app_labels(state.app_labels.clone())
+            .with_tracer(state.tracer.clone())
+            .with_audit(state.audit),
     );
 
     let (stop_grpc, grpc_stop) = oneshot::channel::<()>();

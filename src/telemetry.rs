@@ -13,7 +13,9 @@
 //! sub-millisecond decisions.
 
 pub mod app_labels;
+pub mod audit;
 pub mod handles;
+pub mod trace;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;

@@ -415,6 +415,7 @@ fn decision(verdict: Verdict) -> Decision {
             user: Some("alice".into()),
             issuer: Some("https://id.example/".into()),
             device: None,
+            client: None,
         },
         dry_run_denial: None,
         trace: Vec::new(),

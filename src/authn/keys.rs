@@ -417,7 +417,17 @@ impl RemoteKeys {
                 return state.last_error.is_none();
             }
         }
+        // A child span when a Check waits for this fetch (first keys, an
+        // unknown kid); background refreshes have no Check to belong to.
+        let mut span = crate::telemetry::trace::child("jwks fetch", opentelemetry::trace::SpanKind::Client);
+        if span.is_recording() {
+            span.set("tollgate.keys.source", self.describe());
+        }
         let result = self.fetch().await;
+        if let Err(error) = &result {
+            span.fail(error.clone());
+        }
+        drop(span);
         let mut state = self.lock();
         state.attempts += 1;
         state.last_attempt = Some(Instant::now());

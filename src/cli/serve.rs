@@ -59,6 +59,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         settings: config.decision.settings()?,
     };
+    let tracing = match config
+        .trace
+        .settings(|name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)?
+    {
+        Some(settings) => {
+            let tracing = telemetry::trace::Tracing::start(&settings)?;
+            tracing::info!(
+                endpoint = settings.endpoint,
+                sampler = ?settings.sampler,
+                "exporting traces over OTLP/gRPC"
+            );
+            Some(tracing)
+        }
+        None => None,
+    };
     let listeners = Listeners::bind(config.grpc_addr, config.admin_addr).await?;
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -91,6 +107,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     state.app_labels = std::sync::Arc::new(crate::telemetry::app_labels::AppLabels::new(
         config.metrics_app_labels,
     ));
+    state.tracer = tracing.as_ref().map(telemetry::trace::Tracing::tracer);
+    state.audit = config.audit.settings().map_err(anyhow::Error::msg)?;
 
     let served = server::run(listeners, state, async {
         let signal = shutdown::signal().await;
@@ -99,6 +117,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .await;
     let _ = stop_watcher.send(());
     let _ = watcher.await;
+    if let Some(tracing) = tracing {
+        tracing.flush().await;
+    }
     Ok(served?)
 }
 

@@ -416,7 +416,7 @@ mod tests {
         let verdict = 0..3u8;
         proptest!(|(ids in identity, which in verdict)| {
             let (policy, route, app, plan, user, issuer, device) = ids;
-            let identity = Identity { policy, route, app, plan, user, issuer, device };
+            let identity = Identity { policy, route, app, plan, user, issuer, device, client: None };
             let allow = Allow {
                 set_upstream: vec![("x-tollgate-app".into(), "a".into())],
                 remove_upstream: vec!["x-api-key".into()],

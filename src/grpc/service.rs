@@ -2,8 +2,10 @@
 //!
 //! [`CheckService`] does the work of one call: load the current snapshot
 //! (a lock-free `ArcSwap` load), translate the request, run
-//! [`crate::pipeline::decide`], write the audit line and metrics, and build
-//! the response. It always answers with a `CheckResponse`.
+//! [`crate::pipeline::decide`] (inside the Check's span when tracing,
+//! [`crate::telemetry::trace`]), write the audit line
+//! ([`crate::telemetry::audit`]) and metrics, and build the response. It
+//! always answers with a `CheckResponse`.
 //!
 //! [`CheckServer`] mounts it on tonic with the [`LenientCodec`], so even a
 //! message that fails to decode gets a `request_malformed` denial instead of
@@ -28,7 +30,10 @@ use crate::policy::snapshot::SharedSnapshot;
 use crate::reason::Reason;
 use crate::request::RequestContext;
 use crate::telemetry::app_labels::{AppLabels, OTHER};
+use crate::telemetry::audit::Audit;
 use crate::telemetry::handles;
+use crate::telemetry::trace::{self, CheckSpan, CheckTracer, Parent};
+use opentelemetry::context::FutureExt as _;
 
 /// The gRPC service name Envoy calls.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -56,6 +61,9 @@ pub struct CheckService {
     snapshot: SharedSnapshot,
     deps: Deps,
     app_labels: Arc<AppLabels>,
+    /// Starts a span per Check; `None` (the default) traces nothing.
+    tracer: Option<CheckTracer>,
+    audit: Audit,
 }
 
 impl CheckService {
@@ -66,7 +74,21 @@ impl CheckService {
             snapshot,
             deps,
             app_labels: Arc::new(AppLabels::new(0)),
+            tracer: None,
+            audit: Audit::default(),
         }
+    }
+
+    /// Traces every Check with `tracer` (`None`: no tracing).
+    pub fn with_tracer(mut self, tracer: Option<CheckTracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Writes audit lines with these settings.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Counts decisions per app too, with these (bounded) labels.
@@ -83,25 +105,41 @@ impl CheckService {
     /// [`Self::check`] for an owned request, whose strings move into the
     /// request model instead of being copied.
     pub async fn check_owned(&self, check: CheckRequest) -> CheckResponse {
-        self.check_wire(check).await.into_check_response()
+        self.check_wire(check, None).await.into_check_response()
     }
 
     /// The server's path: [`Self::check_owned`] with the dynamic metadata
-    /// kept for direct encoding ([`WireResponse`]).
-    async fn check_wire(&self, check: CheckRequest) -> WireResponse {
+    /// kept for direct encoding ([`WireResponse`]). `parent` is the trace
+    /// context of the gRPC call itself (Envoy's ext_authz span).
+    async fn check_wire(&self, check: CheckRequest, parent: Option<Parent>) -> WireResponse {
         let started = Instant::now();
         let request = request::into_context(check);
         // One load per call: the whole decision sees one snapshot even if a
         // reload swaps it meanwhile.
         let snapshot = self.snapshot.load_full();
-        let decision = pipeline::decide(&snapshot, &request, &self.deps).await;
-        self.finish(&request, decision, started)
+        let Some(tracer) = &self.tracer else {
+            let decision = pipeline::decide(&snapshot, &request, &self.deps).await;
+            return self.finish(&request, decision, started, None);
+        };
+        let span = tracer.start(parent, &request);
+        let decision = match span.context() {
+            // The decision runs in the span's context, so store calls and
+            // key fetches become its children.
+            Some(cx) => {
+                pipeline::decide(&snapshot, &request, &self.deps)
+                    .with_context(cx.clone())
+                    .await
+            }
+            None => pipeline::decide(&snapshot, &request, &self.deps).await,
+        };
+        self.finish(&request, decision, started, Some(span))
     }
 
-    /// Answers a decoded or undecodable request.
-    pub async fn answer(&self, incoming: Incoming) -> WireResponse {
+    /// Answers a decoded or undecodable request; `parent` as in
+    /// [`Self::check_wire`].
+    pub async fn answer(&self, incoming: Incoming, parent: Option<Parent>) -> WireResponse {
         match incoming {
-            Incoming::Request(check) => self.check_wire(*check).await,
+            Incoming::Request(check) => self.check_wire(*check, parent).await,
             Incoming::Undecodable(error) => {
                 let started = Instant::now();
                 let detail = format!("the CheckRequest could not be decoded: {error}");
@@ -115,19 +153,35 @@ impl CheckService {
                         note: detail,
                     }],
                 };
-                self.finish(&RequestContext::default(), decision, started)
+                let request = RequestContext::default();
+                let span = self.tracer.as_ref().map(|t| t.start(parent, &request));
+                self.finish(&request, decision, started, span)
             }
         }
     }
 
-    /// Audit, metrics and the response.
+    /// Whether Checks are traced (the gRPC layer then reads the call's
+    /// trace context).
+    pub fn traces(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// Span, audit, metrics and the response.
     fn finish(
         &self,
         request: &RequestContext,
         decision: Decision,
         started: Instant,
+        span: Option<CheckSpan>,
     ) -> WireResponse {
-        audit(request, &decision);
+        let trace_id = span
+            .as_ref()
+            .and_then(CheckSpan::trace_id)
+            .map(|id| id.to_string());
+        if let Some(span) = span {
+            span.finish(&decision);
+        }
+        self.audit.record(request, &decision, trace_id);
         count(&decision, &self.app_labels);
         // SEAM (authentication work): per-policy challenge parameters; stages
         // that know better put their own `WWW-Authenticate` on the denial.
@@ -135,45 +189,6 @@ impl CheckService {
         // The latency covers building the response too.
         handles::check_duration().record(started.elapsed().as_secs_f64());
         response
-    }
-}
-
-/// One structured line per denial (and per dry-run denial): request id,
-/// policy, app, user subject and reason. Details are client-safe by
-/// contract (`Deny::detail`); credentials never reach this line.
-fn audit(request: &RequestContext, decision: &Decision) {
-    let identity = &decision.identity;
-    let field = |value: &Option<String>| value.clone().unwrap_or_default();
-    if let Some(deny) = decision.denial() {
-        tracing::info!(
-            target: "tollgate::audit",
-            request_id = %request.id,
-            policy = %field(&identity.policy),
-            app = %field(&identity.app),
-            user = %field(&identity.user),
-            reason = deny.reason.code(),
-            status = deny.public_reason().http_status(),
-            detail = %deny.detail,
-            "denied"
-        );
-    } else if let Some(deny) = &decision.dry_run_denial {
-        tracing::info!(
-            target: "tollgate::audit",
-            request_id = %request.id,
-            policy = %field(&identity.policy),
-            app = %field(&identity.app),
-            user = %field(&identity.user),
-            reason = deny.reason.code(),
-            detail = %deny.detail,
-            "dry run: would deny"
-        );
-    } else {
-        tracing::debug!(
-            request_id = %request.id,
-            policy = %field(&identity.policy),
-            app = %field(&identity.app),
-            "allowed"
-        );
     }
 }
 
@@ -236,8 +251,16 @@ impl UnaryService<Incoming> for CheckCall {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let service = Arc::clone(&self.0);
+        // Envoy's tracers put the context of their ext_authz span into the
+        // call's metadata; read only when tracing.
+        let parent = if service.traces() {
+            let metadata = request.metadata();
+            trace::propagation::extract(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
+        } else {
+            None
+        };
         Box::pin(async move {
-            let response = service.answer(request.into_inner()).await;
+            let response = service.answer(request.into_inner(), parent).await;
             Ok(Response::new(response))
         })
     }

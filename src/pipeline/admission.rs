@@ -28,7 +28,8 @@ use crate::policy::snapshot::{CompiledPolicy, Route};
 use crate::policy::types::StoreErrorAction;
 use crate::reason::Reason;
 use crate::store::{LimitState, Verdict};
-use crate::telemetry::handles;
+use crate::telemetry::{handles, trace};
+use opentelemetry::trace::SpanKind;
 
 use super::{Deps, Run};
 
@@ -101,9 +102,17 @@ pub(super) async fn check(
     let has_nonces = !inputs.nonces.is_empty();
 
     let store = deps.store.kind();
+    let mut span = trace::child("store admit", SpanKind::Client);
+    span.set("tollgate.store", store);
+    span.set("db.operation.name", "admit");
     let started = Instant::now();
     let result = deps.store.admit(&built.admission).await;
     handles::store_duration(store, "admit").record(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(outcome) => span.set("tollgate.store.verdict", verdict_label(&outcome.verdict)),
+        Err(e) => span.fail(e.kind_label()),
+    }
+    drop(span);
 
     let counted: Vec<&Counted<'_>> = built.limits.iter().flatten().collect();
     let outcome = match result {
@@ -230,6 +239,15 @@ fn replay_challenge(policy: &CompiledPolicy, scope: &str) -> String {
             Some(header) => format!(r#"App realm="tollgate", header="{header}""#),
             None => r#"App realm="tollgate""#.to_owned(),
         },
+    }
+}
+
+/// The store's verdict, for the store call's span.
+fn verdict_label(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Admitted => "admitted",
+        Verdict::Replay { .. } => "replay",
+        Verdict::Exceeded => "exceeded",
     }
 }
 
