@@ -264,10 +264,9 @@ impl Tracing {
 
     /// [`Tracing::start`] with any exporter (tests use an in-memory one).
     pub fn with_exporter<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
-        exporter: E,
+        mut exporter: E,
         settings: &TraceSettings,
     ) -> Self {
-        let (processor, flusher) = export::spawn(exporter, settings.queue.clone());
         let mut resource = Resource::builder().with_attribute(KeyValue::new(
             "service.version",
             env!("CARGO_PKG_VERSION"),
@@ -275,10 +274,16 @@ impl Tracing {
         if let Some(name) = &settings.service_name {
             resource = resource.with_service_name(name.clone());
         }
+        let resource = resource.build();
+        // The exporter moves into the export task, so it learns the
+        // resource here (the provider would tell its processors, and the
+        // queue has no way to pass it on).
+        exporter.set_resource(&resource);
+        let (processor, flusher) = export::spawn(exporter, settings.queue.clone());
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(settings.sampler.sampler())
-            .with_resource(resource.build())
+            .with_resource(resource)
             .build();
         let tracer = CheckTracer {
             tracer: provider.tracer(SCOPE),

@@ -92,6 +92,17 @@ pub struct EnvoyConfig {
     pub authz_timeout: Duration,
     /// Buffer up to this many body bytes for tollgate (`with_request_body`).
     pub request_body_bytes: Option<u32>,
+    /// Envoy's OpenTelemetry tracer, exporting to an OTLP receiver.
+    pub tracing: Option<EnvoyTracing>,
+}
+
+/// Envoy's OpenTelemetry tracer (`envoy.tracers.opentelemetry`): spans go
+/// over gRPC to the cluster `otlp` at `collector`.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvoyTracing {
+    pub collector: SocketAddr,
+    /// The share of requests Envoy traces (HCM `random_sampling`).
+    pub sampling_percent: f64,
 }
 
 impl EnvoyConfig {
@@ -105,6 +116,7 @@ impl EnvoyConfig {
             escaped_slashes: EscapedSlashes::Reject,
             authz_timeout: Duration::from_millis(250),
             request_body_bytes: None,
+            tracing: None,
         }
     }
 
@@ -115,7 +127,7 @@ impl EnvoyConfig {
         if let Some(files) = tls {
             listeners.push(listener("https", hcm, Some(downstream_tls(files))));
         }
-        json!({
+        let mut bootstrap = json!({
             "admin": { "address": socket_address("127.0.0.1:0") },
             "static_resources": {
                 "listeners": listeners,
@@ -141,7 +153,34 @@ impl EnvoyConfig {
                     }
                 ]
             }
-        })
+        });
+        if let Some(tracing) = self.tracing {
+            bootstrap["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({
+                    "name": "otlp",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": { "http2_protocol_options": {} }
+                        }
+                    },
+                    "load_assignment": endpoints("otlp", tracing.collector),
+                }));
+            // Envoy's tracer batches spans (5 s or 5 spans by default):
+            // send each at once so a test's wait stays short.
+            bootstrap["layered_runtime"] = json!({ "layers": [{
+                "name": "static",
+                "static_layer": {
+                    "tracing.opentelemetry.flush_interval_ms": 100,
+                    "tracing.opentelemetry.min_flush_spans": 1,
+                }
+            }]});
+        }
+        bootstrap
     }
 
     fn http_connection_manager(&self, access_log: &Path) -> Value {
@@ -171,7 +210,7 @@ impl EnvoyConfig {
                 "pack_as_bytes": true,
             });
         }
-        json!({
+        let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
             "codec_type": "AUTO",
@@ -192,7 +231,21 @@ impl EnvoyConfig {
                     "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
                 }
             ]
-        })
+        });
+        if let Some(tracing) = self.tracing {
+            hcm["tracing"] = json!({
+                "random_sampling": { "value": tracing.sampling_percent },
+                "provider": {
+                    "name": "envoy.tracers.opentelemetry",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                        "grpc_service": { "envoy_grpc": { "cluster_name": "otlp" }, "timeout": "1s" },
+                        "service_name": "envoy",
+                    }
+                }
+            });
+        }
+        hcm
     }
 }
 

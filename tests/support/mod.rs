@@ -18,7 +18,8 @@
 //! - [`kube`] starts etcd and a real `kube-apiserver` (built from their Go
 //!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
 //! - [`operator`] runs the built `tollgate operator` with a short lease;
-//! - [`check`] calls `Check` over gRPC as Envoy would.
+//! - [`check`] calls `Check` over gRPC as Envoy would;
+//! - [`otlp`] is an OTLP trace receiver (Envoy's and tollgate's spans).
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
 //! process is killed by its PID when its handle drops. A missing binary is
@@ -34,6 +35,7 @@ pub mod envoy;
 pub mod idp;
 pub mod kube;
 pub mod operator;
+pub mod otlp;
 pub mod redis;
 pub mod stack;
 pub mod tls;

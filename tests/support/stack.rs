@@ -9,7 +9,7 @@
 //! ```
 
 use super::client::Request;
-use super::envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route};
+use super::envoy::{Envoy, EnvoyConfig, EnvoyTracing, EscapedSlashes, Route};
 use super::tollgate::Tollgate;
 use super::upstream::Upstream;
 
@@ -32,10 +32,12 @@ impl Stack {
         StackBuilder {
             policy: policy_yaml.to_owned(),
             tollgate_args: Vec::new(),
+            tollgate_env: Vec::new(),
             routes: Vec::new(),
             tls: false,
             escaped_slashes: EscapedSlashes::Reject,
             request_body_bytes: None,
+            tracing: None,
         }
     }
 
@@ -55,10 +57,12 @@ impl Stack {
 pub struct StackBuilder {
     policy: String,
     tollgate_args: Vec<String>,
+    tollgate_env: Vec<(String, String)>,
     routes: Vec<Route>,
     tls: bool,
     escaped_slashes: EscapedSlashes,
     request_body_bytes: Option<u32>,
+    tracing: Option<EnvoyTracing>,
 }
 
 impl StackBuilder {
@@ -66,6 +70,12 @@ impl StackBuilder {
     pub fn tollgate_args(mut self, args: &[&str]) -> Self {
         self.tollgate_args
             .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// An environment variable for tollgate (e.g. `OTEL_BSP_SCHEDULE_DELAY`).
+    pub fn tollgate_env(mut self, name: &str, value: &str) -> Self {
+        self.tollgate_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -94,10 +104,24 @@ impl StackBuilder {
         self
     }
 
+    /// Turns on Envoy's OpenTelemetry tracer, exporting to `collector`.
+    pub fn envoy_tracing(mut self, collector: std::net::SocketAddr, sampling_percent: f64) -> Self {
+        self.tracing = Some(EnvoyTracing {
+            collector,
+            sampling_percent,
+        });
+        self
+    }
+
     /// Starts upstream, tollgate, then Envoy (which needs both addresses).
     pub fn start(self) -> Stack {
         let args: Vec<&str> = self.tollgate_args.iter().map(String::as_str).collect();
-        let tollgate = Tollgate::start_with(&self.policy, &args);
+        let env: Vec<(&str, &str)> = self
+            .tollgate_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let tollgate = Tollgate::start_env(&self.policy, &args, &env);
         self.start_around(tollgate)
     }
 
@@ -111,6 +135,7 @@ impl StackBuilder {
         config.tls = self.tls;
         config.escaped_slashes = self.escaped_slashes;
         config.request_body_bytes = self.request_body_bytes;
+        config.tracing = self.tracing;
         let envoy = Envoy::start(&config);
         Stack {
             envoy,

@@ -49,6 +49,22 @@ impl Tollgate {
     /// start-up is an `Err` carrying its exit status and output (for tests
     /// of start-up refusals).
     pub fn try_start(policy_yaml: &str, extra_args: &[&str]) -> Result<Self, StartFailure> {
+        Self::try_start_env(policy_yaml, extra_args, &[])
+    }
+
+    /// Like [`Tollgate::start_with`], with environment variables set for
+    /// the process (e.g. `OTEL_BSP_SCHEDULE_DELAY`).
+    pub fn start_env(policy_yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::try_start_env(policy_yaml, extra_args, env)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// [`Tollgate::try_start`] with environment variables.
+    pub fn try_start_env(
+        policy_yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, StartFailure> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
             .tempdir()
@@ -56,7 +72,7 @@ impl Tollgate {
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, policy_yaml).unwrap();
         let source = vec![OsString::from("--policy-file"), policy.clone().into()];
-        let mut tollgate = Self::launch(dir, policy, source, extra_args)?;
+        let mut tollgate = Self::launch(dir, policy, source, extra_args, env)?;
         tollgate.wait_ready();
         Ok(tollgate)
     }
@@ -83,7 +99,8 @@ impl Tollgate {
             OsString::from("--kubeconfig"),
             kubeconfig.into(),
         ];
-        Self::launch(dir, policy, source, extra_args).unwrap_or_else(|failure| panic!("{failure}"))
+        Self::launch(dir, policy, source, extra_args, &[])
+            .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
     /// Starts `tollgate serve` with `source` arguments and waits for the
@@ -93,6 +110,7 @@ impl Tollgate {
         policy: PathBuf,
         source: Vec<OsString>,
         extra_args: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self, StartFailure> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
@@ -107,10 +125,12 @@ impl Tollgate {
         // The test decides every setting: none leaks in from the caller's
         // environment.
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TOLLGATE_") {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("TOLLGATE_") || name_text.starts_with("OTEL_") {
                 command.env_remove(name);
             }
         }
+        command.envs(env.iter().copied());
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
