@@ -113,6 +113,9 @@ pub async fn check_until(
 }
 
 fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    for (name, value) in headers {
+        super::credentials::note_header(name, value);
+    }
     let mut map: HashMap<String, String> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -87,6 +87,7 @@ impl Request {
     /// Adds a header line; calling it twice with one name sends the header
     /// twice.
     pub fn header(mut self, name: &str, value: &str) -> Self {
+        super::credentials::note_header(name, value);
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }

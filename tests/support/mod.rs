@@ -19,7 +19,9 @@
 //!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
 //! - [`operator`] runs the built `tollgate operator` with a short lease;
 //! - [`check`] calls `Check` over gRPC as Envoy would;
-//! - [`otlp`] is an OTLP trace receiver (Envoy's and tollgate's spans).
+//! - [`otlp`] is an OTLP trace receiver (Envoy's and tollgate's spans);
+//! - [`credentials`] notes every credential a test sends, and a
+//!   [`Tollgate`] handle fails its test if its output holds one.
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
 //! process is killed by its PID when its handle drops. A missing binary is
@@ -31,6 +33,7 @@
 
 pub mod check;
 pub mod client;
+pub mod credentials;
 pub mod envoy;
 pub mod idp;
 pub mod kube;

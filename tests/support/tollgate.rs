@@ -30,6 +30,9 @@ pub struct Tollgate {
     grpc: SocketAddr,
     admin: SocketAddr,
     output: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr (joined on drop, so the last
+    /// lines are scanned too).
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Tollgate {
@@ -70,6 +73,7 @@ impl Tollgate {
             .tempdir()
             .unwrap();
         let policy = dir.path().join("policy.yaml");
+        super::credentials::note_policy_secrets(policy_yaml);
         std::fs::write(&policy, policy_yaml).unwrap();
         let source = vec![OsString::from("--policy-file"), policy.clone().into()];
         let mut tollgate = Self::launch(dir, policy, source, extra_args, env)?;
@@ -116,9 +120,14 @@ impl Tollgate {
         command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
             .args(&source)
             .args(extra_args)
+            // JSON unless the test asks for another format.
+            .args(if extra_args.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "json"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -136,8 +145,10 @@ impl Tollgate {
         }
         let mut child = command.spawn().expect("spawn tollgate");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), output.clone());
-        collect(child.stderr.take().unwrap(), output.clone());
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), output.clone()),
+            collect(child.stderr.take().unwrap(), output.clone()),
+        ];
         // Built before any wait, so a panic kills the process on drop.
         let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut tollgate = Self {
@@ -147,6 +158,7 @@ impl Tollgate {
             grpc: unbound,
             admin: unbound,
             output,
+            readers,
         };
 
         let started = wait_for("tollgate's `listening` log line", START_LIMIT, || {
@@ -213,6 +225,7 @@ impl Tollgate {
     /// Replaces the policy file atomically (write, then rename), as an
     /// editor or a ConfigMap update would.
     pub fn write_policy(&self, policy_yaml: &str) {
+        super::credentials::note_policy_secrets(policy_yaml);
         let staging = self.dir.path().join("policy.yaml.new");
         std::fs::write(&staging, policy_yaml).unwrap();
         std::fs::rename(&staging, &self.policy).unwrap();
@@ -263,8 +276,30 @@ impl Drop for Tollgate {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipes are closed now: the readers finish what is left.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         if std::thread::panicking() {
             eprintln!("--- tollgate output ---\n{}", tail(&self.output(), 40));
+            return;
+        }
+        // The credential-leak check of every end-to-end test (see
+        // `credentials`): a passing test fails if tollgate printed a
+        // credential it was sent or a secret of its policy file.
+        let output = self.output();
+        let leaks = super::credentials::leaks(&output);
+        if !leaks.is_empty() {
+            let lines: Vec<&str> = output
+                .lines()
+                .filter(|line| leaks.iter().any(|leak| line.contains(leak.as_str())))
+                .take(5)
+                .collect();
+            panic!(
+                "tollgate's output holds {} credential(s) the test sent or configured: {leaks:?}\n{}",
+                leaks.len(),
+                lines.join("\n")
+            );
         }
     }
 }
@@ -288,7 +323,10 @@ impl std::fmt::Display for StartFailure {
 }
 
 /// Copies a child's stream into `sink`, line by line, on a thread.
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+fn collect(
+    stream: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -296,7 +334,7 @@ fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
             sink.push_str(&line);
             sink.push('\n');
         }
-    });
+    })
 }
 
 /// The message of a JSON log line (`tracing-subscriber` puts it under
@@ -318,6 +356,19 @@ pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
 /// The addresses in the `listening` line, once printed.
 fn listening(output: &str) -> Option<(SocketAddr, SocketAddr)> {
     output.lines().find_map(|line| {
+        if !line.starts_with('{') {
+            // `--log-format text`: `… listening grpc_addr=… admin_addr=…`.
+            if !line.contains(" listening ") {
+                return None;
+            }
+            let addr = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            return Some((addr("grpc_addr")?, addr("admin_addr")?));
+        }
         let line: Value = serde_json::from_str(line).ok()?;
         if log_message(&line) != Some("listening") {
             return None;
