@@ -10,6 +10,9 @@
 #                   built from their Go modules by scripts/kube-tools.sh into
 #                   ~/.cache/tollgate/kube/ (minutes, once per machine;
 #                   installs Go into .venv when no Go >= 1.26 is on PATH)
+#   promtool        built from its Go module by scripts/promtool.sh into
+#                   ~/.cache/tollgate/promtool/ (checks the alert rules and
+#                   the dashboard's queries)
 #
 # Usage: scripts/setup.sh            everything the tests need
 #        scripts/setup.sh --check    report what is missing, install nothing
@@ -112,8 +115,18 @@ if ! kube_dir="$(bash scripts/kube-tools.sh --check 2>/dev/null)"; then
   fi
 fi
 
+# --- promtool from its Go module ---------------------------------------------
+if ! promtool="$(bash scripts/promtool.sh --check 2>/dev/null)"; then
+  if $check_only; then
+    missing+=("promtool (scripts/promtool.sh)")
+  else
+    log "building promtool from its Go module (minutes, once per machine)"
+    promtool="$(bash scripts/promtool.sh)"
+  fi
+fi
+
 if $check_only && ((${#missing[@]})); then
   log "missing: ${missing[*]}"
   exit 1
 fi
-log "ready (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), envoy ${TOLLGATE_ENVOY:-$VENV/bin/envoy}, kube tools $kube_dir)"
+log "ready (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), envoy ${TOLLGATE_ENVOY:-$VENV/bin/envoy}, kube tools $kube_dir, promtool ${promtool:-})"
