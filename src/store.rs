@@ -308,6 +308,18 @@ impl StoreArgs {
     /// reachable. Must run inside a Tokio runtime when Redis is used (it
     /// spawns the start-up eviction-policy check).
     pub fn build(&self) -> Result<Arc<dyn Store>, StoreError> {
+        let store = self.build_store()?;
+        // Every error series exists at 0 from the start, so the first
+        // failure is an increase alerts can see (`rate()` needs two
+        // samples of a series).
+        for kind in ["timeout", "unavailable", "protocol"] {
+            metrics::counter!("tollgate_store_errors_total", "store" => store.kind(), "kind" => kind)
+                .increment(0);
+        }
+        Ok(store)
+    }
+
+    fn build_store(&self) -> Result<Arc<dyn Store>, StoreError> {
         if self.redis.is_empty() {
             tracing::warn!(
                 "no --redis given: using the in-memory store; quotas and replay \

@@ -102,6 +102,10 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// `tollgate_build_info{version}`: 1, the conventional way to see which
+/// version each replica runs.
+pub const BUILD_INFO: &str = "tollgate_build_info";
+
 /// Keeps the recorder's histograms bounded when nobody scrapes `/metrics`.
 pub async fn metrics_upkeep(handle: PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -114,6 +118,20 @@ pub async fn metrics_upkeep(handle: PrometheusHandle) {
 /// Help texts of the metrics this crate's server records.
 fn describe_metrics() {
     use crate::grpc::service::{CHECK_DURATION, CHECKS_TOTAL};
+    use trace::export::{SPANS_DROPPED_TOTAL, SPANS_EXPORTED_TOTAL};
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which tollgate runs"
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::describe_counter!(
+        SPANS_DROPPED_TOTAL,
+        "Trace spans not exported, by reason (queue_full, export_failed)"
+    );
+    metrics::describe_counter!(
+        SPANS_EXPORTED_TOTAL,
+        "Trace spans the OTLP collector accepted"
+    );
     metrics::describe_counter!(
         CHECKS_TOTAL,
         "Check decisions by policy, outcome (allow, deny, dry_run_deny) and reason"

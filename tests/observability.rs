@@ -384,6 +384,17 @@ fn panels_and_alerts_name_only_metrics_tollgate_exports() {
         "named but not exported: {missing:#?}\n--- /metrics ---\n{metrics}"
     );
     assert!(used.len() > 25);
+    // Conventions the review added: the build info, and error series that
+    // exist at 0 before the first error (so alerts see the first one).
+    assert!(
+        metrics.contains(&format!("tollgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+        "{metrics}"
+    );
+    let protocol_errors = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_store_errors_total{") && l.contains("kind=\"protocol\""));
+    assert!(protocol_errors.is_some_and(|l| l.ends_with(" 0")), "{metrics}");
+    assert!(metrics.contains("tollgate_jwks_fetches_total{outcome=\"failure\"} 0"), "{metrics}");
 }
 
 #[test]

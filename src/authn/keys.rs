@@ -278,6 +278,11 @@ pub fn remote_keys(source: RemoteSource) -> Arc<RemoteKeys> {
     if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
         return existing;
     }
+    // Both outcomes exist from the first key set on, so the first failure
+    // is an increase a `rate()` or `increase()` can see.
+    for outcome in ["success", "failure"] {
+        metrics::counter!("tollgate_jwks_fetches_total", "outcome" => outcome).increment(0);
+    }
     let keys = Arc::new(RemoteKeys::new(source));
     keys.start_refresher();
     map.insert(key, Arc::downgrade(&keys));

@@ -123,9 +123,9 @@ pub fn spawn<E: SpanExporter + 'static>(
     // The first handles register both series at 0, so dashboards and
     // alerts see them before the first drop.
     for reason in ["queue_full", "export_failed"] {
-        metrics::counter!(SPANS_DROPPED_TOTAL, "reason" => reason).absolute(0);
+        metrics::counter!(SPANS_DROPPED_TOTAL, "reason" => reason).increment(0);
     }
-    metrics::counter!(SPANS_EXPORTED_TOTAL).absolute(0);
+    metrics::counter!(SPANS_EXPORTED_TOTAL).increment(0);
     let (queue, receiver) = mpsc::channel(settings.max_queue.max(1));
     tokio::spawn(run(exporter, receiver, settings));
     (
