@@ -14,7 +14,10 @@
 //!   servers, then open loop at 70 % of saturation;
 //! - `memory` — tollgate's resident memory with 100 policies and 10,000
 //!   apps loaded, and after floods of distinct valid and random tokens;
-//! - `all` — the three, in that order;
+//! - `tracing` — tollgate (full policy, Redis) through Envoy with
+//!   OpenTelemetry tracing off, sampling 1 % and 100 % of Checks, exporting
+//!   to a null OTLP collector ([`collector`]);
+//! - `all` — the four, in that order (memory last);
 //! - `null-server` — the null ext_authz server (started by the others).
 //!
 //! Figures are printed, never judged: the exit status says only whether the
@@ -31,6 +34,7 @@
 mod fixtures;
 
 mod check;
+mod collector;
 mod envoy;
 mod loadgen;
 mod null;
@@ -60,6 +64,8 @@ enum Cmd {
     All(Options),
     /// Envoy side by side.
     Envoy(Options),
+    /// tollgate through Envoy with tracing off, at 1 % and at 100 %.
+    Tracing(Options),
     /// Direct gRPC `Check` load (no Envoy).
     Grpc(Options),
     /// Resident memory with 100 policies and 10,000 apps, and under token floods.
@@ -170,8 +176,10 @@ fn main() -> ExitCode {
         Cmd::All(options) => run::machine(&options)
             .and_then(|()| run::envoy(&options))
             .and_then(|()| run::grpc(&options))
+            .and_then(|()| run::tracing(&options))
             .and_then(|()| run::memory(&options)),
         Cmd::Envoy(options) => run::machine(&options).and_then(|()| run::envoy(&options)),
+        Cmd::Tracing(options) => run::machine(&options).and_then(|()| run::tracing(&options)),
         Cmd::Grpc(options) => run::machine(&options).and_then(|()| run::grpc(&options)),
         Cmd::Memory(options) => run::memory(&options),
     };

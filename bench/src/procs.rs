@@ -372,6 +372,17 @@ impl Tollgate {
         redis: Option<&str>,
         threads: std::num::NonZeroUsize,
     ) -> anyhow::Result<Self> {
+        Self::start_with(binary, policy, redis, threads, &[])
+    }
+
+    /// [`Tollgate::start`] with extra `serve` arguments.
+    pub fn start_with(
+        binary: &Path,
+        policy: &[PathBuf],
+        redis: Option<&str>,
+        threads: std::num::NonZeroUsize,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -389,8 +400,10 @@ impl Tollgate {
         if let Some(url) = redis {
             command.args(["--redis", url]);
         }
+        command.args(extra_args);
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TOLLGATE_") {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("TOLLGATE_") || name_text.starts_with("OTEL_") {
                 command.env_remove(name);
             }
         }

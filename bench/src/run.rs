@@ -619,6 +619,139 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// tollgate through Envoy with tracing off, at 1 % and at 100 %: three
+/// tollgate processes (one Redis), each exporting to the same null OTLP
+/// collector, side by side in interleaved rounds. Envoy does not trace, so
+/// every Check is a root span and tollgate's own sampler decides: the cost
+/// measured is tollgate's alone.
+pub fn tracing(options: &Options) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let meter = Meter::new();
+    let fixture = Fixture::generate();
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()?;
+    let policy = write_policy(&fixture, dir.path(), 1, 1)?;
+    let redis = Redis::start()?;
+    let collector = crate::collector::Collector::start()?;
+    let endpoint = format!("http://{}", collector.addr);
+    let binary = options.tollgate_binary();
+    let start = |ratio: Option<&str>| -> anyhow::Result<Tollgate> {
+        let mut args = Vec::new();
+        if let Some(ratio) = ratio {
+            args.extend(["--otlp-endpoint".to_owned(), endpoint.clone()]);
+            args.extend(["--otlp-sampler-ratio".to_owned(), ratio.to_owned()]);
+        }
+        let tollgate = Tollgate::start_with(
+            &binary,
+            &policy,
+            Some(&redis.url()),
+            options.server_threads,
+            &args,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(envoy::http_get(tollgate.admin, "/readyz"), Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("tollgate was not ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(tollgate)
+    };
+    let off = start(None)?;
+    let one = start(Some("0.01"))?;
+    let all = start(Some("1"))?;
+    let listeners = [
+        ("tracing_off", Filter::ExtAuthz("tracing_off")),
+        ("tracing_1", Filter::ExtAuthz("tracing_1")),
+        ("tracing_100", Filter::ExtAuthz("tracing_100")),
+    ]
+    .map(|(name, filter)| Listener { name, filter });
+    let bootstrap = envoy::bootstrap(
+        &listeners,
+        &[
+            ("tracing_off", off.grpc),
+            ("tracing_1", one.grpc),
+            ("tracing_100", all.grpc),
+        ],
+        &fixture,
+    );
+    let envoy = Envoy::start(&procs::envoy_binary(&options.repo)?, &bootstrap)?;
+    let scenario = |listener, title, tollgate: &Tollgate| Scenario {
+        listener,
+        title,
+        server: Some(Watched {
+            label: "server",
+            pid: tollgate.proc.pid(),
+        }),
+    };
+    let scenarios = [
+        scenario("tracing_off", "tracing off", &off),
+        scenario("tracing_1", "tracing, 1 % sampled", &one),
+        scenario("tracing_100", "tracing, 100 % sampled", &all),
+    ];
+    let watch_list = |scenario: &Scenario| -> Vec<Watched> {
+        let mut list = vec![Watched {
+            label: "envoy",
+            pid: envoy.proc.pid(),
+        }];
+        list.extend(scenario.server);
+        list
+    };
+    let (rounds, slice) = (options.rounds(), options.slice());
+    let spans_before = collector.spans();
+    let measure = |scenario: &Scenario, connections: usize, warmup: Duration| {
+        let addr = envoy.listener(scenario.listener)?;
+        let callers = http_callers(&rt, addr, &fixture, connections)?;
+        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
+        let (_, measured) = meter.measure(
+            &rt,
+            &watch_list(scenario),
+            &redis,
+            loadgen::closed_loop(callers, slice),
+        )?;
+        anyhow::Ok(measured)
+    };
+    let saturated = interleaved(rounds, &scenarios, |scenario, round| {
+        eprintln!("[tracing] round {}/{rounds}: {} ...", round + 1, scenario.title);
+        measure(scenario, options.connections, options.warmup_before(round))
+    })?;
+    let unloaded = interleaved(rounds, &scenarios, |scenario, round| {
+        eprintln!(
+            "[tracing] round {}/{rounds}: {} unloaded ...",
+            round + 1,
+            scenario.title
+        );
+        measure(scenario, 1, options.warmup_before(round) / 2)
+    })?;
+    // Let the last batches reach the collector (the export delay is 5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let spans = collector.spans() - spans_before;
+    println!(
+        "\n## Tracing cost (tollgate through Envoy, full policy, Redis; OTLP to a null collector)\n\n\
+         | scenario | saturated req/s | saturated p50 ms | saturated p99 ms | tollgate CPU µs/req | Envoy CPU µs/req | unloaded p50 ms | unloaded p99 ms | unloaded tollgate CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for ((scenario, s), u) in scenarios.iter().zip(&saturated).zip(&unloaded) {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.3} | {:.3} | {} |",
+            scenario.title,
+            s.sample.rate(),
+            s.sample.percentile_ms(50.0),
+            s.sample.percentile_ms(99.0),
+            cpu_cell(s.cpu_us("server")),
+            cpu_cell(s.cpu_us("envoy")),
+            u.sample.percentile_ms(50.0),
+            u.sample.percentile_ms(99.0),
+            cpu_cell(u.cpu_us("server")),
+        );
+    }
+    println!("\n- spans the collector received during the runs: {spans}");
+    drop(envoy);
+    drop((off, one, all));
+    Ok(())
+}
+
 fn row<'a>(rows: &'a [EnvoyRow], listener: &str) -> anyhow::Result<&'a EnvoyRow> {
     rows.iter()
         .find(|r| r.listener == listener)
