@@ -175,12 +175,18 @@ fn tracing_cases(
     let traced = service(fixture).with_tracer(Some(tracing.tracer()));
     let unsampled = check_request(
         credentials,
-        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")],
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )],
     );
     bench(group, rt, "tracing_on_unsampled", &traced, &unsampled);
     let sampled = check_request(
         credentials,
-        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
     );
     bench(group, rt, "tracing_on_sampled", &traced, &sampled);
 }

@@ -129,21 +129,109 @@ fn no_credential_reaches_logs_spans_or_metrics() {
     let expired = user_token(&key, &idp, "alice", -600);
     let foreign = user_token(&stranger, &idp, "alice", 300);
     let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
-        ("valid", vec![("authorization", auth.clone()), ("x-api-key", API_KEY.into()), ("approov-token", app.clone())], 200),
-        ("tampered user token", vec![("authorization", tampered(&auth)), ("x-api-key", API_KEY.into()), ("approov-token", app.clone())], 401),
-        ("expired user token", vec![("authorization", expired.clone()), ("x-api-key", API_KEY.into()), ("approov-token", app_token(&expired, 60.0))], 401),
-        ("token of an unknown key", vec![("authorization", foreign.clone()), ("x-api-key", API_KEY.into()), ("approov-token", app.clone())], 401),
-        ("unknown API key", vec![("authorization", auth.clone()), ("x-api-key", OTHER_KEY.into()), ("approov-token", app.clone())], 401),
-        ("tampered app token", vec![("authorization", auth.clone()), ("x-api-key", API_KEY.into()), ("approov-token", tampered(&app))], 401),
-        ("expired app token", vec![("authorization", auth.clone()), ("x-api-key", API_KEY.into()), ("approov-token", app_token(&auth, -120.0))], 401),
-        ("app token bound to another user token", vec![("authorization", auth.clone()), ("x-api-key", API_KEY.into()), ("approov-token", app_token(&foreign, 60.0))], 401),
-        ("garbage bearer", vec![("authorization", "Bearer not.a.jwt-but-long-enough".into()), ("x-api-key", API_KEY.into())], 401),
-        ("basic credentials", vec![("authorization", "Basic YWxpY2U6aHVudGVyMi1odW50ZXIy".into()), ("x-api-key", API_KEY.into())], 401),
-        ("two API keys", vec![("authorization", auth.clone()), ("x-api-key", API_KEY.into()), ("x-api-key", OTHER_KEY.into())], 400),
+        (
+            "valid",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app.clone()),
+            ],
+            200,
+        ),
+        (
+            "tampered user token",
+            vec![
+                ("authorization", tampered(&auth)),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app.clone()),
+            ],
+            401,
+        ),
+        (
+            "expired user token",
+            vec![
+                ("authorization", expired.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app_token(&expired, 60.0)),
+            ],
+            401,
+        ),
+        (
+            "token of an unknown key",
+            vec![
+                ("authorization", foreign.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app.clone()),
+            ],
+            401,
+        ),
+        (
+            "unknown API key",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", OTHER_KEY.into()),
+                ("approov-token", app.clone()),
+            ],
+            401,
+        ),
+        (
+            "tampered app token",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", tampered(&app)),
+            ],
+            401,
+        ),
+        (
+            "expired app token",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app_token(&auth, -120.0)),
+            ],
+            401,
+        ),
+        (
+            "app token bound to another user token",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("approov-token", app_token(&foreign, 60.0)),
+            ],
+            401,
+        ),
+        (
+            "garbage bearer",
+            vec![
+                ("authorization", "Bearer not.a.jwt-but-long-enough".into()),
+                ("x-api-key", API_KEY.into()),
+            ],
+            401,
+        ),
+        (
+            "basic credentials",
+            vec![
+                ("authorization", "Basic YWxpY2U6aHVudGVyMi1odW50ZXIy".into()),
+                ("x-api-key", API_KEY.into()),
+            ],
+            401,
+        ),
+        (
+            "two API keys",
+            vec![
+                ("authorization", auth.clone()),
+                ("x-api-key", API_KEY.into()),
+                ("x-api-key", OTHER_KEY.into()),
+            ],
+            400,
+        ),
     ];
     let mut ids = Vec::new();
     for (what, headers, status) in &cases {
-        let mut request = stack.get("/v1/safe?access_token=query-token-0123456789").host("vault.example");
+        let mut request = stack
+            .get("/v1/safe?access_token=query-token-0123456789")
+            .host("vault.example");
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -155,34 +243,69 @@ fn no_credential_reaches_logs_spans_or_metrics() {
 
     // Every request has its audit line (allow lines too) and its span:
     // the scan below reads real output, not an empty one.
-    let lines = support::wait_for("an audit line per request", std::time::Duration::from_secs(15), || {
-        let lines = stack.tollgate.log_lines();
-        ids.iter()
-            .all(|id| lines.iter().any(|l| log_field(l, "request_id").and_then(Value::as_str) == Some(id.as_str())))
-            .then_some(lines)
-    });
+    let lines = support::wait_for(
+        "an audit line per request",
+        std::time::Duration::from_secs(15),
+        || {
+            let lines = stack.tollgate.log_lines();
+            ids.iter()
+                .all(|id| {
+                    lines.iter().any(|l| {
+                        log_field(l, "request_id").and_then(Value::as_str) == Some(id.as_str())
+                    })
+                })
+                .then_some(lines)
+        },
+    );
     assert!(lines.iter().any(|l| log_message(l) == Some("allowed")));
     let spans = receiver.wait_for("a span per request", |spans| {
         ids.iter()
-            .all(|id| spans.iter().any(|s| s.attribute("tollgate.request_id") == Some(id.as_str())))
+            .all(|id| {
+                spans
+                    .iter()
+                    .any(|s| s.attribute("tollgate.request_id") == Some(id.as_str()))
+            })
             .then(|| spans.to_vec())
     });
-    assert!(credentials::noted_count() >= 20, "the scan has credentials to look for");
+    assert!(
+        credentials::noted_count() >= 20,
+        "the scan has credentials to look for"
+    );
 
     let output = stack.tollgate.output();
     assert_eq!(credentials::leaks(&output), Vec::<String>::new(), "logs");
     let span_text = format!("{spans:?}");
-    assert_eq!(credentials::leaks(&span_text), Vec::<String>::new(), "spans");
+    assert_eq!(
+        credentials::leaks(&span_text),
+        Vec::<String>::new(),
+        "spans"
+    );
     let metrics = stack.tollgate.metrics();
-    assert_eq!(credentials::leaks(&metrics), Vec::<String>::new(), "metrics");
+    assert_eq!(
+        credentials::leaks(&metrics),
+        Vec::<String>::new(),
+        "metrics"
+    );
     // The audit lines name who and why, never how they proved it.
     let denied = lines
         .iter()
-        .find(|l| log_message(l) == Some("denied") && log_field(l, "reason").and_then(Value::as_str) == Some("app_unknown"))
+        .find(|l| {
+            log_message(l) == Some("denied")
+                && log_field(l, "reason").and_then(Value::as_str) == Some("app_unknown")
+        })
         .expect("the unknown API key's audit line");
-    assert_eq!(log_field(denied, "user").and_then(Value::as_str), Some("alice"));
-    assert_eq!(log_field(denied, "client").and_then(Value::as_str), Some("127.0.0.1"));
-    assert_eq!(log_field(denied, "policy").and_then(Value::as_str), Some("e2e/vault"));
+    assert_eq!(
+        log_field(denied, "user").and_then(Value::as_str),
+        Some("alice")
+    );
+    assert_eq!(
+        log_field(denied, "client").and_then(Value::as_str),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        log_field(denied, "policy").and_then(Value::as_str),
+        Some("e2e/vault")
+    );
 }
 
 /// A subject crafted to forge a log line and reverse what a reader sees.
@@ -206,7 +329,9 @@ fn audit_lines_escape_crafted_claims_in_json_and_text() {
     let stack = Stack::start(&policy(&idp));
     let response = crafted_request(&stack, &key, &idp);
     assert_eq!(response.reason(), Some("app_credential_missing"));
-    let line = stack.tollgate.wait_for_log("denied", std::time::Duration::from_secs(15));
+    let line = stack
+        .tollgate
+        .wait_for_log("denied", std::time::Duration::from_secs(15));
     assert_eq!(
         log_field(&line, "user").and_then(Value::as_str),
         Some("mallory\\u{a}INFO tollgate::audit: allowed user=admin\\u{202e}nimda")
@@ -217,13 +342,24 @@ fn audit_lines_escape_crafted_claims_in_json_and_text() {
     let stack = Stack::builder("").start_around(text);
     let response = crafted_request(&stack, &key, &idp);
     assert_eq!(response.reason(), Some("app_credential_missing"));
-    let output = support::wait_for("the text audit line", std::time::Duration::from_secs(15), || {
-        let output = stack.tollgate.output();
-        output.contains("tollgate::audit").then_some(output)
-    });
-    let audit: Vec<&str> = output.lines().filter(|l| l.contains("tollgate::audit")).collect();
+    let output = support::wait_for(
+        "the text audit line",
+        std::time::Duration::from_secs(15),
+        || {
+            let output = stack.tollgate.output();
+            output.contains("tollgate::audit").then_some(output)
+        },
+    );
+    let audit: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("tollgate::audit"))
+        .collect();
     assert_eq!(audit.len(), 1, "{output}");
-    assert!(audit[0].contains("mallory") && audit[0].contains("u{a}INFO"), "{}", audit[0]);
+    assert!(
+        audit[0].contains("mallory") && audit[0].contains("u{a}INFO"),
+        "{}",
+        audit[0]
+    );
     assert!(!output.contains('\u{202e}'), "no bidi override in the log");
     assert!(
         !output.lines().any(|l| l.starts_with("INFO")),
@@ -246,19 +382,29 @@ fn hashed_users_are_pseudonymous_and_stable() {
             .send();
         assert_eq!(response.reason(), Some("app_credential_missing"));
     }
-    let lines = support::wait_for("two audit lines", std::time::Duration::from_secs(15), || {
-        let lines: Vec<Value> = stack
-            .tollgate
-            .log_lines()
-            .into_iter()
-            .filter(|l| log_message(l) == Some("denied"))
-            .collect();
-        (lines.len() == 2).then_some(lines)
-    });
+    let lines = support::wait_for(
+        "two audit lines",
+        std::time::Duration::from_secs(15),
+        || {
+            let lines: Vec<Value> = stack
+                .tollgate
+                .log_lines()
+                .into_iter()
+                .filter(|l| log_message(l) == Some("denied"))
+                .collect();
+            (lines.len() == 2).then_some(lines)
+        },
+    );
     let expected = tollgate::telemetry::audit::user_hash(&idp.issuer(), "alice");
     for line in &lines {
-        assert_eq!(log_field(line, "user_hash").and_then(Value::as_str), Some(expected.as_str()));
-        assert!(log_field(line, "user").is_none() && log_field(line, "issuer").is_none(), "{line}");
+        assert_eq!(
+            log_field(line, "user_hash").and_then(Value::as_str),
+            Some(expected.as_str())
+        );
+        assert!(
+            log_field(line, "user").is_none() && log_field(line, "issuer").is_none(),
+            "{line}"
+        );
     }
     assert!(!stack.tollgate.output().contains("alice"));
 }
@@ -268,9 +414,18 @@ fn the_leak_scan_finds_each_credential_kind() {
     let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVzLWhlcmU";
     let pieces = credentials::pieces(&format!("Bearer {jwt}"));
     assert!(pieces.contains(&jwt.to_owned()));
-    assert!(pieces.contains(&"eyJzdWIiOiJhbGljZSJ9".to_owned()), "payload");
-    assert!(pieces.contains(&"c2lnbmF0dXJlLWJ5dGVzLWhlcmU".to_owned()), "signature");
-    assert!(!pieces.contains(&"eyJhbGciOiJFUzI1NiJ9".to_owned()), "not the shared header");
+    assert!(
+        pieces.contains(&"eyJzdWIiOiJhbGljZSJ9".to_owned()),
+        "payload"
+    );
+    assert!(
+        pieces.contains(&"c2lnbmF0dXJlLWJ5dGVzLWhlcmU".to_owned()),
+        "signature"
+    );
+    assert!(
+        !pieces.contains(&"eyJhbGciOiJFUzI1NiJ9".to_owned()),
+        "not the shared header"
+    );
     let signature = credentials::pieces("sig1=:bWFjLW9mLXRoZS1yZXF1ZXN0:");
     assert!(signature.contains(&"bWFjLW9mLXRoZS1yZXF1ZXN0".to_owned()));
     assert!(credentials::pieces("k").is_empty(), "too short to check");
@@ -280,11 +435,16 @@ fn the_leak_scan_finds_each_credential_kind() {
     assert!(!credentials::is_credential_header("x-request-id"));
 
     credentials::note_header("x-api-key", "tg_live_0123456789abcdef");
-    credentials::note_policy_secrets("apiVersion: v1\nkind: Secret\ndata:\n  k: aG1hYy1rZXktbWF0ZXJpYWwtMQ==\n");
+    credentials::note_policy_secrets(
+        "apiVersion: v1\nkind: Secret\ndata:\n  k: aG1hYy1rZXktbWF0ZXJpYWwtMQ==\n",
+    );
     assert_eq!(
         credentials::leaks("INFO denied key=tg_live_0123456789abcdef"),
         ["tg_live_0123456789abcdef"]
     );
-    assert_eq!(credentials::leaks("secret hmac-key-material-1 logged"), ["hmac-key-material-1"]);
+    assert_eq!(
+        credentials::leaks("secret hmac-key-material-1 logged"),
+        ["hmac-key-material-1"]
+    );
     assert!(credentials::leaks("INFO denied key=tg_live_01234…").is_empty());
 }

@@ -117,7 +117,9 @@ fn tollgates_span_is_a_child_of_envoys_ext_authz_span() {
         // Envoy's span around the ext_authz call: a client span of the
         // Check method, itself a child of Envoy's span of the request.
         assert!(
-            envoy_parent.name.contains("envoy.service.auth.v3.Authorization"),
+            envoy_parent
+                .name
+                .contains("envoy.service.auth.v3.Authorization"),
             "tollgate's parent is Envoy's ext_authz span: {envoy_parent:?}"
         );
         assert_eq!(envoy_parent.kind, 3, "a client span: {envoy_parent:?}");
@@ -293,21 +295,33 @@ fn a_stuck_collector_costs_spans_never_checks() {
         .envoy_tracing(receiver.addr(), 100.0)
         .start();
     for i in 0..60 {
-        let key = if i % 3 == 0 { "wrong-key-0123456789" } else { KEY };
+        let key = if i % 3 == 0 {
+            "wrong-key-0123456789"
+        } else {
+            KEY
+        };
         let response = stack
             .get(&format!("/orders/{i}"))
             .host("traced.example")
             .header("x-api-key", key)
             .send();
         let expected = if i % 3 == 0 { 401 } else { 200 };
-        assert_eq!(response.status, expected, "request {i}: {}", response.text());
+        assert_eq!(
+            response.status,
+            expected,
+            "request {i}: {}",
+            response.text()
+        );
     }
     let metrics = stack.tollgate.metrics();
     let dropped = series(
         &metrics,
         "tollgate_trace_spans_dropped_total{reason=\"queue_full\"}",
     );
-    assert!(dropped > 0.0, "spans beyond the queue are counted:\n{metrics}");
+    assert!(
+        dropped > 0.0,
+        "spans beyond the queue are counted:\n{metrics}"
+    );
     assert!(receiver.calls() >= 1, "tollgate did try to export");
 }
 

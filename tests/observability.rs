@@ -90,9 +90,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(offset) = expr[i..].find("tollgate_") {
         let start = i + offset;
-        let preceded_by_ident = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded_by_ident =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':')
+        {
             end += 1;
         }
         if !preceded_by_ident {
@@ -226,7 +229,10 @@ fn promtool_accepts_the_rules_and_every_dashboard_query() {
     // JSON is YAML.
     std::fs::write(&file, serde_json::to_vec_pretty(&document).unwrap()).unwrap();
     let text = run_promtool(&["check", "rules", file.to_str().unwrap()], dir.path());
-    assert!(text.contains(&format!("SUCCESS: {count} rules found")), "{text}");
+    assert!(
+        text.contains(&format!("SUCCESS: {count} rules found")),
+        "{text}"
+    );
 
     // A query that does not parse is refused: the check can fail.
     let broken = dir.path().join("broken.yaml");
@@ -348,7 +354,10 @@ fn panels_and_alerts_name_only_metrics_tollgate_exports() {
     // Allowed twice (the store fails: onStoreError allow; the second
     // token check is a cache hit), and denied once.
     for _ in 0..2 {
-        let allowed = check(&[("x-api-key", "obs-key-7f3a9c1e5b2d8046af1c3e5d7b9a2c4e"), ("authorization", &auth)]);
+        let allowed = check(&[
+            ("x-api-key", "obs-key-7f3a9c1e5b2d8046af1c3e5d7b9a2c4e"),
+            ("authorization", &auth),
+        ]);
         assert_eq!(allowed.outcome(), "allow");
     }
     assert_eq!(check(&[]).outcome(), "app_credential_missing");
@@ -364,7 +373,9 @@ fn panels_and_alerts_name_only_metrics_tollgate_exports() {
             let metrics = tollgate.metrics();
             let names = exported(&metrics);
             (names.contains("tollgate_policy_compile_errors")
-                && metrics.lines().any(|l| l.starts_with("tollgate_trace_spans_exported_total ") && !l.ends_with(" 0")))
+                && metrics.lines().any(|l| {
+                    l.starts_with("tollgate_trace_spans_exported_total ") && !l.ends_with(" 0")
+                }))
             .then_some(metrics)
         },
     );
@@ -387,14 +398,23 @@ fn panels_and_alerts_name_only_metrics_tollgate_exports() {
     // Conventions the review added: the build info, and error series that
     // exist at 0 before the first error (so alerts see the first one).
     assert!(
-        metrics.contains(&format!("tollgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+        metrics.contains(&format!(
+            "tollgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{metrics}"
     );
     let protocol_errors = metrics
         .lines()
         .find(|l| l.starts_with("tollgate_store_errors_total{") && l.contains("kind=\"protocol\""));
-    assert!(protocol_errors.is_some_and(|l| l.ends_with(" 0")), "{metrics}");
-    assert!(metrics.contains("tollgate_jwks_fetches_total{outcome=\"failure\"} 0"), "{metrics}");
+    assert!(
+        protocol_errors.is_some_and(|l| l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_jwks_fetches_total{outcome=\"failure\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

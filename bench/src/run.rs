@@ -635,11 +635,16 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
     let redis = Redis::start()?;
     let collector = crate::collector::Collector::start()?;
     let endpoint = format!("http://{}", collector.addr);
+    // A collector that is down: a port nothing listens on.
+    let down = {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", closed.local_addr()?)
+    };
     let binary = options.tollgate_binary();
-    let start = |ratio: Option<&str>| -> anyhow::Result<Tollgate> {
+    let start = |ratio: Option<&str>, endpoint: &str| -> anyhow::Result<Tollgate> {
         let mut args = Vec::new();
         if let Some(ratio) = ratio {
-            args.extend(["--otlp-endpoint".to_owned(), endpoint.clone()]);
+            args.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
             args.extend(["--otlp-sampler-ratio".to_owned(), ratio.to_owned()]);
         }
         let tollgate = Tollgate::start_with(
@@ -658,13 +663,15 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
         }
         Ok(tollgate)
     };
-    let off = start(None)?;
-    let one = start(Some("0.01"))?;
-    let all = start(Some("1"))?;
+    let off = start(None, &endpoint)?;
+    let one = start(Some("0.01"), &endpoint)?;
+    let all = start(Some("1"), &endpoint)?;
+    let unreachable = start(Some("1"), &down)?;
     let listeners = [
         ("tracing_off", Filter::ExtAuthz("tracing_off")),
         ("tracing_1", Filter::ExtAuthz("tracing_1")),
         ("tracing_100", Filter::ExtAuthz("tracing_100")),
+        ("tracing_down", Filter::ExtAuthz("tracing_down")),
     ]
     .map(|(name, filter)| Listener { name, filter });
     let bootstrap = envoy::bootstrap(
@@ -673,6 +680,7 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
             ("tracing_off", off.grpc),
             ("tracing_1", one.grpc),
             ("tracing_100", all.grpc),
+            ("tracing_down", unreachable.grpc),
         ],
         &fixture,
     );
@@ -689,6 +697,11 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
         scenario("tracing_off", "tracing off", &off),
         scenario("tracing_1", "tracing, 1 % sampled", &one),
         scenario("tracing_100", "tracing, 100 % sampled", &all),
+        scenario(
+            "tracing_down",
+            "tracing, 100 % sampled, collector down",
+            &unreachable,
+        ),
     ];
     let watch_list = |scenario: &Scenario| -> Vec<Watched> {
         let mut list = vec![Watched {
@@ -713,7 +726,11 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
         anyhow::Ok(measured)
     };
     let saturated = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!("[tracing] round {}/{rounds}: {} ...", round + 1, scenario.title);
+        eprintln!(
+            "[tracing] round {}/{rounds}: {} ...",
+            round + 1,
+            scenario.title
+        );
         measure(scenario, options.connections, options.warmup_before(round))
     })?;
     let unloaded = interleaved(rounds, &scenarios, |scenario, round| {
@@ -747,8 +764,15 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
         );
     }
     println!("\n- spans the collector received during the runs: {spans}");
+    if let Ok((200, metrics)) = envoy::http_get(unreachable.admin, "/metrics") {
+        let dropped: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("tollgate_trace_spans_dropped_total"))
+            .collect();
+        println!("- collector down, spans dropped: {}", dropped.join(", "));
+    }
     drop(envoy);
-    drop((off, one, all));
+    drop((off, one, all, unreachable));
     Ok(())
 }
 

@@ -424,7 +424,8 @@ impl RemoteKeys {
         }
         // A child span when a Check waits for this fetch (first keys, an
         // unknown kid); background refreshes have no Check to belong to.
-        let mut span = crate::telemetry::trace::child("jwks fetch", opentelemetry::trace::SpanKind::Client);
+        let mut span =
+            crate::telemetry::trace::child("jwks fetch", opentelemetry::trace::SpanKind::Client);
         if span.is_recording() {
             span.set("tollgate.keys.source", self.describe());
         }

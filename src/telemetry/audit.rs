@@ -59,7 +59,12 @@ pub struct AuditArgs {
 
     /// Fraction (0 to 1) of allowed requests that also get an audit line
     /// (`allowed`). 0, the default, logs denials only.
-    #[arg(long, env = "TOLLGATE_AUDIT_ALLOW_RATIO", default_value_t = 0.0, value_name = "RATIO")]
+    #[arg(
+        long,
+        env = "TOLLGATE_AUDIT_ALLOW_RATIO",
+        default_value_t = 0.0,
+        value_name = "RATIO"
+    )]
     pub audit_allow_ratio: f64,
 }
 
@@ -135,7 +140,8 @@ impl Audit {
     }
 
     fn samples_allow(&self) -> bool {
-        self.allow_ratio >= 1.0 || (self.allow_ratio > 0.0 && rand::random::<f64>() < self.allow_ratio)
+        self.allow_ratio >= 1.0
+            || (self.allow_ratio > 0.0 && rand::random::<f64>() < self.allow_ratio)
     }
 }
 
@@ -176,7 +182,10 @@ impl<'a> Line<'a> {
             (AuditUser::Hashed, Some(user)) => (
                 None,
                 None,
-                Some(user_hash(identity.issuer.as_deref().unwrap_or_default(), user)),
+                Some(user_hash(
+                    identity.issuer.as_deref().unwrap_or_default(),
+                    user,
+                )),
             ),
         };
         Self {
@@ -295,7 +304,10 @@ mod tests {
             escape("alice\nINFO tollgate::audit: allowed"),
             "alice\\u{a}INFO tollgate::audit: allowed"
         );
-        assert_eq!(escape("a\r\u{1b}[31mred\u{7f}"), "a\\u{d}\\u{1b}[31mred\\u{7f}");
+        assert_eq!(
+            escape("a\r\u{1b}[31mred\u{7f}"),
+            "a\\u{d}\\u{1b}[31mred\\u{7f}"
+        );
         assert_eq!(escape("x\u{85}y\u{2028}z"), "x\\u{85}y\\u{2028}z");
         // "admin" shown reversed by a right-to-left override.
         assert_eq!(escape("\u{202e}nimda"), "\\u{202e}nimda");

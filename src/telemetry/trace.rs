@@ -168,8 +168,11 @@ impl TraceArgs {
             },
         };
         let has_service_name = var("OTEL_SERVICE_NAME").is_some()
-            || var("OTEL_RESOURCE_ATTRIBUTES")
-                .is_some_and(|attrs| attrs.split(',').any(|a| a.trim().starts_with("service.name=")));
+            || var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+                attrs
+                    .split(',')
+                    .any(|a| a.trim().starts_with("service.name="))
+            });
         Ok(Some(TraceSettings {
             endpoint,
             sampler,
@@ -267,10 +270,8 @@ impl Tracing {
         mut exporter: E,
         settings: &TraceSettings,
     ) -> Self {
-        let mut resource = Resource::builder().with_attribute(KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ));
+        let mut resource = Resource::builder()
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
         if let Some(name) = &settings.service_name {
             resource = resource.with_service_name(name.clone());
         }

@@ -33,7 +33,15 @@ pub fn is_credential_header(name: &str) -> bool {
         return false;
     }
     [
-        "auth", "key", "token", "secret", "cookie", "dpop", "signature", "proof", "password",
+        "auth",
+        "key",
+        "token",
+        "secret",
+        "cookie",
+        "dpop",
+        "signature",
+        "proof",
+        "password",
     ]
     .iter()
     .any(|part| name.contains(part))

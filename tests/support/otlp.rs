@@ -87,7 +87,12 @@ impl TraceService for Receiver {
                         attributes: span
                             .attributes
                             .iter()
-                            .map(|kv| (kv.key.clone(), kv.value.as_ref().map(text).unwrap_or_default()))
+                            .map(|kv| {
+                                (
+                                    kv.key.clone(),
+                                    kv.value.as_ref().map(text).unwrap_or_default(),
+                                )
+                            })
                             .collect(),
                         status_code: span.status.map_or(0, |s| s.code),
                     });

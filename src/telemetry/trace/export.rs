@@ -165,12 +165,9 @@ impl Flusher {
     /// Exports every queued span, waiting at most `limit`.
     pub async fn flush(&self, limit: Duration) -> bool {
         let (done, finished) = oneshot::channel();
-        let flushed = async {
-            self.queue.send(Message::Flush(done)).await.is_ok() && finished.await.is_ok()
-        };
-        tokio::time::timeout(limit, flushed)
-            .await
-            .unwrap_or(false)
+        let flushed =
+            async { self.queue.send(Message::Flush(done)).await.is_ok() && finished.await.is_ok() };
+        tokio::time::timeout(limit, flushed).await.unwrap_or(false)
     }
 }
 
@@ -382,7 +379,10 @@ mod tests {
                     .map(|(_, v)| (*v).to_owned())
             }
         };
-        assert_eq!(QueueSettings::from_env(env(&[])), Ok(QueueSettings::default()));
+        assert_eq!(
+            QueueSettings::from_env(env(&[])),
+            Ok(QueueSettings::default())
+        );
         let set = QueueSettings::from_env(env(&[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "500"),

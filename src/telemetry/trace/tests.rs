@@ -155,10 +155,7 @@ async fn the_request_headers_are_the_fallback_parent_and_b3_works() {
     assert_eq!(span.trace_id().unwrap().to_string(), TRACE);
     span.finish(&denied());
     assert!(tracing.flush().await);
-    assert_eq!(
-        capture.spans()[0].parent_span_id.to_string(),
-        ENVOY_SPAN
-    );
+    assert_eq!(capture.spans()[0].parent_span_id.to_string(), ENVOY_SPAN);
 }
 
 #[tokio::test]
@@ -262,14 +259,25 @@ fn unusable_settings_are_refused() {
         otlp_endpoint: Some(url.into()),
         otlp_sampler_ratio: None,
     };
-    for bad in ["https://collector:4317", "collector:4317", "not a url", "ftp://x"] {
+    for bad in [
+        "https://collector:4317",
+        "collector:4317",
+        "not a url",
+        "ftp://x",
+    ] {
         assert!(endpoint(bad).settings(env(&[])).is_err(), "{bad}");
     }
     let ok = endpoint("http://127.0.0.1:4317");
     for vars in [
         &[("OTEL_TRACES_SAMPLER", "jaeger_remote")][..],
-        &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
-        &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "x")],
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ],
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "x"),
+        ],
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
         &[("OTEL_BSP_MAX_QUEUE_SIZE", "-1")],
     ] {
