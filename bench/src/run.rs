@@ -642,7 +642,9 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
     };
     let binary = options.tollgate_binary();
     let start = |ratio: Option<&str>, endpoint: &str| -> anyhow::Result<Tollgate> {
-        let mut args = Vec::new();
+        // A generous store timeout: four tollgates, Envoy, Redis and the
+        // generator share the cores, and a 503 would end the run.
+        let mut args = vec!["--store-timeout".to_owned(), "1s".to_owned()];
         if let Some(ratio) = ratio {
             args.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
             args.extend(["--otlp-sampler-ratio".to_owned(), ratio.to_owned()]);
