@@ -40,7 +40,7 @@ fi
 # they complete and print their figures, never a pass/fail on the figures.
 step "benchmark smoke run (bench/load.sh --quick; criterion --test)"
 bash bench/load.sh --quick
-cargo bench "${cargo_flags[@]}" --bench decide --bench compile -- --test
+cargo bench "${cargo_flags[@]}" --bench decide --bench compile --bench check -- --test
 
 step "cargo nextest run --workspace --no-fail-fast (profile $nextest_profile)"
 exec cargo nextest run "${cargo_flags[@]}" --workspace --no-fail-fast --profile "$nextest_profile"
