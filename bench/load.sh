@@ -16,6 +16,9 @@
 #           and at a fixed open-loop rate;
 #   grpc    Check driven directly over 1 and 4 HTTP/2 connections against
 #           tollgate and the null servers, then open loop at 70 %;
+#   tracing tollgate through Envoy with OpenTelemetry tracing off, at 1 %
+#           and at 100 % (and 100 % with the collector down), to a null
+#           OTLP collector;
 #   memory  tollgate's resident memory with 100 policies + 10,000 apps, and
 #           after floods of distinct tokens.
 #
