@@ -98,6 +98,9 @@ fn app_token(bound: &str, exp_in: f64) -> String {
     mint::sign_hmac(Algorithm::HS256, &SECRET, None, &claims.to_json()).unwrap()
 }
 
+/// What a case sends and the status it expects.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16);
+
 /// Flips one character of a JWS signature.
 fn tampered(token: &str) -> String {
     let mut bytes = token.as_bytes().to_vec();
@@ -128,7 +131,7 @@ fn no_credential_reaches_logs_spans_or_metrics() {
     let app = app_token(&auth, 60.0);
     let expired = user_token(&key, &idp, "alice", -600);
     let foreign = user_token(&stranger, &idp, "alice", 300);
-    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "valid",
             vec![
