@@ -14,8 +14,9 @@
 //! - [`reason`] — the one table of deny reasons.
 //!
 //! Around it: [`server`] (binds and runs the listeners), [`admin`]
-//! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
-//! and [`cli`] (the subcommands).
+//! (health, readiness, metrics), [`tls`] (TLS and client certificates on
+//! tollgate's own ports), [`telemetry`], [`shutdown`], [`config`] and
+//! [`cli`] (the subcommands).
 
 pub mod admin;
 pub mod authn;
@@ -35,3 +36,4 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
