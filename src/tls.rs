@@ -57,6 +57,14 @@ pub use certificate::Leaf;
 pub use identity::{ClientIdentities, IdentityError};
 pub use material::{Material, TlsError};
 
+/// Handshakes by `listener` and `result` (`accepted` or an
+/// [`accept::Refusal`] label).
+pub const HANDSHAKES_TOTAL: &str = "tollgate_tls_handshakes_total";
+/// Certificate reloads by `listener` and `result` (`success`, `error`).
+pub const RELOADS_TOTAL: &str = "tollgate_tls_reloads_total";
+/// The serving certificate's `notAfter`, Unix seconds, by `listener`.
+pub const CERTIFICATE_EXPIRY: &str = "tollgate_tls_certificate_expiry_timestamp_seconds";
+
 /// Which listener a TLS configuration serves: the label of its metrics and
 /// log lines, and the application protocol it offers by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
-//! `tollgate serve`: configuration → telemetry → policies → store → bind →
-//! [`crate::server::run`] until SIGTERM/SIGINT.
+//! `tollgate serve`: configuration → telemetry → policies → TLS files →
+//! store → bind → [`crate::server::run`] until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::pipeline::Deps;
 use crate::policy::source;
-use crate::server::{self, Listeners, ServerState};
+use crate::server::{self, Listeners, ServerState, TlsListeners};
+use crate::tls::ServerTls;
 use crate::{shutdown, telemetry};
 
 /// Runs the server; exit status 0 after a clean shutdown, 1 when start-up
@@ -70,13 +71,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         policies = snapshot.policies.len(),
         "policies loaded"
     );
+    let tls = load_tls(&config)?;
     let store = config.store.build().context("cannot set up the store")?;
     let deps = Deps {
         store,
         clock: Arc::new(SystemClock),
         settings: config.decision.settings()?,
     };
-    let listeners = Listeners::bind(config.grpc_addr, config.admin_addr).await?;
+    let listeners =
+        Listeners::bind_all(config.grpc_addr, config.admin_addr, config.metrics_addr).await?;
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (stop_watcher, watcher_stop) = oneshot::channel::<()>();
@@ -91,6 +94,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut state = ServerState::new(shared, deps);
     state.metrics = Some(metrics);
     state.drain_timeout = config.drain_timeout;
+    state.tls = tls;
     state.app_labels = std::sync::Arc::new(crate::telemetry::app_labels::AppLabels::new(
         config.metrics_app_labels,
     ));
@@ -103,4 +107,34 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let _ = stop_watcher.send(());
     let _ = watcher.await;
     Ok(served?)
+}
+
+/// Reads and checks every listener's certificate files: a missing file, a
+/// key that does not match its certificate or an unusable CA stops the
+/// start-up with the path and the reason.
+fn load_tls(config: &ServeConfig) -> anyhow::Result<TlsListeners> {
+    let plan = config.tls.plan(config.metrics_addr)?;
+    let load = |settings: Option<crate::tls::TlsSettings>| -> anyhow::Result<Option<ServerTls>> {
+        let Some(settings) = settings else {
+            return Ok(None);
+        };
+        let role = settings.role.label();
+        let tls = ServerTls::load(settings)
+            .with_context(|| format!("cannot serve TLS on the {role} listener"))?;
+        let serving = tls.serving();
+        tracing::info!(
+            listener = role,
+            serial = %serving.leaf.serial,
+            not_after = ?serving.leaf.not_after.map(|t| t.to_string()),
+            client_certificates = if tls.requires_client_certificate() { "required" } else { "not requested" },
+            "TLS certificate loaded"
+        );
+        Ok(Some(tls))
+    };
+    Ok(TlsListeners {
+        grpc: load(plan.grpc)?,
+        admin: load(plan.admin)?,
+        metrics: load(plan.metrics)?,
+        reload_interval: None,
+    })
 }

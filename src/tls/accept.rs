@@ -138,7 +138,7 @@ impl RefusalLog {
         error: &dyn std::fmt::Display,
     ) {
         metrics::counter!(
-            "tollgate_tls_handshakes_total",
+            super::HANDSHAKES_TOTAL,
             "listener" => role.label(),
             "result" => refusal.label()
         )
@@ -259,7 +259,7 @@ async fn accept_loop(listener: TcpListener, tls: ServerTls, sender: mpsc::Sender
             match handshake {
                 Ok(Ok(stream)) => {
                     metrics::counter!(
-                        "tollgate_tls_handshakes_total",
+                        super::HANDSHAKES_TOTAL,
                         "listener" => tls.role().label(),
                         "result" => "accepted"
                     )

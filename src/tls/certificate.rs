@@ -69,7 +69,7 @@ impl Leaf {
     pub fn record_expiry(&self, role: Role) {
         if let Some(until) = self.not_after {
             metrics::gauge!(
-                "tollgate_tls_certificate_expiry_timestamp_seconds",
+                super::CERTIFICATE_EXPIRY,
                 "listener" => role.label()
             )
             .set(until.as_second() as f64);

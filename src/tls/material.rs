@@ -30,11 +30,13 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Why a listener's TLS files cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the {what} {}: {source}", path.display())]
+    // `cause`, not `source`: the message already holds it, and an error
+    // chain printed with `{:#}` would repeat it.
+    #[error("cannot read the {what} {}: {cause}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the {what} {} is larger than {MAX_FILE_BYTES} bytes", path.display())]
     TooLarge { what: &'static str, path: PathBuf },
@@ -178,10 +180,10 @@ impl Material {
 /// Reads `path` (at most [`MAX_FILE_BYTES`]), following symlinks as a
 /// Kubernetes Secret mount needs.
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    let read_error = |source| TlsError::Read {
+    let read_error = |cause| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        cause,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let mut bytes = Vec::new();

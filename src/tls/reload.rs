@@ -134,7 +134,7 @@ impl ServerTls {
                     leaf.warn_if_not_current(role);
                     leaf.record_expiry(role);
                     metrics::counter!(
-                        "tollgate_tls_reloads_total",
+                        super::RELOADS_TOTAL,
                         "listener" => role.label(),
                         "result" => "success"
                     )
@@ -148,7 +148,7 @@ impl ServerTls {
                 }
                 Look::Rejected(error) => {
                     metrics::counter!(
-                        "tollgate_tls_reloads_total",
+                        super::RELOADS_TOTAL,
                         "listener" => role.label(),
                         "result" => "error"
                     )
