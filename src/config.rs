@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::origin::TrustedOrigin;
-use crate::tls::{ClientIdentities, IdentityError, Role, TlsFiles, TlsSettings};
 use crate::pipeline::{DefaultDecision, Settings};
 use crate::policy::duration::parse_duration;
 use crate::telemetry::LogFormat;
+use crate::tls::{ClientIdentities, IdentityError, Role, TlsFiles, TlsSettings};
 
 /// Most trusted proxy hops accepted: more is a configuration mistake.
 pub const MAX_TRUSTED_HOPS: u8 = 16;
@@ -158,7 +158,8 @@ impl TlsArgs {
     pub fn plan(&self, metrics_addr: Option<SocketAddr>) -> Result<TlsPlan, ConfigError> {
         let grpc = pair("grpc", &self.grpc_tls_cert, &self.grpc_tls_key)?;
         let admin = pair("admin", &self.admin_tls_cert, &self.admin_tls_key)?;
-        let listed = !self.grpc_client_spiffe_ids.is_empty() || !self.grpc_client_dns_names.is_empty();
+        let listed =
+            !self.grpc_client_spiffe_ids.is_empty() || !self.grpc_client_dns_names.is_empty();
         if self.grpc_client_ca.is_some() && grpc.is_none() {
             return Err(ConfigError::ClientCaWithoutTls("grpc"));
         }
@@ -175,30 +176,35 @@ impl TlsArgs {
         }
         let clients =
             ClientIdentities::new(&self.grpc_client_spiffe_ids, &self.grpc_client_dns_names)?;
-        let settings = |role, (cert, key): (PathBuf, PathBuf), client_ca: &Option<PathBuf>, clients| {
-            TlsSettings {
-                role,
-                files: TlsFiles {
-                    cert,
-                    key,
-                    client_ca: client_ca.clone(),
-                },
-                clients,
-            }
-        };
+        let settings =
+            |role, (cert, key): (PathBuf, PathBuf), client_ca: &Option<PathBuf>, clients| {
+                TlsSettings {
+                    role,
+                    files: TlsFiles {
+                        cert,
+                        key,
+                        client_ca: client_ca.clone(),
+                    },
+                    clients,
+                }
+            };
         Ok(TlsPlan {
             grpc: grpc.map(|files| settings(Role::Grpc, files, &self.grpc_client_ca, clients)),
-            metrics: admin.clone().filter(|_| metrics_addr.is_some()).map(|files| {
-                settings(
-                    Role::Metrics,
-                    files,
-                    &self.metrics_client_ca,
-                    ClientIdentities::default(),
-                )
-            }),
+            metrics: admin
+                .clone()
+                .filter(|_| metrics_addr.is_some())
+                .map(|files| {
+                    settings(
+                        Role::Metrics,
+                        files,
+                        &self.metrics_client_ca,
+                        ClientIdentities::default(),
+                    )
+                }),
             // Probes cannot present a certificate: the admin port never
             // asks for one.
-            admin: admin.map(|files| settings(Role::Admin, files, &None, ClientIdentities::default())),
+            admin: admin
+                .map(|files| settings(Role::Admin, files, &None, ClientIdentities::default())),
         })
     }
 }
@@ -291,11 +297,15 @@ pub enum ConfigError {
     DrainTimeout,
     #[error("{given} needs {missing}")]
     HalfPair { given: String, missing: String },
-    #[error("a client CA for the {0} listener needs TLS on it (--{0}-tls-cert and --{0}-tls-key; the metrics listener uses the admin pair)")]
+    #[error(
+        "a client CA for the {0} listener needs TLS on it (--{0}-tls-cert and --{0}-tls-key; the metrics listener uses the admin pair)"
+    )]
     ClientCaWithoutTls(&'static str),
     #[error("--grpc-client-spiffe-id and --grpc-client-dns-name need --grpc-client-ca")]
     IdentitiesWithoutClientCa,
-    #[error("--metrics-client-ca needs --metrics-addr (a listener of its own, so probes need no certificate)")]
+    #[error(
+        "--metrics-client-ca needs --metrics-addr (a listener of its own, so probes need no certificate)"
+    )]
     MetricsClientCaWithoutMetricsAddr,
     #[error("{0}")]
     Identity(#[from] IdentityError),
@@ -493,16 +503,25 @@ mod tests {
             .unwrap()
         );
         let admin = plan.admin.unwrap();
-        assert_eq!(admin.files.client_ca, None, "probes never need a certificate");
+        assert_eq!(
+            admin.files.client_ca, None,
+            "probes never need a certificate"
+        );
         let metrics = plan.metrics.unwrap();
         assert_eq!(metrics.files.cert, PathBuf::from("/tls/admin.crt"));
-        assert_eq!(metrics.files.client_ca, Some(PathBuf::from("/tls/scraper-ca.crt")));
+        assert_eq!(
+            metrics.files.client_ca,
+            Some(PathBuf::from("/tls/scraper-ca.crt"))
+        );
 
         let plain = parse(&["--policy-file", "p"]);
         assert_eq!(plain.tls.plan(None), Ok(TlsPlan::default()));
         let metrics_only = parse(&["--policy-file", "p", "--metrics-addr", "127.0.0.1:0"]);
         assert_eq!(metrics_only.validate(), Ok(()));
-        assert_eq!(metrics_only.tls.plan(metrics_only.metrics_addr), Ok(TlsPlan::default()));
+        assert_eq!(
+            metrics_only.tls.plan(metrics_only.metrics_addr),
+            Ok(TlsPlan::default())
+        );
     }
 
     #[test]

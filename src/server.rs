@@ -371,7 +371,9 @@ type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
 fn spawn_grpc(
     listener: TcpListener,
     state: &ServerState,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
 ) -> Result<(GrpcTask, oneshot::Sender<()>), ServerError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

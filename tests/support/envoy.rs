@@ -79,6 +79,49 @@ impl Route {
     }
 }
 
+/// How Envoy's `tollgate` cluster reaches a tollgate serving TLS: the
+/// cluster's `transport_socket` (an `UpstreamTlsContext`), as
+/// `deploy/envoy/front-proxy-mtls.yaml` configures it.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The CA tollgate's certificate must chain to.
+    pub ca: PathBuf,
+    /// Envoy's client certificate and key; `None` presents none.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name Envoy expects in tollgate's certificate (and sends as SNI).
+    pub server_name: String,
+}
+
+impl UpstreamTls {
+    /// The cluster's `transport_socket`.
+    pub fn transport_socket(&self) -> Value {
+        let mut common = json!({
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": { "filename": self.ca },
+                "match_typed_subject_alt_names": [{
+                    "san_type": "DNS",
+                    "matcher": { "exact": self.server_name },
+                }],
+            },
+        });
+        if let Some((cert, key)) = &self.client {
+            common["tls_certificates"] = json!([{
+                "certificate_chain": { "filename": cert },
+                "private_key": { "filename": key },
+            }]);
+        }
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": self.server_name,
+                "common_tls_context": common,
+            }
+        })
+    }
+}
+
 /// The Envoy configuration of a test.
 #[derive(Clone, Debug)]
 pub struct EnvoyConfig {
@@ -92,6 +135,8 @@ pub struct EnvoyConfig {
     pub authz_timeout: Duration,
     /// Buffer up to this many body bytes for tollgate (`with_request_body`).
     pub request_body_bytes: Option<u32>,
+    /// TLS to tollgate (plaintext when `None`).
+    pub tollgate_tls: Option<UpstreamTls>,
 }
 
 impl EnvoyConfig {
@@ -105,6 +150,7 @@ impl EnvoyConfig {
             escaped_slashes: EscapedSlashes::Reject,
             authz_timeout: Duration::from_millis(250),
             request_body_bytes: None,
+            tollgate_tls: None,
         }
     }
 
@@ -115,24 +161,28 @@ impl EnvoyConfig {
         if let Some(files) = tls {
             listeners.push(listener("https", hcm, Some(downstream_tls(files))));
         }
+        let mut tollgate = json!({
+            "name": "tollgate",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            // ext_authz over gRPC needs HTTP/2 to tollgate.
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            },
+            "load_assignment": endpoints("tollgate", self.tollgate),
+        });
+        if let Some(upstream_tls) = &self.tollgate_tls {
+            tollgate["transport_socket"] = upstream_tls.transport_socket();
+        }
         json!({
             "admin": { "address": socket_address("127.0.0.1:0") },
             "static_resources": {
                 "listeners": listeners,
                 "clusters": [
-                    {
-                        "name": "tollgate",
-                        "type": "STATIC",
-                        "connect_timeout": "1s",
-                        // ext_authz over gRPC needs HTTP/2 to tollgate.
-                        "typed_extension_protocol_options": {
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                                "explicit_http_config": { "http2_protocol_options": {} }
-                            }
-                        },
-                        "load_assignment": endpoints("tollgate", self.tollgate),
-                    },
+                    tollgate,
                     {
                         "name": "upstream",
                         "type": "STATIC",

@@ -9,7 +9,8 @@
 //! - [`client`] is a small HTTP/1.1 client (plain or TLS) that sends
 //!   exactly the bytes a test asks for (repeated headers, unnormalised
 //!   paths);
-//! - [`tls`] makes a throw-away CA, server and client certificates;
+//! - [`tls`] makes a throw-away CA, server and client certificates, and
+//!   reads the certificate a TLS port serves;
 //! - [`stack`] wires the three servers together so a scenario is a few
 //!   lines: `Stack::start(POLICY).get("/x").host("h").send()`;
 //! - [`idp`] is a local OpenID Provider (discovery + JWKS) whose keys can
@@ -37,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use client::{Request, Response};
-pub use envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route};
+pub use envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route, UpstreamTls};
 pub use stack::Stack;
 pub use tollgate::Tollgate;
 pub use upstream::Upstream;

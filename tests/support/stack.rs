@@ -9,7 +9,7 @@
 //! ```
 
 use super::client::Request;
-use super::envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route};
+use super::envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route, UpstreamTls};
 use super::tollgate::Tollgate;
 use super::upstream::Upstream;
 
@@ -36,6 +36,7 @@ impl Stack {
             tls: false,
             escaped_slashes: EscapedSlashes::Reject,
             request_body_bytes: None,
+            tollgate_tls: None,
         }
     }
 
@@ -59,6 +60,7 @@ pub struct StackBuilder {
     tls: bool,
     escaped_slashes: EscapedSlashes,
     request_body_bytes: Option<u32>,
+    tollgate_tls: Option<UpstreamTls>,
 }
 
 impl StackBuilder {
@@ -94,6 +96,13 @@ impl StackBuilder {
         self
     }
 
+    /// Envoy reaches tollgate over TLS (give tollgate its TLS flags with
+    /// [`StackBuilder::tollgate_args`]).
+    pub fn tollgate_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tollgate_tls = Some(tls);
+        self
+    }
+
     /// Starts upstream, tollgate, then Envoy (which needs both addresses).
     pub fn start(self) -> Stack {
         let upstream = Upstream::start();
@@ -104,6 +113,7 @@ impl StackBuilder {
         config.tls = self.tls;
         config.escaped_slashes = self.escaped_slashes;
         config.request_body_bytes = self.request_body_bytes;
+        config.tollgate_tls = self.tollgate_tls;
         let envoy = Envoy::start(&config);
         Stack {
             envoy,

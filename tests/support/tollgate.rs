@@ -28,6 +28,9 @@ pub struct Tollgate {
     policy: PathBuf,
     grpc: SocketAddr,
     admin: SocketAddr,
+    metrics_addr: SocketAddr,
+    /// How to reach the admin and metrics ports when they serve TLS.
+    admin_tls: Option<Arc<rustls::ClientConfig>>,
     output: Arc<Mutex<String>>,
 }
 
@@ -48,6 +51,16 @@ impl Tollgate {
     /// start-up is an `Err` carrying its exit status and output (for tests
     /// of start-up refusals).
     pub fn try_start(policy_yaml: &str, extra_args: &[&str]) -> Result<Self, StartFailure> {
+        Self::try_start_admin_tls(policy_yaml, extra_args, None)
+    }
+
+    /// Like [`Tollgate::try_start`] for a server whose admin (and metrics)
+    /// port serves TLS: probes and `metrics()` connect with `admin_tls`.
+    pub fn try_start_admin_tls(
+        policy_yaml: &str,
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, StartFailure> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
             .tempdir()
@@ -86,6 +99,8 @@ impl Tollgate {
             policy,
             grpc: unbound,
             admin: unbound,
+            metrics_addr: unbound,
+            admin_tls,
             output,
         };
 
@@ -96,9 +111,10 @@ impl Tollgate {
             tollgate.child.try_wait().ok().flatten().map(Err)
         });
         match started {
-            Ok((grpc, admin)) => {
+            Ok((grpc, admin, metrics)) => {
                 tollgate.grpc = grpc;
                 tollgate.admin = admin;
+                tollgate.metrics_addr = metrics;
             }
             Err(status) => {
                 // Let the reader threads drain what the process printed last.
@@ -109,9 +125,7 @@ impl Tollgate {
         }
         wait_for("tollgate's /readyz to answer 200", START_LIMIT, || {
             tollgate.assert_running();
-            let ready = Request::new(tollgate.admin, "GET", "/readyz")
-                .try_send()
-                .ok()?;
+            let ready = tollgate.admin_request("/readyz").try_send().ok()?;
             (ready.status == 200).then_some(())
         });
         Ok(tollgate)
@@ -133,14 +147,38 @@ impl Tollgate {
         self.admin
     }
 
+    /// Where `/metrics` is served: the admin port, or `--metrics-addr`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    fn admin_request(&self, path: &str) -> Request {
+        let request = Request::new(self.admin, "GET", path);
+        match &self.admin_tls {
+            Some(config) => request.with_tls(config.clone()),
+            None => request,
+        }
+    }
+
     /// GETs an admin path.
     pub fn admin_get(&self, path: &str) -> Response {
-        Request::new(self.admin, "GET", path).send()
+        self.admin_request(path).send()
     }
 
     /// The Prometheus text of `/metrics`.
     pub fn metrics(&self) -> String {
-        self.admin_get("/metrics").text()
+        let request = Request::new(self.metrics_addr, "GET", "/metrics");
+        let request = match &self.admin_tls {
+            Some(config) => request.with_tls(config.clone()),
+            None => request,
+        };
+        request.send().text()
+    }
+
+    /// The value of the series `name` whose labels include `labels` (0
+    /// when absent, as Prometheus reads a counter not yet incremented).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
     }
 
     /// The policy file the server watches.
@@ -253,14 +291,39 @@ pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
         .or_else(|| line.get("span").and_then(|s| s.get(name)))
 }
 
-/// The addresses in the `listening` line, once printed.
-fn listening(output: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The gRPC, admin and metrics addresses in the `listening` line, once
+/// printed.
+fn listening(output: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     output.lines().find_map(|line| {
         let line: Value = serde_json::from_str(line).ok()?;
         if log_message(&line) != Some("listening") {
             return None;
         }
         let addr = |name| log_field(&line, name)?.as_str()?.parse().ok();
-        Some((addr("grpc_addr")?, addr("admin_addr")?))
+        Some((
+            addr("grpc_addr")?,
+            addr("admin_addr")?,
+            addr("metrics_addr")?,
+        ))
     })
+}
+
+/// The value of the series `name{…}` in Prometheus text whose labels
+/// include every pair of `labels`; 0 when there is none.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let inner = match rest {
+                "" => "",
+                _ => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            let all = labels
+                .iter()
+                .all(|(k, v)| inner.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
