@@ -601,6 +601,18 @@ fn probes_need_no_certificate_while_metrics_require_one() {
         .send();
     assert_eq!(metrics_port.status, 404, "probes stay on the admin port");
     wait_for_handshake(&tollgate, "admin", "not_tls");
+
+    // The TLS accept loops end with the shutdown: SIGTERM stops the
+    // process cleanly.
+    let mut tollgate = tollgate;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &tollgate.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tollgate.wait_exit(LIMIT);
+    assert!(exit.success(), "exit status after SIGTERM: {exit}");
+    tollgate.wait_for_log("stopped", LIMIT);
 }
 
 #[test]

@@ -257,6 +257,35 @@ fn a_bad_new_pair_keeps_the_old_one_and_is_reported_once() {
     assert_eq!(tls.serving().leaf.serial, "02");
 }
 
+#[tokio::test]
+async fn a_rotated_client_ca_applies_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("tollgate CA");
+    let old_clients = Ca::new("old client CA");
+    let new_clients = Ca::new("new client CA");
+    let files = write(dir.path(), &ca.server(1), Some(&old_clients));
+    let ca_file = files.client_ca.clone().unwrap();
+    let tls = ServerTls::load(settings(files, ClientIdentities::default())).unwrap();
+    let old_envoy = old_clients.client(Vec::new());
+    let new_envoy = new_clients.client(Vec::new());
+    let old_config = client_config(&ca, Some(&old_envoy), &[b"h2"]);
+    let new_config = client_config(&ca, Some(&new_envoy), &[b"h2"]);
+    assert_eq!(handshake(&tls, Some(old_config.clone())).await, None);
+    assert_eq!(
+        handshake(&tls, Some(new_config.clone())).await,
+        Some(Refusal::CertificateRejected)
+    );
+
+    std::fs::write(&ca_file, &new_clients.pem).unwrap();
+    assert!(matches!(tls.look(&mut Watch::default()), Look::Applied(_)));
+    assert_eq!(handshake(&tls, Some(new_config)).await, None);
+    assert_eq!(
+        handshake(&tls, Some(old_config)).await,
+        Some(Refusal::CertificateRejected),
+        "the old CA is no longer trusted"
+    );
+}
+
 #[test]
 fn the_allow_list_matches_spiffe_ids_and_dns_names() {
     let ca = Ca::new("ca");
