@@ -652,10 +652,6 @@ fn shipped_mtls_front_proxy_example_calls_tollgate_over_mutual_tls() {
         Some(&edge_files),
         &["https", "http"],
     );
-    let (client_cert, client_key) = pki
-        .pki
-        .client("envoy", Some(spiffe))
-        .write(dir.path(), "client");
     let clusters = bootstrap["static_resources"]["clusters"]
         .as_array_mut()
         .unwrap();
@@ -664,8 +660,16 @@ fn shipped_mtls_front_proxy_example_calls_tollgate_over_mutual_tls() {
         .find(|c| c["name"] == "tollgate")
         .unwrap();
     assert_eq!(cluster["transport_socket"]["typed_config"]["sni"], service);
-    envoy::replace_tls_files(
+    // Envoy's certificate and tollgate's CA, through the shipped SDS files.
+    let client_dir = dir.path().join("tollgate-client");
+    std::fs::create_dir(&client_dir).unwrap();
+    let (client_cert, client_key) = pki
+        .pki
+        .client("envoy", Some(spiffe))
+        .write(&client_dir, "tls");
+    envoy::localize_sds(
         &mut cluster["transport_socket"],
+        dir.path(),
         &support::tls::TlsFiles {
             cert_chain: client_cert,
             private_key: client_key,

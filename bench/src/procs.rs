@@ -365,12 +365,14 @@ pub struct Tollgate {
 }
 
 impl Tollgate {
-    /// `threads`: tokio worker threads (`TOKIO_WORKER_THREADS`).
+    /// `threads`: tokio worker threads (`TOKIO_WORKER_THREADS`);
+    /// `extra`: further `serve` flags (TLS).
     pub fn start(
         binary: &Path,
         policy: &[PathBuf],
         redis: Option<&str>,
         threads: std::num::NonZeroUsize,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
@@ -389,6 +391,7 @@ impl Tollgate {
         if let Some(url) = redis {
             command.args(["--redis", url]);
         }
+        command.args(extra);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("TOLLGATE_") {
                 command.env_remove(name);

@@ -600,6 +600,34 @@ pub fn replace_tls_files(bootstrap: &mut Value, files: &TlsFiles) {
     });
 }
 
+/// Points every file-based SDS source of `bootstrap` (a
+/// `path_config_source`, as `front-proxy-mtls.yaml` uses for its client
+/// certificate) at a copy in `dir` of the shipped file
+/// (`deploy/envoy/sds/<name>`) whose certificate, key and CA are `files`'.
+pub fn localize_sds(bootstrap: &mut Value, dir: &Path, files: &TlsFiles) {
+    let sds_dir = dir.join("sds");
+    std::fs::create_dir_all(&sds_dir).unwrap();
+    let watched = files.cert_chain.parent().unwrap().to_owned();
+    rewrite(bootstrap, &mut |key, value| {
+        if key != "path_config_source" {
+            return;
+        }
+        let shipped = value["path"].as_str().unwrap().to_owned();
+        let name = Path::new(&shipped).file_name().unwrap().to_owned();
+        let example = format!("deploy/envoy/sds/{}", name.to_string_lossy());
+        let mut resources = read_example(&example);
+        replace_tls_files(&mut resources, files);
+        rewrite(&mut resources, &mut |key, value| {
+            if key == "watched_directory" {
+                *value = json!({ "path": watched });
+            }
+        });
+        let local = sds_dir.join(&name);
+        std::fs::write(&local, serde_json::to_vec_pretty(&resources).unwrap()).unwrap();
+        *value = json!({ "path": local, "watched_directory": { "path": sds_dir } });
+    });
+}
+
 /// Reads a shipped example as JSON.
 pub fn read_example(example: &str) -> Value {
     let text = std::fs::read_to_string(repo_path(example))
