@@ -685,3 +685,134 @@ fn shipped_mtls_front_proxy_example_calls_tollgate_over_mutual_tls() {
     assert_eq!((denied.status, denied.reason()), (403, Some("rule_denied")));
     assert!(handshakes(&tollgate, "grpc", "accepted") >= 1.0);
 }
+
+/// The documents of a shipped multi-document YAML file.
+fn documents(path: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(support::repo_path(path)).unwrap();
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+}
+
+/// The document of `kind` named `name` (in `namespace`, when given).
+fn find<'a>(
+    documents: &'a [serde_json::Value],
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> &'a serde_json::Value {
+    documents
+        .iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"] == name
+                && namespace.is_none_or(|ns| d["metadata"]["namespace"] == ns)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn shipped_kubernetes_tls_examples_agree_with_each_other_and_with_tollgate() {
+    // deploy/tls/*.yaml and deploy/envoy/front-proxy-mtls.yaml name the
+    // same Secrets, hosts and identities; a rename in one file must not
+    // leave the others pointing at nothing.
+    let certificates = documents("deploy/tls/certificates.yaml");
+    let gateway = documents("deploy/tls/envoy-gateway.yaml");
+    let all: Vec<_> = certificates.iter().chain(&gateway).cloned().collect();
+    for document in &all {
+        assert!(
+            document["apiVersion"].is_string() && document["kind"].is_string(),
+            "{document}"
+        );
+    }
+    // Every certificate names an issuer that exists.
+    for cert in all.iter().filter(|d| d["kind"] == "Certificate") {
+        let issuer = cert["spec"]["issuerRef"]["name"].as_str().unwrap();
+        find(&all, "ClusterIssuer", issuer, None);
+    }
+    let server = find(
+        &certificates,
+        "Certificate",
+        "tollgate-grpc-tls",
+        Some("tollgate"),
+    );
+    assert_eq!(server["spec"]["usages"], serde_json::json!(["server auth"]));
+    let dns_names: Vec<&str> = server["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+
+    // Envoy Gateway checks tollgate's certificate for a name it carries,
+    // against the CA in tollgate's own Secret.
+    let policy = find(&gateway, "BackendTLSPolicy", "tollgate", Some("tollgate"));
+    let hostname = policy["spec"]["validation"]["hostname"].as_str().unwrap();
+    assert!(
+        dns_names.contains(&hostname),
+        "{hostname} not in {dns_names:?}"
+    );
+    let ca_ref = &policy["spec"]["validation"]["caCertificateRefs"][0];
+    assert_eq!(ca_ref["kind"], "Secret");
+    assert_eq!(ca_ref["name"], server["spec"]["secretName"]);
+    // The client certificate Envoy Gateway presents is the one issued.
+    let proxy = find(
+        &gateway,
+        "EnvoyProxy",
+        "tollgate-client",
+        Some("envoy-gateway-system"),
+    );
+    let client_ref = &proxy["spec"]["backendTLS"]["clientCertificateRef"];
+    let client = find(
+        &gateway,
+        "Certificate",
+        "tollgate-client",
+        client_ref["namespace"].as_str(),
+    );
+    assert_eq!(client["spec"]["secretName"], client_ref["name"]);
+    assert_eq!(client["spec"]["usages"], serde_json::json!(["client auth"]));
+    let class = find(&gateway, "GatewayClass", "eg", None);
+    assert_eq!(
+        class["spec"]["parametersRef"]["name"],
+        proxy["metadata"]["name"]
+    );
+
+    // The front proxy checks the same name, and the identities the
+    // examples tell tollgate to allow are SPIFFE IDs tollgate accepts.
+    let front = envoy::read_example("deploy/envoy/front-proxy-mtls.yaml");
+    let cluster = front["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tollgate")
+        .unwrap();
+    let sni = cluster["transport_socket"]["typed_config"]["sni"]
+        .as_str()
+        .unwrap();
+    assert!(dns_names.contains(&sni), "{sni} not in {dns_names:?}");
+    let edge = find(
+        &certificates,
+        "Certificate",
+        "tollgate-client",
+        Some("edge"),
+    );
+    for cert in [edge, client] {
+        let ids: Vec<String> = cert["spec"]["uris"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect();
+        tollgate::tls::ClientIdentities::new(&ids, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(support::repo_path(if cert == edge {
+            "deploy/envoy/front-proxy-mtls.yaml"
+        } else {
+            "deploy/tls/envoy-gateway.yaml"
+        }))
+        .unwrap();
+        assert!(
+            text.contains(&format!("--grpc-client-spiffe-id {}", ids[0])),
+            "the example's tollgate flags allow {}",
+            ids[0]
+        );
+    }
+}
