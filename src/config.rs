@@ -91,7 +91,8 @@ pub struct ServeConfig {
     pub store: crate::store::StoreArgs,
 }
 
-/// TLS on tollgate's own listeners (`docs/operations.md#tls`). Files are
+/// TLS on tollgate's own listeners
+/// (`docs/operations.md#tls-and-client-certificates`). Files are
 /// PEM and are reloaded when they change (a rotated Kubernetes Secret).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct TlsArgs {

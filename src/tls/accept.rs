@@ -292,13 +292,6 @@ pub struct TlsConnection {
     peer: SocketAddr,
 }
 
-impl TlsConnection {
-    /// The negotiated application protocol (ALPN), if any.
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.stream.get_ref().1.alpn_protocol()
-    }
-}
-
 impl Connected for TlsConnection {
     type ConnectInfo = TcpConnectInfo;
 

@@ -18,6 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::certificate::Leaf;
 use super::identity::AllowListVerifier;
@@ -68,29 +69,39 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The bytes of a listener's files, as read at one moment.
-#[derive(Debug)]
+/// The bytes of a listener's files, as read at one moment. The key's
+/// bytes are wiped when it is dropped (the watcher reads the file twice a
+/// second) and never printed: `Debug` shows the paths only.
 pub struct Material {
     files: TlsFiles,
     cert: Vec<u8>,
-    key: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
     client_ca: Option<Vec<u8>>,
     /// SHA-256 over every file's bytes (length-prefixed).
     pub digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("files", &self.files)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Material {
     /// Reads every file of `files`.
     pub fn read(files: &TlsFiles) -> Result<Self, TlsError> {
         let cert = read_file("certificate", &files.cert)?;
-        let key = read_file("private key", &files.key)?;
+        let key = Zeroizing::new(read_file("private key", &files.key)?);
         let client_ca = files
             .client_ca
             .as_deref()
             .map(|path| read_file("client CA file", path))
             .transpose()?;
         let mut hasher = Sha256::new();
-        for bytes in [Some(&cert), Some(&key), client_ca.as_ref()]
+        for bytes in [Some(&cert), Some(&*key), client_ca.as_ref()]
             .into_iter()
             .flatten()
         {

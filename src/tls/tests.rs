@@ -210,6 +210,20 @@ fn a_broken_key_is_refused_without_quoting_it() {
 }
 
 #[test]
+fn read_files_never_print_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let server = ca.server(1);
+    let files = write(dir.path(), &server, None);
+    let material = Material::read(&files).unwrap();
+    let printed = format!("{material:?}");
+    assert!(printed.contains("tls.key"), "{printed}");
+    for line in server.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!printed.contains(line), "key material in {printed}");
+    }
+}
+
+#[test]
 fn a_bad_new_pair_keeps_the_old_one_and_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("ca");
