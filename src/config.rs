@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::origin::TrustedOrigin;
 use crate::pipeline::{DefaultDecision, Settings};
 use crate::policy::duration::parse_duration;
+use crate::policy::source::kubernetes::DEFAULT_SECRET_LABEL;
 use crate::telemetry::LogFormat;
 use crate::tls::{ClientIdentities, IdentityError, Role, TlsFiles, TlsSettings};
 
@@ -36,6 +37,15 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub policy_files: Vec<PathBuf>,
+
+    /// Watch the ApiPolicy and AppRegistration custom resources, and the
+    /// Secrets carrying the secret label, through the Kubernetes API
+    /// (exclusive with --policy-file).
+    #[arg(long, env = "TOLLGATE_KUBERNETES")]
+    pub kubernetes: bool,
+
+    #[command(flatten)]
+    pub kube: KubernetesArgs,
 
     /// Address of the ext_authz gRPC listener (port 0 picks a free port;
     /// the bound address is logged as `grpc_addr`).
@@ -230,6 +240,97 @@ fn pair(
     }
 }
 
+/// How to reach and what to watch in the Kubernetes API (`serve
+/// --kubernetes`, `operator`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KubernetesArgs {
+    /// With --kubernetes: a namespace to watch (repeat for several; the
+    /// variable takes a comma-separated list). Absent: all namespaces.
+    #[arg(
+        long = "namespace",
+        env = "TOLLGATE_NAMESPACES",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// With --kubernetes: the label selector (`key=value` or `key`) of the
+    /// Secrets tollgate reads. A Secret that policies reference but that
+    /// lacks this label is reported as not found.
+    #[arg(long, env = "TOLLGATE_SECRET_LABEL", default_value = DEFAULT_SECRET_LABEL, value_name = "SELECTOR")]
+    pub secret_label: String,
+
+    /// With --kubernetes: a kubeconfig file. Absent: `KUBECONFIG`,
+    /// `~/.kube/config`, else the in-cluster ServiceAccount.
+    #[arg(long, env = "TOLLGATE_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesArgs {
+    /// Checks namespaces and the secret label.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for namespace in &self.namespaces {
+            if !is_dns_label(namespace) {
+                return Err(ConfigError::Namespace(namespace.clone()));
+            }
+        }
+        check_label_selector(&self.secret_label)
+            .map_err(|why| ConfigError::SecretLabel(self.secret_label.clone(), why))
+    }
+}
+
+/// `key=value` or `key`, with Kubernetes' label syntax: the key an
+/// optional DNS-subdomain prefix and `/`, then a name of up to 63
+/// characters; the value up to 63 characters. A typo here would make
+/// every Secret "not found", so it is refused at start-up.
+fn check_label_selector(selector: &str) -> Result<(), &'static str> {
+    let (key, value) = match selector.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (selector, None),
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let label_name = |text: &str| {
+        let bytes = text.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if let Some(prefix) = prefix
+        && (prefix.len() > 253 || !prefix.split('.').all(is_dns_label))
+    {
+        return Err("the key's prefix must be a DNS subdomain");
+    }
+    if !label_name(name) {
+        return Err("the key must be 1 to 63 letters, digits, '-', '_' or '.'");
+    }
+    if let Some(value) = value
+        && !value.is_empty()
+        && !label_name(value)
+    {
+        return Err("the value must be at most 63 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+/// RFC 1123 label: lower-case letters, digits and '-', 1 to 63.
+fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
 /// Logging flags.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct LogArgs {
@@ -286,8 +387,22 @@ pub enum DefaultDecisionArg {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("no policy: give --policy-file PATH (or TOLLGATE_POLICY_FILE)")]
+    #[error(
+        "no policy source: give --policy-file PATH (or TOLLGATE_POLICY_FILE), or --kubernetes \
+         (or TOLLGATE_KUBERNETES=true) to watch the custom resources"
+    )]
     NoPolicySource,
+    #[error(
+        "--policy-file and --kubernetes are exclusive: policies come from files or from the \
+         cluster, not both"
+    )]
+    BothPolicySources,
+    #[error("{0} only applies with --kubernetes")]
+    KubernetesOnly(&'static str),
+    #[error("--namespace {0:?} is not a valid namespace name (lower-case letters, digits and '-')")]
+    Namespace(String),
+    #[error("--secret-label {0:?} is not a label selector: {1}")]
+    SecretLabel(String, &'static str),
     #[error("--trusted-hops only applies with --trusted-origin forwarded")]
     HopsWithoutForwarded,
     #[error("--trusted-hops must be between 1 and {MAX_TRUSTED_HOPS}, got {0}")]
@@ -315,9 +430,20 @@ pub enum ConfigError {
 impl ServeConfig {
     /// Checks what clap cannot: call once at start-up, before binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.policy_files.is_empty() {
-            return Err(ConfigError::NoPolicySource);
+        match (self.policy_files.is_empty(), self.kubernetes) {
+            (true, false) => return Err(ConfigError::NoPolicySource),
+            (false, true) => return Err(ConfigError::BothPolicySources),
+            _ => {}
         }
+        if !self.kubernetes {
+            if !self.kube.namespaces.is_empty() {
+                return Err(ConfigError::KubernetesOnly("--namespace"));
+            }
+            if self.kube.kubeconfig.is_some() {
+                return Err(ConfigError::KubernetesOnly("--kubeconfig"));
+            }
+        }
+        self.kube.validate()?;
         self.decision.settings()?;
         let fixed = |addr: &SocketAddr| addr.port() != 0;
         let mut addrs = vec![self.grpc_addr, self.admin_addr];
@@ -423,6 +549,58 @@ mod tests {
         assert_eq!(settings.default_decision, DefaultDecision::Allow);
         assert_eq!(config.drain_timeout, Duration::from_millis(750));
         assert_eq!(config.log.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn kubernetes_source_flags() {
+        let config = parse(&[
+            "--kubernetes",
+            "--namespace",
+            "mobility",
+            "--namespace",
+            "payments,rail",
+            "--secret-label",
+            "example.com/tollgate",
+        ]);
+        assert!(config.kubernetes);
+        assert_eq!(config.kube.namespaces, ["mobility", "payments", "rail"]);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(
+            parse(&["--kubernetes"]).kube.secret_label,
+            "tollgate.dev/secret=true"
+        );
+
+        let both = parse(&["--kubernetes", "--policy-file", "p.yaml"]);
+        assert_eq!(both.validate(), Err(ConfigError::BothPolicySources));
+        let stray = parse(&["--policy-file", "p.yaml", "--namespace", "x"]);
+        assert_eq!(
+            stray.validate(),
+            Err(ConfigError::KubernetesOnly("--namespace"))
+        );
+        let namespace = parse(&["--kubernetes", "--namespace", "Mobility"]);
+        assert_eq!(
+            namespace.validate(),
+            Err(ConfigError::Namespace("Mobility".into()))
+        );
+        for bad in [
+            "",
+            "=true",
+            "a b=c",
+            "x/=y",
+            "_x=y",
+            "k=v!",
+            "UPPER.example/k=v",
+        ] {
+            let label = parse(&["--kubernetes", &format!("--secret-label={bad}")]);
+            assert!(
+                matches!(label.validate(), Err(ConfigError::SecretLabel(..))),
+                "{bad:?} must be refused"
+            );
+        }
+        for good in ["k", "k=", "tollgate.dev/secret=true", "a.b/c_d-e=F.g"] {
+            let label = parse(&["--kubernetes", "--secret-label", good]);
+            assert_eq!(label.validate(), Ok(()), "{good:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - [`policy`] — CRD types, policy files, compile, snapshot, sources;
 //! - [`reason`] — the one table of deny reasons.
 //!
+//! The control plane: [`operator`] (status conditions and events of the
+//! custom resources, leader-elected).
+//!
 //! Around it: [`server`] (binds and runs the listeners), [`admin`]
 //! (health, readiness, metrics), [`tls`] (TLS and client certificates on
 //! tollgate's own ports), [`telemetry`], [`shutdown`], [`config`] and
@@ -22,11 +25,13 @@ pub mod admin;
 pub mod authn;
 pub mod cli;
 pub mod clock;
+pub mod compile_context;
 pub mod config;
 pub mod decision;
 pub mod encoding;
 pub mod grpc;
 pub mod limits;
+pub mod operator;
 pub mod origin;
 pub mod pipeline;
 pub mod policy;

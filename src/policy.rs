@@ -3,6 +3,7 @@
 //! [`snapshot`] the request path reads, and the sources that keep it
 //! current ([`source`]); [`crd`] prints the CustomResourceDefinitions.
 
+pub mod catalog;
 pub mod compile;
 pub mod crd;
 pub mod document;

@@ -193,6 +193,9 @@ impl ServerState {
 #[derive(Clone, Debug)]
 pub struct Readiness {
     flags: Arc<watch::Sender<Flags>>,
+    /// What a source still waits for before its first snapshot (shown by
+    /// `/readyz`).
+    waiting: Arc<std::sync::Mutex<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -250,7 +253,19 @@ impl Readiness {
         });
         Self {
             flags: Arc::new(flags),
+            waiting: Arc::default(),
         }
+    }
+
+    /// Records what the policy source waits for before its first snapshot.
+    pub fn set_waiting(&self, detail: String) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = detail;
+    }
+
+    /// What the policy source waits for, if it said.
+    pub fn waiting(&self) -> Option<String> {
+        let detail = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        (!detail.is_empty()).then(|| detail.clone())
     }
 
     /// Records that a policy snapshot is being served.
@@ -258,7 +273,9 @@ impl Readiness {
         self.flags.send_modify(|f| f.snapshot_loaded = true);
     }
 
-    fn set_listening(&self) {
+    /// Records that the listeners serve (for processes that bind their
+    /// own, like the operator's admin port).
+    pub fn set_listening(&self) {
         self.flags.send_modify(|f| f.listening = true);
     }
 

@@ -15,21 +15,18 @@
 //! header, never `Bearer error="invalid_token"`, which would make an OAuth
 //! client throw away a valid user token.
 
-use std::collections::HashMap;
-
-use super::api_key::{self, KeyDigest};
+use super::api_key;
 use super::attestation::{Attestation, AttestationClaims};
-use super::certificate;
+pub use super::registry::{App, AppIndex};
 use super::signature::base::Message;
-use super::signature::keys::MIN_HMAC_BYTES;
-use super::signature::{self, SignaturePolicy, Signer, SigningSecret};
+use super::signature::{self, SignaturePolicy, Signer};
 use super::user::UserIdentity;
+use crate::compile_context::CompileContext;
 use crate::decision::Deny;
 use crate::limits::Nonce;
 use crate::origin::Origin;
-use crate::policy::compile::{CompileContext, Secrets};
 use crate::policy::snapshot::PolicyId;
-use crate::policy::types::{AppRegistration, AppSpec};
+use crate::policy::types::AppSpec;
 use crate::reason::{Challenge, Reason};
 use crate::request::RequestContext;
 
@@ -47,30 +44,6 @@ pub struct AppPolicy {
     signature: Option<SignaturePolicy>,
     /// A verified signature's `keyid` identifies the app.
     signature_key_id: bool,
-}
-
-/// One registered app.
-#[derive(Clone, Debug)]
-pub struct App {
-    pub namespace: String,
-    pub name: String,
-    pub app_id: String,
-    pub plan: Option<String>,
-    /// Policy names (same namespace) that accept the app; empty = all.
-    pub policies: Vec<String>,
-    pub disabled: bool,
-}
-
-/// Registered apps, indexed for lookup by credential.
-#[derive(Debug, Default)]
-pub struct AppIndex {
-    apps: Vec<App>,
-    by_key: HashMap<KeyDigest, usize>,
-    by_id: HashMap<(String, String), usize>,
-    by_spiffe: HashMap<String, usize>,
-    by_fingerprint: HashMap<String, usize>,
-    /// (namespace, appId) → the app's HMAC `signingKey` (RFC 9421 `keyid`).
-    signing_keys: HashMap<(String, String), (usize, SigningSecret)>,
 }
 
 /// An identified (and, where configured, authenticated) app.
@@ -96,131 +69,6 @@ pub struct AppIdentity {
 pub struct AppOutcome {
     pub app: Option<AppIdentity>,
     pub nonces: Vec<Nonce>,
-}
-
-impl AppIndex {
-    /// Indexes every `AppRegistration`, reading key material from
-    /// `secrets`. Only digests of API keys are kept.
-    pub fn compile(apps: &[AppRegistration], secrets: &Secrets) -> Result<Self, String> {
-        let mut index = AppIndex::default();
-        for registration in apps {
-            let namespace = registration
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned());
-            let name = registration.metadata.name.clone().unwrap_or_default();
-            let at = |field: &str, e: String| {
-                format!("AppRegistration {namespace}/{name}: spec.{field}: {e}")
-            };
-            let spec = &registration.spec;
-            if spec.app_id.is_empty() {
-                return Err(at("appId", "must not be empty".into()));
-            }
-            let position = index.apps.len();
-            let id_key = (namespace.clone(), spec.app_id.clone());
-            if let Some(other) = index.by_id.get(&id_key) {
-                return Err(at(
-                    "appId",
-                    format!(
-                        "{} is already registered by {}",
-                        spec.app_id, index.apps[*other].name
-                    ),
-                ));
-            }
-            index.by_id.insert(id_key, position);
-            if let Some(key_ref) = &spec.api_key {
-                let bytes = secrets
-                    .get(
-                        &namespace,
-                        &key_ref.secret_ref.name,
-                        &key_ref.secret_ref.key,
-                    )
-                    .map_err(|e| at("apiKey", e))?;
-                let digest = api_key::load(bytes).map_err(|e| at("apiKey", e))?;
-                if let Some(other) = index.by_key.insert(digest, position) {
-                    return Err(at(
-                        "apiKey",
-                        format!(
-                            "the same API key is registered for {}/{}",
-                            index.apps[other].namespace, index.apps[other].name
-                        ),
-                    ));
-                }
-            }
-            if let Some(key_ref) = &spec.signing_key {
-                let bytes = secrets
-                    .get(
-                        &namespace,
-                        &key_ref.secret_ref.name,
-                        &key_ref.secret_ref.key,
-                    )
-                    .map_err(|e| at("signingKey", e))?;
-                if bytes.len() < MIN_HMAC_BYTES {
-                    return Err(at(
-                        "signingKey",
-                        format!(
-                            "the HMAC key has {} bytes; at least {MIN_HMAC_BYTES} are required",
-                            bytes.len()
-                        ),
-                    ));
-                }
-                index.signing_keys.insert(
-                    (namespace.clone(), spec.app_id.clone()),
-                    (position, SigningSecret(bytes.to_vec())),
-                );
-            }
-            if let Some(certs) = &spec.client_certificate {
-                for id in &certs.spiffe_ids {
-                    if index.by_spiffe.insert(id.clone(), position).is_some() {
-                        return Err(at(
-                            "clientCertificate.spiffeIds",
-                            format!("{id} is registered for another app"),
-                        ));
-                    }
-                }
-                for fp in &certs.sha256_fingerprints {
-                    let fp = certificate::normalize_fingerprint(fp)
-                        .map_err(|e| at("clientCertificate.sha256Fingerprints", e))?;
-                    if index.by_fingerprint.insert(fp, position).is_some() {
-                        return Err(at(
-                            "clientCertificate.sha256Fingerprints",
-                            "the fingerprint is registered for another app".into(),
-                        ));
-                    }
-                }
-            }
-            index.apps.push(App {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                app_id: spec.app_id.clone(),
-                plan: spec.plan.clone(),
-                policies: spec.policies.clone(),
-                disabled: spec.disabled,
-            });
-        }
-        Ok(index)
-    }
-
-    /// Number of registered apps.
-    pub fn len(&self) -> usize {
-        self.apps.len()
-    }
-
-    /// True when no app is registered.
-    pub fn is_empty(&self) -> bool {
-        self.apps.is_empty()
-    }
-
-    fn by_certificate(&self, origin: &Origin) -> Option<usize> {
-        if let Some(principal) = &origin.client_principal
-            && let Some(i) = self.by_spiffe.get(principal)
-        {
-            return Some(*i);
-        }
-        let fp = certificate::fingerprint_hex(origin.client_certificate.as_deref()?)?;
-        self.by_fingerprint.get(&fp).copied()
-    }
 }
 
 impl AppPolicy {

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::jwk::{KeySet, VerifyKey};
-use crate::policy::compile::CompileContext;
+use crate::compile_context::CompileContext;
 use crate::policy::types::{KeyEncoding, KeySource};
 
 /// Refresh interval when the JWKS response has no `max-age`.
@@ -153,8 +153,7 @@ pub fn compile_source(
         .as_ref()
         .ok_or("exactly one of discovery, uri, inline and secretRef must be set")?;
     let bytes = ctx
-        .secrets
-        .get(ctx.namespace, &secret_ref.name, &secret_ref.key)
+        .secret(&secret_ref.name, &secret_ref.key)
         .map_err(|e| format!("secretRef: {e}"))?;
     let set = match source.encoding.unwrap_or(KeyEncoding::Raw) {
         KeyEncoding::Raw => KeySet {

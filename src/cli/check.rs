@@ -109,7 +109,7 @@ pub fn run(args: &CheckArgs) -> Result<Decision, String> {
     let mut settings = args.decision.settings().map_err(|e| e.to_string())?;
     // `check` prints the trace; the server leaves it off.
     settings.trace = true;
-    let snapshot = source::load_initial(&args.policy_files).map_err(|e| e.to_string())?;
+    let (snapshot, _) = source::load_initial(&args.policy_files).map_err(|e| e.to_string())?;
     for warning in &snapshot.warnings {
         eprintln!("tollgate check: warning: {warning}");
     }

@@ -11,8 +11,9 @@ use tokio::sync::oneshot;
 use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::pipeline::Deps;
-use crate::policy::source;
-use crate::server::{self, Listeners, ServerState, TlsListeners};
+use crate::policy::snapshot::Snapshot;
+use crate::policy::source::{self, FileSource, kubernetes};
+use crate::server::{self, Listeners, Readiness, ServerState, TlsListeners};
 use crate::tls::ServerTls;
 use crate::{shutdown, telemetry};
 
@@ -52,25 +53,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::debug!(?config, "configuration");
     // Installed first, so start-up metrics (the policy version) land in it.
     let metrics = telemetry::prometheus();
-    let snapshot = match source::load_initial(&config.policy_files) {
-        Ok(snapshot) => snapshot,
-        Err(error) => {
-            // One line per problem, each naming file, document and field.
-            let problems = error.to_string();
-            for problem in problems.lines() {
-                tracing::error!(problem, "policy error");
-            }
-            anyhow::bail!(
-                "the policy files cannot be served ({} problem(s) logged above)",
-                problems.lines().count()
-            );
-        }
-    };
-    tracing::info!(
-        files = ?config.policy_files,
-        policies = snapshot.policies.len(),
-        "policies loaded"
-    );
+    let (snapshot, readiness, policies) = PolicySource::start(&config).await?;
     let tls = load_tls(&config)?;
     let store = config.store.build().context("cannot set up the store")?;
     let deps = Deps {
@@ -83,15 +66,29 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (stop_watcher, watcher_stop) = oneshot::channel::<()>();
-    let watcher = tokio::spawn(source::watch_files(
-        config.policy_files.clone(),
-        shared.clone(),
-        source::DEFAULT_INTERVAL,
-        async {
-            let _ = watcher_stop.await;
-        },
-    ));
+    let watcher_stop = async {
+        let _ = watcher_stop.await;
+    };
+    let watcher = match policies {
+        PolicySource::Files(source) => tokio::spawn(source::watch_files(
+            source,
+            shared.clone(),
+            source::DEFAULT_INTERVAL,
+            watcher_stop,
+        )),
+        PolicySource::Kubernetes(client) => tokio::spawn(kubernetes::run(
+            client,
+            kubernetes::Settings {
+                namespaces: config.kube.namespaces.clone(),
+                secret_label: config.kube.secret_label.clone(),
+            },
+            shared.clone(),
+            readiness.clone(),
+            watcher_stop,
+        )),
+    };
     let mut state = ServerState::new(shared, deps);
+    state.readiness = readiness;
     state.metrics = Some(metrics);
     state.drain_timeout = config.drain_timeout;
     state.tls = tls;
@@ -137,4 +134,52 @@ fn load_tls(config: &ServeConfig) -> anyhow::Result<TlsListeners> {
         metrics: load(plan.metrics)?,
         reload_interval: None,
     })
+}
+
+/// Where the policies come from, and what keeps them current.
+enum PolicySource {
+    /// Policy files, loaded (strictly) before serving, then polled.
+    Files(FileSource),
+    /// The cluster: nothing is served until the first full sync.
+    Kubernetes(kube::Client),
+}
+
+impl PolicySource {
+    /// The first snapshot, the readiness (ready at once for files, after
+    /// the first sync for Kubernetes) and the source to watch.
+    async fn start(config: &ServeConfig) -> anyhow::Result<(Snapshot, Readiness, Self)> {
+        if config.kubernetes {
+            let client = kubernetes::client(config.kube.kubeconfig.as_deref())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                namespaces = ?config.kube.namespaces,
+                secret_label = config.kube.secret_label,
+                "watching policies in Kubernetes"
+            );
+            let readiness = Readiness::new(false);
+            return Ok((Snapshot::default(), readiness, Self::Kubernetes(client)));
+        }
+        match source::load_initial(&config.policy_files) {
+            Ok((snapshot, source)) => {
+                tracing::info!(
+                    files = ?config.policy_files,
+                    policies = snapshot.policies.len(),
+                    "policies loaded"
+                );
+                Ok((snapshot, Readiness::new(true), Self::Files(source)))
+            }
+            Err(error) => {
+                // One line per problem, each naming file, document and field.
+                let problems = error.to_string();
+                for problem in problems.lines() {
+                    tracing::error!(problem, "policy error");
+                }
+                anyhow::bail!(
+                    "the policy files cannot be served ({} problem(s) logged above)",
+                    problems.lines().count()
+                );
+            }
+        }
+    }
 }

@@ -3,71 +3,42 @@
 //! and the operator's validation all call it, so a policy means the same
 //! thing everywhere.
 //!
-//! [`compile`] is all-or-nothing: any error rejects the whole candidate and
-//! the caller keeps serving its last good snapshot. Each error names the
-//! document and the field. A host claimed by two policies is *not* an
-//! error: the older policy keeps it, and the conflict becomes a warning
-//! (logged and counted) so one team's new policy cannot take another's
-//! host, nor break everyone's reload.
+//! [`compile_policy`] compiles one `ApiPolicy`; the [`super::catalog`]
+//! compiles every object on its own with it (and registrations with
+//! [`CompiledApp::compile`]) and keeps each at its last good version.
+//! [`compile`] is the all-or-nothing form: any error rejects the whole
+//! candidate. Each error names the document and the field. A host claimed
+//! by two policies is *not* an error: the older policy keeps it, and the
+//! conflict becomes a warning so one team's new policy cannot take
+//! another's host, nor break everyone's reload.
 //!
 //! The section compilers live with their stages and are called through
 //! fixed signatures: [`UserPolicy::compile`], [`AppPolicy::compile`],
-//! [`Plans::compile`] and [`AppIndex::compile`]; their messages are
+//! [`Plans::compile`] and [`CompiledApp::compile`]; their messages are
 //! prefixed here with the document and field.
+//!
+//! [`CompiledApp::compile`]: crate::authn::registry::CompiledApp::compile
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::catalog::{Age, Catalog, Kind, Report};
 use super::document::{Document, LoadedDocument};
-use super::hosts::HostIndex;
 use super::snapshot::{
     CompiledPolicy, PathMatch, PolicyId, ReplayPolicy, ResponsePolicy, Route, Snapshot, Transport,
 };
 use super::template::Template;
-use super::types::{ApiPolicy, ApiPolicySpec, AppRegistration, RouteSpec};
-use crate::authn::app::{AppIndex, AppPolicy};
+use super::types::{ApiPolicy, ApiPolicySpec, RouteSpec};
+use crate::authn::app::AppPolicy;
 use crate::authn::user::UserPolicy;
 use crate::limits::Plans;
 
-/// Secret values loaded from `v1 Secret` documents (or the cluster):
-/// (namespace, name) → key → bytes. `Debug` shows the keys, never the
-/// values.
-#[derive(Default)]
-pub struct Secrets {
-    pub map: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
-}
-
-impl fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.map.iter().map(|((namespace, name), values)| {
-                (
-                    format!("{namespace}/{name}"),
-                    values.keys().collect::<Vec<_>>(),
-                )
-            }))
-            .finish()
-    }
-}
+pub use crate::compile_context::{CompileContext, FieldError, Secrets};
 
 impl Secrets {
-    /// The value of `key` in Secret `namespace/name`, or an error naming
-    /// what is missing (never the value).
-    pub fn get(&self, namespace: &str, name: &str, key: &str) -> Result<&[u8], String> {
-        let secret = self
-            .map
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
-        secret
-            .get(key)
-            .map(Vec::as_slice)
-            .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))
-    }
-
     /// Collects the Secret documents of `docs`.
     pub fn from_documents(docs: &[LoadedDocument]) -> Self {
         let mut map = BTreeMap::new();
@@ -88,39 +59,10 @@ impl Secrets {
                 );
             }
         }
-        Self { map }
-    }
-}
-
-/// What a section compiler (user, app, plans) may read.
-#[derive(Debug)]
-pub struct CompileContext<'a> {
-    /// Namespace of the document being compiled (Secret references are
-    /// resolved in it).
-    pub namespace: &'a str,
-    pub secrets: &'a Secrets,
-}
-
-/// One problem in one field of a policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path inside the document, e.g. `spec.routes[0].cost`.
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
-            message: message.into(),
+            map,
+            missing_hint: None,
         }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
     }
 }
 
@@ -152,183 +94,55 @@ impl fmt::Display for CompileErrors {
 }
 
 /// Compiles every document into a snapshot numbered `version`, or returns
-/// every error found (nothing is half-applied).
+/// every error found (nothing is half-applied): the all-or-nothing form
+/// of the [`Catalog`] for start-up, `tollgate check` and tests. Sources
+/// that reload keep a catalog instead, so one object's error keeps only
+/// that object at its last good version.
 ///
-/// Host claims are made oldest policy first: by `metadata.creationTimestamp`
-/// when present, else by position (file order, then document order), so in
-/// a file the earlier policy keeps a contested host.
+/// Contested claims go to the older object: by
+/// `metadata.creationTimestamp` when present, else by position (file
+/// order, then document order), so in a file the earlier policy keeps a
+/// contested host (a warning) and the earlier registration its API key
+/// (an error here: nothing has been served yet to keep).
 pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, CompileErrors> {
-    let secrets = Secrets::from_documents(docs);
-    let mut errors = Vec::new();
-
-    let apps: Vec<AppRegistration> = docs
-        .iter()
-        .filter_map(|d| match &d.document {
-            Document::AppRegistration(app) => Some((**app).clone()),
-            _ => None,
-        })
-        .collect();
-    let app_index = match AppIndex::compile(&apps, &secrets) {
-        Ok(index) => Some(index),
-        Err(message) => {
-            errors.push(app_index_error(docs, &message));
-            None
-        }
-    };
-
-    // (age key, position, id, document, compiled policy)
-    let mut compiled = Vec::new();
+    let mut catalog = Catalog::new(None);
     for (position, doc) in docs.iter().enumerate() {
-        let Document::ApiPolicy(policy) = &doc.document else {
-            continue;
-        };
-        let id = PolicyId::new(doc.document.namespace(), doc.document.name());
-        let ctx = CompileContext {
-            namespace: doc.document.namespace(),
-            secrets: &secrets,
-        };
-        match compile_policy(policy, &ctx) {
-            Ok(c) => {
-                let created = policy.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                compiled.push((created, position, doc, c));
-            }
-            Err(field_errors) => {
-                errors.extend(field_errors.into_iter().map(|error| CompileError {
-                    document: doc.describe(),
-                    policy: Some(id.clone()),
-                    error,
-                }));
-            }
+        catalog.upsert(doc.clone(), Age::of(&doc.document, position as u64));
+    }
+    let (snapshot, report) = catalog.assemble(version);
+    let errors = report_errors(&report);
+    if errors.is_empty() {
+        for warning in &snapshot.warnings {
+            tracing::warn!(%warning, "policy warning");
         }
-    }
-    let Some(apps) = app_index else {
-        return Err(CompileErrors(errors));
-    };
-    if !errors.is_empty() {
-        return Err(CompileErrors(errors));
-    }
-
-    // Oldest first: timestamps when known (cluster objects), then position.
-    compiled.sort_by_key(|(created, position, _, _)| (*created, *position));
-    let mut hosts = HostIndex::default();
-    let mut warnings = Vec::new();
-    let mut policies = HashMap::new();
-    for (_, _, doc, policy) in compiled {
-        let Document::ApiPolicy(spec_doc) = &doc.document else {
-            continue;
-        };
-        for (i, host) in spec_doc.spec.hosts.iter().enumerate() {
-            if let Err(conflict) = hosts.claim(host, &policy.id) {
-                let warning = format!(
-                    "{}: spec.hosts[{i}]: host {:?} is already served by the older ApiPolicy \
-                     {}; this policy is not served for it",
-                    doc.describe(),
-                    conflict.host,
-                    conflict.kept
-                );
-                tracing::warn!(
-                    host = %conflict.host,
-                    kept = %conflict.kept,
-                    refused = %conflict.refused,
-                    "policy host conflict: the older policy keeps the host"
-                );
-                metrics::counter!("tollgate_policy_host_conflicts_total").increment(1);
-                warnings.push(warning);
-            }
-        }
-        policies.insert(policy.id.clone(), Arc::new(policy));
-    }
-    for warning in app_warnings(docs, &policies) {
-        tracing::warn!(%warning, "policy warning");
-        warnings.push(warning);
-    }
-
-    Ok(Snapshot {
-        policies,
-        hosts,
-        apps,
-        version,
-        warnings,
-        source_digest: None,
-    })
-}
-
-/// Attributes an [`AppIndex::compile`] message (`AppRegistration ns/name:
-/// spec.apiKey: …`) to its document, so it reads like every other error.
-fn app_index_error(docs: &[LoadedDocument], message: &str) -> CompileError {
-    let found = message
-        .strip_prefix("AppRegistration ")
-        .and_then(|rest| rest.split_once(": "))
-        .and_then(|(id, rest)| {
-            let doc = docs.iter().find(|d| {
-                matches!(d.document, Document::AppRegistration(_))
-                    && format!("{}/{}", d.document.namespace(), d.document.name()) == id
-            })?;
-            Some((doc.describe(), split_field("", rest)))
-        });
-    let (document, error) =
-        found.unwrap_or_else(|| ("AppRegistrations".to_owned(), split_field("", message)));
-    CompileError {
-        document,
-        policy: None,
-        error,
+        Ok(snapshot)
+    } else {
+        Err(CompileErrors(errors))
     }
 }
 
-/// Registrations that point at policies or plans that do not exist: not
-/// errors (in a cluster they may be created in any order), but worth a
-/// warning since such an app is refused at request time.
-fn app_warnings(
-    docs: &[LoadedDocument],
-    policies: &HashMap<PolicyId, Arc<CompiledPolicy>>,
-) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let policy_docs: HashMap<PolicyId, &ApiPolicySpec> = docs
-        .iter()
-        .filter_map(|d| match &d.document {
-            Document::ApiPolicy(p) => Some((
-                PolicyId::new(d.document.namespace(), d.document.name()),
-                &p.spec,
-            )),
-            _ => None,
-        })
-        .collect();
-    for doc in docs {
-        let Document::AppRegistration(app) = &doc.document else {
-            continue;
-        };
-        let namespace = doc.document.namespace();
-        for (i, name) in app.spec.policies.iter().enumerate() {
-            let id = PolicyId::new(namespace, name);
-            if !policies.contains_key(&id) {
-                warnings.push(format!(
-                    "{}: spec.policies[{i}]: no ApiPolicy {id}",
-                    doc.describe()
-                ));
-            }
-        }
-        if let Some(plan) = &app.spec.plan {
-            let accepted = policy_docs.iter().filter(|(id, _)| {
-                id.as_str().starts_with(&format!("{namespace}/"))
-                    && (app.spec.policies.is_empty()
-                        || app
-                            .spec
-                            .policies
-                            .iter()
-                            .any(|p| PolicyId::new(namespace, p) == **id))
+/// The errors of a report: every object's compile errors, and the
+/// registrations refused for claiming what an older one holds. Host
+/// conflicts and warnings are not errors.
+pub fn report_errors(report: &Report) -> Vec<CompileError> {
+    let mut errors = Vec::new();
+    for object in &report.objects {
+        let policy = (object.object.kind == Kind::ApiPolicy)
+            .then(|| PolicyId::new(&object.object.namespace, &object.object.name));
+        let refused = object
+            .conflicts
+            .iter()
+            .filter(|_| object.object.kind == Kind::AppRegistration)
+            .map(|c| &c.error);
+        for error in object.errors.iter().chain(refused) {
+            errors.push(CompileError {
+                document: object.describe.clone(),
+                policy: policy.clone(),
+                error: error.clone(),
             });
-            for (id, spec) in accepted {
-                if !spec.plans.is_empty() && !spec.plans.iter().any(|p| &p.name == plan) {
-                    warnings.push(format!(
-                        "{}: spec.plan: plan {plan:?} is not defined by ApiPolicy {id}",
-                        doc.describe()
-                    ));
-                }
-            }
         }
     }
-    warnings.sort();
-    warnings
+    errors
 }
 
 /// Compiles one `ApiPolicy`, collecting every field error. Public so the

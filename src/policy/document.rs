@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::catalog::{Kind, ObjectRef};
 use super::types::{ApiPolicy, ApiPolicySpec, AppRegistration, AppRegistrationSpec};
 
 /// The API group/version of tollgate's own documents.
@@ -255,6 +256,42 @@ pub fn read_file(path: &Path) -> Result<String, DocumentError> {
 
 /// Parses the text of one policy file (`path` is only used in messages).
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<LoadedDocument>, LoadErrors> {
+    let results = parse_each(path, text).map_err(|e| LoadErrors(vec![e]))?;
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for parsed in results {
+        match parsed {
+            Parsed::Loaded(doc) => docs.push(doc),
+            Parsed::Rejected(rejected) => errors.push(rejected.error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+/// A document of a policy file that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedDocument {
+    /// The object it would have been, when its kind and name could be
+    /// read: a reload keeps that object's previous version serving.
+    pub object: Option<ObjectRef>,
+    pub error: DocumentError,
+}
+
+/// One document of a file, read or not.
+#[derive(Clone, Debug)]
+pub enum Parsed {
+    Loaded(LoadedDocument),
+    Rejected(RejectedDocument),
+}
+
+/// Parses the documents of one file one by one, so a broken document is
+/// an error of its own and the others still load. `Err`: the file as a
+/// whole is not YAML (no document can be trusted).
+pub fn parse_each(path: &Path, text: &str) -> Result<Vec<Parsed>, DocumentError> {
     // Snippets are off: a YAML error inside a Secret would otherwise print
     // the Secret's lines. The message still carries line and column.
     // Booleans are YAML 1.2 only (`true`/`false`): with YAML 1.1 rules the
@@ -273,46 +310,55 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<LoadedDocument>, L
         },
     };
     let values: Vec<Value> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-            LoadErrors(vec![DocumentError {
-                file: path.to_owned(),
-                document: None,
-                field: None,
-                // The library's hint names its own API, not the user's file.
-                message: format!("invalid YAML: {e}")
-                    .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
-            }])
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| DocumentError {
+            file: path.to_owned(),
+            document: None,
+            field: None,
+            // The library's hint names its own API, not the user's file.
+            message: format!("invalid YAML: {e}")
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
         })?;
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for (i, value) in values.into_iter().enumerate() {
-        let index = i + 1;
-        match parse_document(value) {
-            Ok(document) => docs.push(LoadedDocument {
-                origin: Origin::File {
-                    path: path.to_owned(),
-                    index,
-                },
-                document,
-            }),
-            Err(e) => errors.push(DocumentError {
-                file: path.to_owned(),
-                document: Some((index, e.label)),
-                field: e.field,
-                message: e.message,
-            }),
-        }
-    }
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(LoadErrors(errors))
-    }
+    let results = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let index = i + 1;
+            match parse_document(value) {
+                Ok(document) => Parsed::Loaded(LoadedDocument {
+                    origin: Origin::File {
+                        path: path.to_owned(),
+                        index,
+                    },
+                    document,
+                }),
+                Err(e) => Parsed::Rejected(RejectedDocument {
+                    object: e.object.map(|o| *o),
+                    error: DocumentError {
+                        file: path.to_owned(),
+                        document: Some((index, e.label)),
+                        field: e.field,
+                        message: e.message,
+                    },
+                }),
+            }
+        })
+        .collect();
+    Ok(results)
+}
+
+/// Reads one object from the Kubernetes API (its JSON) with the same
+/// strict reader as policy files. `Err`: the object it would have been
+/// (when known), the field and the message.
+pub fn read_object(value: Value) -> Result<Document, (Option<ObjectRef>, Option<String>, String)> {
+    parse_document(value).map_err(|e| (e.object.map(|o| *o), e.field, e.message))
 }
 
 /// An error inside one document, before the file is known.
 struct DocError {
     label: String,
+    /// The object the document would have been, when its kind and name
+    /// could be read (boxed: errors travel by value through every reader).
+    object: Option<Box<ObjectRef>>,
     field: Option<String>,
     message: String,
 }
@@ -323,6 +369,7 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
     let Value::Object(map) = value else {
         return Err(DocError {
             label: String::new(),
+            object: None,
             field: None,
             message: format!(
                 "expected a mapping with apiVersion and kind, found {}",
@@ -335,11 +382,13 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(other) => Err(DocError {
                 label: String::new(),
+                object: None,
                 field: Some(name.to_owned()),
                 message: format!("expected a string, found {}", json_type(other)),
             }),
             None => Err(DocError {
                 label: String::new(),
+                object: None,
                 field: Some(name.to_owned()),
                 message: "missing".to_owned(),
             }),
@@ -361,42 +410,40 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
             None => kind.to_owned(),
         }
     };
+    // The object the document names, so an error in its body is still
+    // attributed to it (a reload keeps its previous version serving).
+    let object = |kind: Kind| {
+        let meta = map.get("metadata").and_then(Value::as_object);
+        let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str)?;
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        Some(Box::new(ObjectRef::new(kind, namespace, name)))
+    };
+    let about = |kind: Kind| {
+        let object = object(kind);
+        move |mut error: DocError| {
+            error.object = object;
+            error
+        }
+    };
     match (api_version.as_str(), kind.as_str()) {
         (API_VERSION, "ApiPolicy") => {
-            let label = label("ApiPolicy");
-            let doc: Resource<ApiPolicySpec> = typed(map, &label, false)?;
-            let metadata = check_metadata(doc.metadata, &label)?;
-            Ok(Document::ApiPolicy(Box::new(ApiPolicy {
-                metadata,
-                spec: doc.spec,
-                status: None,
-            })))
+            let (label, about) = (label("ApiPolicy"), about(Kind::ApiPolicy));
+            read_policy(map, label).map_err(about)
         }
         (API_VERSION, "AppRegistration") => {
-            let label = label("AppRegistration");
-            let doc: Resource<AppRegistrationSpec> = typed(map, &label, false)?;
-            let metadata = check_metadata(doc.metadata, &label)?;
-            Ok(Document::AppRegistration(Box::new(AppRegistration {
-                metadata,
-                spec: doc.spec,
-                status: None,
-            })))
+            let (label, about) = (label("AppRegistration"), about(Kind::AppRegistration));
+            read_app(map, label).map_err(about)
         }
         ("v1", "Secret") => {
-            let label = label("Secret");
-            let doc: SecretDoc = typed(map, &label, true)?;
-            let metadata = check_metadata(doc.metadata, &label)?;
-            let data = secret_data(doc.data, doc.string_data, &label)?;
-            Ok(Document::Secret(Box::new(Secret {
-                metadata,
-                data: Some(data),
-                type_: doc.type_,
-                immutable: doc.immutable,
-                string_data: None,
-            })))
+            let (label, about) = (label("Secret"), about(Kind::Secret));
+            read_secret(map, label).map_err(about)
         }
         (API_VERSION, _) | ("v1", _) => Err(DocError {
             label: format!("kind {kind}"),
+            object: None,
             field: Some("kind".to_owned()),
             message: format!(
                 "unknown kind {kind:?} for apiVersion {api_version}: expected ApiPolicy or \
@@ -405,6 +452,7 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
         }),
         _ => Err(DocError {
             label: format!("kind {kind}"),
+            object: None,
             field: Some("apiVersion".to_owned()),
             message: format!(
                 "unknown apiVersion {api_version:?}: expected {API_VERSION} (ApiPolicy, \
@@ -412,6 +460,39 @@ fn parse_document(value: Value) -> Result<Document, DocError> {
             ),
         }),
     }
+}
+
+fn read_policy(map: Map<String, Value>, label: String) -> Result<Document, DocError> {
+    let doc: Resource<ApiPolicySpec> = typed(map, &label, false)?;
+    let metadata = check_metadata(doc.metadata, &label)?;
+    Ok(Document::ApiPolicy(Box::new(ApiPolicy {
+        metadata,
+        spec: doc.spec,
+        status: None,
+    })))
+}
+
+fn read_app(map: Map<String, Value>, label: String) -> Result<Document, DocError> {
+    let doc: Resource<AppRegistrationSpec> = typed(map, &label, false)?;
+    let metadata = check_metadata(doc.metadata, &label)?;
+    Ok(Document::AppRegistration(Box::new(AppRegistration {
+        metadata,
+        spec: doc.spec,
+        status: None,
+    })))
+}
+
+fn read_secret(map: Map<String, Value>, label: String) -> Result<Document, DocError> {
+    let doc: SecretDoc = typed(map, &label, true)?;
+    let metadata = check_metadata(doc.metadata, &label)?;
+    let data = secret_data(doc.data, doc.string_data, &label)?;
+    Ok(Document::Secret(Box::new(Secret {
+        metadata,
+        data: Some(data),
+        type_: doc.type_,
+        immutable: doc.immutable,
+        string_data: None,
+    })))
 }
 
 /// The envelope of tollgate's own resources. `status` is accepted (so an
@@ -474,6 +555,7 @@ fn typed<T: DeserializeOwned>(
         DocError {
             label: label.to_owned(),
             field: (field != ".").then_some(field),
+            object: None,
             message,
         }
     })
@@ -504,6 +586,7 @@ const METADATA_FIELDS: &[&str] = &[
 fn check_metadata(map: Map<String, Value>, label: &str) -> Result<ObjectMeta, DocError> {
     let error = |field: String, message: String| DocError {
         label: label.to_owned(),
+        object: None,
         field: Some(field),
         message,
     };
@@ -583,6 +666,7 @@ fn secret_data(
 ) -> Result<BTreeMap<String, ByteString>, DocError> {
     let error = |field: String, message: &str| DocError {
         label: label.to_owned(),
+        object: None,
         field: Some(field),
         message: message.to_owned(),
     };

@@ -27,8 +27,14 @@ use super::duration::DurationStr;
     namespaced,
     status = "PolicyStatus",
     shortname = "apipol",
+    shortname = "tgpol",
+    category = "tollgate",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".status.hosts"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Apps","type":"integer","jsonPath":".status.acceptedApps"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiPolicySpec {
@@ -504,29 +510,74 @@ impl Default for ResponseSpec {
     }
 }
 
-/// Status of an `ApiPolicy`, written by the operator.
+/// Status of an `ApiPolicy`, written by the operator (`tollgate
+/// operator`); docs/operator.md explains every condition.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Accepted` (the spec compiles) and `Ready` (it is what the servers
+    /// serve).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The hosts this policy is served for (without those an older policy
+    /// holds), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// How many served AppRegistrations this policy accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_apps: Option<i64>,
 }
 
-/// A status condition (the Kubernetes convention).
+/// Status of an `AppRegistration`, written by the operator.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRegistrationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` and `Ready`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The plan each policy that accepts this app applies to it, sorted by
+    /// policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<EffectivePlan>,
+}
+
+/// The plan a policy applies to an app.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectivePlan {
+    /// The policy's name (same namespace).
+    pub policy: String,
+    /// The plan; absent when the policy has no plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+/// A status condition (Kubernetes API conventions: one per `type`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// `Accepted` or `Ready`.
     #[serde(rename = "type")]
     pub type_: String,
+    /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// A CamelCase reason: `Valid`, `Invalid`, `SecretNotFound`,
+    /// `Conflicted`, `PolicyNotFound`, `PlanNotFound`, `ServingPrevious`.
     #[serde(default)]
     pub reason: String,
+    /// What to fix, naming the field (bounded in length).
     #[serde(default)]
     pub message: String,
+    /// When `status` last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// The generation the condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -539,10 +590,16 @@ pub struct Condition {
     kind = "AppRegistration",
     doc = "One registered app (the API key holder): its id, plan, API key and client certificates. Schema: docs/policy.md.",
     namespaced,
-    status = "PolicyStatus",
+    status = "AppRegistrationStatus",
     shortname = "appreg",
-    printcolumn = r#"{"name":"App","type":"string","jsonPath":".spec.appId"}"#,
-    printcolumn = r#"{"name":"Plan","type":"string","jsonPath":".spec.plan"}"#
+    shortname = "tgapp",
+    category = "tollgate",
+    printcolumn = r#"{"name":"App ID","type":"string","jsonPath":".spec.appId"}"#,
+    printcolumn = r#"{"name":"Plan","type":"string","jsonPath":".spec.plan"}"#,
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppRegistrationSpec {

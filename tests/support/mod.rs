@@ -15,7 +15,11 @@
 //!   lines: `Stack::start(POLICY).get("/x").host("h").send()`;
 //! - [`idp`] is a local OpenID Provider (discovery + JWKS) whose keys can
 //!   be rotated and which can be taken down;
-//! - [`redis`] starts `redis-server` (and a Redis Cluster) for store tests.
+//! - [`redis`] starts `redis-server` (and a Redis Cluster) for store tests;
+//! - [`kube`] starts etcd and a real `kube-apiserver` (built from their Go
+//!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
+//! - [`operator`] runs the built `tollgate operator` with a short lease;
+//! - [`check`] calls `Check` over gRPC as Envoy would.
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
 //! process is killed by its PID when its handle drops. A missing binary is
@@ -25,9 +29,12 @@
 // Each test crate uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod check;
 pub mod client;
 pub mod envoy;
 pub mod idp;
+pub mod kube;
+pub mod operator;
 pub mod redis;
 pub mod stack;
 pub mod tls;

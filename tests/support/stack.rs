@@ -105,9 +105,16 @@ impl StackBuilder {
 
     /// Starts upstream, tollgate, then Envoy (which needs both addresses).
     pub fn start(self) -> Stack {
-        let upstream = Upstream::start();
         let args: Vec<&str> = self.tollgate_args.iter().map(String::as_str).collect();
         let tollgate = Tollgate::start_with(&self.policy, &args);
+        self.start_around(tollgate)
+    }
+
+    /// Starts upstream and Envoy in front of an already running tollgate
+    /// (e.g. one serving a Kubernetes API server's resources); the
+    /// builder's policy and tollgate arguments are not used.
+    pub fn start_around(self, tollgate: Tollgate) -> Stack {
+        let upstream = Upstream::start();
         let mut config = EnvoyConfig::new(tollgate.grpc_addr(), upstream.addr());
         config.routes = self.routes;
         config.tls = self.tls;

@@ -5,6 +5,7 @@
 //! output is kept in memory for assertions (audit lines, warnings) and
 //! printed when a test fails.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,12 +68,53 @@ impl Tollgate {
             .unwrap();
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, policy_yaml).unwrap();
+        let source = vec![OsString::from("--policy-file"), policy.clone().into()];
+        let mut tollgate = Self::launch(dir, policy, source, extra_args, admin_tls)?;
+        tollgate.wait_ready();
+        Ok(tollgate)
+    }
+
+    /// Serves the custom resources of the API server `kubeconfig` points
+    /// at (`serve --kubernetes`), and waits for `/readyz` (the first full
+    /// sync).
+    pub fn start_kubernetes(kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        let mut tollgate = Self::launch_kubernetes(kubeconfig, extra_args);
+        tollgate.wait_ready();
+        tollgate
+    }
+
+    /// Like [`Tollgate::start_kubernetes`] without waiting for readiness
+    /// (for tests of what keeps it unready).
+    pub fn launch_kubernetes(kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-")
+            .tempdir()
+            .unwrap();
+        let policy = dir.path().join("unused-policy.yaml");
+        let source = vec![
+            OsString::from("--kubernetes"),
+            OsString::from("--kubeconfig"),
+            kubeconfig.into(),
+        ];
+        Self::launch(dir, policy, source, extra_args, None)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Starts `tollgate serve` with `source` arguments and waits for the
+    /// `listening` line; `admin_tls` reaches a TLS admin port.
+    fn launch(
+        dir: TempDir,
+        policy: PathBuf,
+        source: Vec<OsString>,
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, StartFailure> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--policy-file"])
-            .arg(&policy)
+            .args(["--log-format", "json"])
+            .args(&source)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -123,12 +165,16 @@ impl Tollgate {
                 return Err(StartFailure { status, output });
             }
         }
+        Ok(tollgate)
+    }
+
+    /// Waits (bounded) for `/readyz` to answer 200.
+    pub fn wait_ready(&mut self) {
         wait_for("tollgate's /readyz to answer 200", START_LIMIT, || {
-            tollgate.assert_running();
-            let ready = tollgate.admin_request("/readyz").try_send().ok()?;
+            self.assert_running();
+            let ready = self.admin_request("/readyz").try_send().ok()?;
             (ready.status == 200).then_some(())
         });
-        Ok(tollgate)
     }
 
     fn assert_running(&mut self) {

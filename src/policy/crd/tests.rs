@@ -148,7 +148,8 @@ fn free_form_and_optional_fields_keep_their_data() {
     assert_eq!(inline["nullable"], true);
     let cost = &spec["properties"]["routes"]["items"]["properties"]["cost"];
     assert_eq!(cost["format"], "int64");
-    assert_eq!(cost["minimum"].as_f64(), Some(0.0));
+    // Unsigned becomes `minimum: 0`; the admission rules raise it to 1.
+    assert_eq!(cost["minimum"].as_f64(), Some(1.0));
     assert_eq!(cost["nullable"], true);
 }
 
@@ -198,5 +199,170 @@ fn resources_are_described_for_kubectl_explain() {
             .unwrap()
             .to_owned();
         assert!(description.contains("docs/policy.md"), "{description}");
+    }
+}
+
+// ------------------------------------------------------------ admission
+
+/// The CEL messages kube's evaluator reports for `object` against the
+/// generated schema of `kind` (what the API server would say).
+fn cel_errors(kind: &str, object: Value) -> Vec<String> {
+    let crd = crds()
+        .into_iter()
+        .find(|c| c["spec"]["names"]["kind"] == kind)
+        .unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    assert!(schema.get("x-tollgate-error").is_none(), "{schema}");
+    match kube::core::cel::Validator::new().validate(schema, &object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+fn policy(spec: Value) -> Value {
+    json!({
+        "apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "ApiPolicy",
+        "metadata": { "name": "p", "namespace": "n" },
+        "spec": spec,
+    })
+}
+
+/// Each pair: a spec the compile step refuses (and CEL must refuse with
+/// the message fragment), and its corrected form (CEL must accept).
+#[test]
+fn cel_rules_refuse_what_the_compile_step_refuses() {
+    let cases: Vec<(&str, Value, Value)> = vec![
+        (
+            "defaultPlan must name one of spec.plans",
+            json!({ "plans": [{ "name": "free" }], "defaultPlan": "gold" }),
+            json!({ "plans": [{ "name": "free" }], "defaultPlan": "free" }),
+        ),
+        (
+            "defaultPlan must name one of spec.plans",
+            json!({ "plans": [{ "name": "free" }] }),
+            json!({ "plans": [] }),
+        ),
+        (
+            "set path or pathPrefix, not both",
+            json!({ "routes": [{ "name": "r", "match": { "path": "/a", "pathPrefix": "/b" } }] }),
+            json!({ "routes": [{ "name": "r", "match": { "pathPrefix": "/b" } }] }),
+        ),
+        (
+            "a public route checks no credentials",
+            json!({ "routes": [{ "name": "r", "public": true, "cost": 2 }] }),
+            json!({ "routes": [{ "name": "r", "public": true }] }),
+        ),
+        (
+            "a public route checks no credentials",
+            json!({ "routes": [{ "name": "r", "public": true, "deny": true }] }),
+            json!({ "routes": [{ "name": "r", "deny": true }] }),
+        ),
+        (
+            "routes[].require needs spec.user",
+            json!({ "routes": [{ "name": "r", "require": { "scopes": ["rent"] } }] }),
+            json!({ "routes": [{ "name": "r" }] }),
+        ),
+        (
+            "set exactly one of rate and quota",
+            json!({ "defaultPlan": "f", "plans": [{ "name": "f", "limits": [{ "name": "l" }] }] }),
+            json!({ "defaultPlan": "f", "plans": [{ "name": "f", "limits": [{ "name": "l", "quota": { "requests": 5, "reset": "day" } }] }] }),
+        ),
+        (
+            "upstream header names are lower-case tokens",
+            json!({ "response": { "upstreamHeaders": { "X-User": "{user.sub}" } } }),
+            json!({ "response": { "upstreamHeaders": { "x-user": "{user.sub}" } } }),
+        ),
+        (
+            "upstream header names are lower-case tokens",
+            json!({ "response": { "upstreamHeaders": { "x-tollgate-user": "{user.sub}" } } }),
+            json!({ "response": { "upstreamHeaders": { "x-user-sub": "{user.sub}" } } }),
+        ),
+        (
+            "set exactly one of discovery, uri, inline and secretRef",
+            json!({ "user": { "issuers": [{ "issuer": "https://id/", "jwks": { "discovery": true, "uri": "https://id/jwks" } }] } }),
+            json!({ "user": { "issuers": [{ "issuer": "https://id/", "jwks": { "uri": "https://id/jwks" } }] } }),
+        ),
+        (
+            "encoding only applies to secretRef",
+            json!({ "app": { "attestation": { "keys": { "uri": "https://a/jwks", "encoding": "base64" } } } }),
+            json!({ "app": { "attestation": { "keys": { "secretRef": { "name": "s", "key": "k" }, "encoding": "base64" } } } }),
+        ),
+    ];
+    for (message, refused, accepted) in cases {
+        let errors = cel_errors("ApiPolicy", policy(refused.clone()));
+        assert!(
+            errors.iter().any(|e| e.contains(message)),
+            "{refused} must be refused with {message:?}, got {errors:?}"
+        );
+        let errors = cel_errors("ApiPolicy", policy(accepted.clone()));
+        assert!(errors.is_empty(), "{accepted} must pass, got {errors:?}");
+
+        // The compile step agrees: the refused spec does not compile.
+        let doc = serde_json::to_string(&policy(refused.clone())).unwrap();
+        let docs = crate::policy::document::parse_documents(std::path::Path::new("p.yaml"), &doc);
+        let compiled = docs.map(|d| crate::policy::compile::compile(&d, 1));
+        assert!(
+            !matches!(compiled, Ok(Ok(_))),
+            "the compile step must refuse {refused} too"
+        );
+    }
+}
+
+#[test]
+fn bounds_patterns_and_list_types_are_in_the_schema() {
+    let crds = crds();
+    let policy = &crds[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    let spec = &policy["spec"]["properties"];
+    assert_eq!(spec["hosts"]["x-kubernetes-list-type"], "set");
+    assert_eq!(spec["plans"]["x-kubernetes-list-map-keys"], json!(["name"]));
+    assert_eq!(
+        spec["routes"]["x-kubernetes-list-map-keys"],
+        json!(["name"])
+    );
+    assert_eq!(spec["routes"]["items"]["properties"]["cost"]["minimum"], 1);
+    let conditions = &policy["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    let app = &crds[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    assert_eq!(app["spec"]["properties"]["appId"]["minLength"], 1);
+    assert_eq!(
+        app["status"]["properties"]["conditions"]["x-kubernetes-list-map-keys"],
+        json!(["type"])
+    );
+
+    // The host pattern is the compile step's host rule.
+    let host = regex_lite_match(spec["hosts"]["items"]["pattern"].as_str().unwrap());
+    for good in ["api.example", "*.bikes.example", "a-1.b2"] {
+        assert!(host(good), "{good}");
+        assert!(crate::policy::compile::check_host(good).is_ok());
+    }
+    for bad in [
+        "API.example",
+        "api.example:443",
+        "*api.example",
+        "a.*.example",
+        "-a.example",
+        "api.example.",
+    ] {
+        assert!(!host(bad), "{bad}");
+        assert!(crate::policy::compile::check_host(bad).is_err(), "{bad}");
+    }
+}
+
+/// Matches with CEL's own regex engine (the one the API server's
+/// `pattern` follows closely enough for these ASCII classes).
+fn regex_lite_match(pattern: &str) -> impl Fn(&str) -> bool {
+    let pattern = pattern.to_owned();
+    move |text: &str| {
+        let rule = format!("self.matches('{}')", pattern.replace('\\', "\\\\"));
+        let schema = json!({ "type": "string", "x-kubernetes-validations": [{ "rule": rule }] });
+        kube::core::cel::Validator::new()
+            .validate(&schema, &json!(text), None)
+            .is_ok()
     }
 }

@@ -37,11 +37,17 @@ struct Watcher {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(paths: Vec<PathBuf>, shared: SharedSnapshot) -> Watcher {
+/// Loads `paths` (strictly) as the server does at start-up.
+fn load(paths: &[PathBuf]) -> (SharedSnapshot, FileSource) {
+    let (snapshot, source) = load_initial(paths).unwrap();
+    (Arc::new(ArcSwap::from_pointee(snapshot)), source)
+}
+
+fn start(source: FileSource, shared: SharedSnapshot) -> Watcher {
     let (tx, outcomes) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(watch(
-        paths,
+        source,
         shared,
         INTERVAL,
         async {
@@ -103,47 +109,125 @@ fn load_initial_reports_file_document_and_field() {
         "{error}"
     );
     std::fs::write(&path, policy("api.bikes.example")).unwrap();
-    assert_eq!(load_initial(&[path]).unwrap().version, 1);
+    assert_eq!(load_initial(&[path]).unwrap().0.version, 1);
 }
 
 #[tokio::test]
-async fn valid_changes_swap_and_invalid_ones_keep_the_last_good_snapshot() {
+async fn valid_changes_swap_and_invalid_ones_keep_the_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bikes.yaml");
     write(&path, &policy("a.example"));
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(
-        load_initial(std::slice::from_ref(&path)).unwrap(),
-    ));
+    let (shared, source) = load(std::slice::from_ref(&path));
     // The files are unchanged since load_initial: nothing is recompiled
     // (the next change below becomes version 2, not 3).
-    let mut watcher = start(vec![path.clone()], Arc::clone(&shared));
+    let mut watcher = start(source, Arc::clone(&shared));
 
     write(&path, &policy("b.example").replace("hosts:", "hostz:"));
-    let Outcome::Rejected { error } = watcher.next().await else {
-        panic!("an invalid file must be rejected")
-    };
-    assert!(error.contains("spec.hostz: unknown field"), "{error}");
+    let outcome = watcher.next().await;
+    assert_eq!(outcome.version, 2);
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .any(|p| p.contains("spec.hostz: unknown field")),
+        "{outcome:?}"
+    );
     assert!(
         serves(&shared, "a.example"),
-        "the last good snapshot keeps serving"
+        "the object's last good version keeps serving"
     );
-    assert_eq!(shared.load().version, 1);
 
     write(&path, &policy("b.example"));
-    assert_eq!(watcher.next().await, Outcome::Applied { version: 2 });
+    assert_eq!(
+        watcher.next().await,
+        Outcome {
+            version: 3,
+            problems: vec![]
+        }
+    );
     assert!(serves(&shared, "b.example"));
     assert!(!serves(&shared, "a.example"));
 
-    // A deleted file is an error reported once; the snapshot stays.
+    // A deleted file is an error reported once; nothing of it is removed.
     std::fs::remove_file(&path).unwrap();
-    let Outcome::Rejected { error } = watcher.next().await else {
-        panic!("a missing file must be rejected")
-    };
-    assert!(error.contains("cannot open"), "{error}");
+    let outcome = watcher.next().await;
+    assert!(outcome.problems[0].contains("cannot open"), "{outcome:?}");
     assert!(serves(&shared, "b.example"));
     write(&path, &policy("c.example"));
-    assert_eq!(watcher.next().await, Outcome::Applied { version: 3 });
+    assert_eq!(watcher.next().await.problems, Vec::<String>::new());
     assert!(serves(&shared, "c.example"));
+    watcher.stop().await;
+}
+
+/// One broken document keeps only its own object at its last good
+/// version: in the same reload, a fix to another app (disabling a
+/// compromised one) and a new policy still go live.
+#[tokio::test]
+async fn a_broken_document_does_not_block_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.yaml");
+    let app = |disabled: bool| {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: AppRegistration\nmetadata: {{ name: ios, namespace: mobility }}\nspec: {{ appId: ios, disabled: {disabled} }}\n"
+        )
+    };
+    let other = |host: &str| policy(host).replace("name: bikes", "name: trains");
+    write(
+        &path,
+        &format!(
+            "{}---\n{}---\n{}",
+            policy("a.example"),
+            app(false),
+            other("t.example")
+        ),
+    );
+    let (shared, source) = load(std::slice::from_ref(&path));
+    let mut watcher = start(source, Arc::clone(&shared));
+
+    // bikes breaks, the app is disabled, trains moves to a new host.
+    write(
+        &path,
+        &format!(
+            "{}---\n{}---\n{}",
+            policy("b.example").replace("hosts:", "hostz:"),
+            app(true),
+            other("u.example")
+        ),
+    );
+    let outcome = watcher.next().await;
+    assert_eq!(
+        outcome.problems.len(),
+        2,
+        "the read error, then the object's: {outcome:?}"
+    );
+    let snapshot = shared.load();
+    assert!(
+        serves(&shared, "a.example"),
+        "bikes keeps its last good version"
+    );
+    assert_eq!(
+        snapshot.hosts.lookup("u.example"),
+        Some(&PolicyId::new("mobility", "trains"))
+    );
+    assert!(
+        snapshot
+            .apps
+            .iter()
+            .any(|a| a.app_id == "ios" && a.disabled)
+    );
+
+    // An unparsable file deletes nothing.
+    write(&path, "{ not: [yaml");
+    let outcome = watcher.next().await;
+    assert!(outcome.problems[0].contains("invalid YAML"), "{outcome:?}");
+    assert!(serves(&shared, "a.example"));
+    assert_eq!(shared.load().apps.len(), 1);
+
+    // Removing a document stops serving its object.
+    write(&path, &app(true));
+    watcher.next().await;
+    assert!(!serves(&shared, "a.example"));
+    assert!(shared.load().hosts.lookup("u.example").is_none());
     watcher.stop().await;
 }
 
@@ -165,15 +249,13 @@ async fn configmap_symlink_swaps_are_seen() {
     let path = dir.path().join("policy.yaml");
     symlink("..data/policy.yaml", &path).unwrap();
 
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(
-        load_initial(std::slice::from_ref(&path)).unwrap(),
-    ));
+    let (shared, source) = load(std::slice::from_ref(&path));
     assert!(serves(&shared, "one.example"));
-    let mut watcher = start(vec![path], Arc::clone(&shared));
+    let mut watcher = start(source, Arc::clone(&shared));
 
     symlink("..2024_01_02", dir.path().join("..data_tmp")).unwrap();
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-    assert_eq!(watcher.next().await, Outcome::Applied { version: 2 });
+    assert_eq!(watcher.next().await.version, 2);
     assert!(serves(&shared, "two.example"));
     watcher.stop().await;
 }
@@ -183,12 +265,10 @@ async fn a_change_between_start_up_and_the_watcher_is_not_missed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bikes.yaml");
     write(&path, &policy("a.example"));
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(
-        load_initial(std::slice::from_ref(&path)).unwrap(),
-    ));
+    let (shared, source) = load(std::slice::from_ref(&path));
     write(&path, &policy("b.example"));
-    let mut watcher = start(vec![path], Arc::clone(&shared));
-    assert_eq!(watcher.next().await, Outcome::Applied { version: 2 });
+    let mut watcher = start(source, Arc::clone(&shared));
+    assert_eq!(watcher.next().await.version, 2);
     assert!(serves(&shared, "b.example"));
     watcher.stop().await;
 }
@@ -203,18 +283,19 @@ async fn several_files_are_one_snapshot() {
         &b,
         &policy("b.example").replace("name: bikes", "name: trikes"),
     );
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(
-        load_initial(&[a.clone(), b.clone()]).unwrap(),
-    ));
+    let (shared, source) = load(&[a.clone(), b.clone()]);
     assert_eq!(shared.load().policies.len(), 2);
-    let mut watcher = start(vec![a.clone(), b.clone()], Arc::clone(&shared));
-    // A duplicate across files rejects the candidate as a whole.
+    let mut watcher = start(source, Arc::clone(&shared));
+    // trikes renamed to a name a.yaml already defines: the duplicate is
+    // ignored and reported, and nothing of b.yaml is removed for it.
     write(&b, &policy("b.example"));
-    let Outcome::Rejected { error } = watcher.next().await else {
-        panic!("a duplicate must be rejected")
-    };
-    assert!(error.contains("duplicate ApiPolicy"), "{error}");
+    let outcome = watcher.next().await;
+    assert!(
+        outcome.problems[0].contains("duplicate ApiPolicy"),
+        "{outcome:?}"
+    );
     assert_eq!(shared.load().policies.len(), 2);
+    assert!(serves(&shared, "a.example"));
     watcher.stop().await;
 }
 
@@ -223,11 +304,9 @@ async fn watch_files_stops_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bikes.yaml");
     write(&path, &policy("a.example"));
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(
-        load_initial(std::slice::from_ref(&path)).unwrap(),
-    ));
+    let (shared, source) = load(std::slice::from_ref(&path));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(watch_files(vec![path], shared, INTERVAL, async {
+    let task = tokio::spawn(watch_files(source, shared, INTERVAL, async {
         let _ = stopped.await;
     }));
     stop.send(()).unwrap();
