@@ -72,6 +72,43 @@ impl Command {
     }
 }
 
+/// The shape of a long-running subcommand (`serve`, `operator`): logging
+/// set up from `log`, the configuration checked by `validate` (exit 2
+/// with the reason), then `run` on a multi-threaded runtime (exit 0 when
+/// it returns `Ok`, 1 with the reason logged otherwise).
+pub fn run_service<E: std::fmt::Display, F: std::future::Future<Output = anyhow::Result<()>>>(
+    name: &str,
+    log: &crate::config::LogArgs,
+    validate: impl FnOnce() -> Result<(), E>,
+    run: impl FnOnce() -> F,
+) -> ExitCode {
+    if let Err(error) = crate::telemetry::init(log.log_format, log.log_level.as_deref()) {
+        eprintln!("tollgate {name}: {error}");
+        return ExitCode::from(2);
+    }
+    if let Err(error) = validate() {
+        tracing::error!(%error, "invalid configuration");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tollgate {name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The binary's entry point: parse the arguments and run the subcommand.
 /// Usage errors exit with status 2 (clap's convention, and `check`'s
 /// "error" status).

@@ -48,7 +48,9 @@ impl Secrets {
                 .map(|hint| format!(" ({hint})"))
                 .unwrap_or_default();
             match miss {
-                SecretLookup::NoSecret => format!("Secret {namespace}/{name} not found{hint}"),
+                SecretLookup::NoSecret => {
+                    format!("Secret {namespace}/{name} (key {key:?}) not found{hint}")
+                }
                 _ => format!("Secret {namespace}/{name} has no key {key:?}"),
             }
         })
@@ -188,7 +190,7 @@ mod tests {
         );
         assert_eq!(
             ctx.secret("gone", "k"),
-            Err("Secret n/gone not found (is it labelled?)".to_owned())
+            Err("Secret n/gone (key \"k\") not found (is it labelled?)".to_owned())
         );
         // A repeated lookup is recorded once.
         let _ = ctx.secret("s", "k");

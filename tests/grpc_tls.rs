@@ -19,8 +19,7 @@ use prost::Message;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tollgate::clock::SystemClock;
-use tollgate::grpc::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use tollgate::grpc::pb::{AttributeContext, CheckRequest, CheckResponse};
+use tollgate::grpc::pb::{CheckRequest, CheckResponse};
 use tollgate::pipeline::{Deps, Settings};
 use tollgate::policy::{compile, document};
 use tollgate::server::{self, Listeners, ServerError, ServerState, TlsListeners};
@@ -159,22 +158,7 @@ impl Connection {
 }
 
 fn request() -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                time: None,
-                http: Some(HttpRequest {
-                    id: "1".into(),
-                    method: "GET".into(),
-                    path: "/v1/bikes".into(),
-                    host: "open.example".into(),
-                    scheme: "http".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    support::check::request("open.example", "/v1/bikes", &[], false)
 }
 
 fn allowed(response: &CheckResponse) -> bool {

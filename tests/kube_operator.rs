@@ -188,7 +188,7 @@ async fn statuses_follow_the_objects() {
     .await;
     let message = ready["message"].as_str().unwrap();
     assert!(
-        message.contains("Secret mobility/ios-key not found"),
+        message.contains("Secret mobility/ios-key (key \"apiKey\") not found"),
         "{message}"
     );
     assert!(message.contains("tollgate.dev/secret=true"), "{message}");

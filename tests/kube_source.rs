@@ -332,7 +332,7 @@ async fn secrets_without_the_label_or_with_bad_values_are_reported() {
     assert_eq!(
         problem.as_str(),
         Some(
-            "AppRegistration mobility/ios: spec.apiKey: Secret mobility/ios-key not found \
+            "AppRegistration mobility/ios: spec.apiKey: Secret mobility/ios-key (key \"apiKey\") not found \
              (tollgate reads only Secrets labelled tollgate.dev/secret=true: is the label missing?)"
         )
     );

@@ -21,31 +21,12 @@ use crate::{shutdown, telemetry};
 /// or serving failed (the reason is logged), 2 for an unusable
 /// configuration.
 pub fn main(config: ServeConfig) -> ExitCode {
-    if let Err(error) = telemetry::init(config.log.log_format, config.log.log_level.as_deref()) {
-        eprintln!("tollgate serve: {error}");
-        return ExitCode::from(2);
-    }
-    if let Err(error) = config.validate() {
-        tracing::error!(%error, "invalid configuration");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "tollgate serve failed");
-            ExitCode::FAILURE
-        }
-    }
+    super::run_service(
+        "serve",
+        &config.log,
+        || config.validate(),
+        || run(config.clone()),
+    )
 }
 
 /// Everything after validation, inside the runtime.

@@ -24,7 +24,6 @@
 //! docs/testing.md.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +44,7 @@ use rcgen::{
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use super::{repo_path, tail, wait_for};
+use super::{collect, repo_path, tail, wait_for};
 
 /// How long etcd or the API server may take to start before the test fails.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -528,8 +527,8 @@ fn start_etcd(tools: &Path, dir: &Path, output: Arc<Mutex<String>>) -> (Child, S
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.join("etcd").display()));
-    collect("etcd", child.stdout.take().unwrap(), output.clone());
-    collect("etcd", child.stderr.take().unwrap(), output.clone());
+    collect("etcd: ", child.stdout.take().unwrap(), output.clone());
+    collect("etcd: ", child.stderr.take().unwrap(), output.clone());
     let address = wait_for("etcd to serve clients", START_LIMIT, || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -548,20 +547,6 @@ fn start_etcd(tools: &Path, dir: &Path, output: Arc<Mutex<String>>) -> (Child, S
         })
     });
     (child, format!("http://{address}"))
-}
-
-/// Copies a child's stream into `sink` line by line, prefixed.
-fn collect(prefix: &'static str, stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(prefix);
-            sink.push_str(": ");
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
 }
 
 /// The test's PKI.

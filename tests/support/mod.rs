@@ -76,6 +76,25 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// Copies a child's stream into `sink` line by line on a thread, each
+/// line prefixed with `prefix` (empty: as is).
+pub fn collect(
+    prefix: &'static str,
+    stream: impl std::io::Read + Send + 'static,
+    sink: std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead as _;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(prefix);
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+}
+
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

@@ -2,7 +2,6 @@
 //! on an ephemeral port, a short lease (so failover tests take seconds),
 //! output kept for assertions, killed by PID when dropped.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +12,7 @@ use serde_json::Value;
 
 use super::client::Request;
 use super::tollgate::{log_field, log_message};
-use super::{tail, wait_for};
+use super::{collect, tail, wait_for};
 
 const START_LIMIT: Duration = Duration::from_secs(30);
 
@@ -56,8 +55,8 @@ impl Operator {
             .spawn()
             .expect("spawn tollgate operator");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), output.clone());
-        collect(child.stderr.take().unwrap(), output.clone());
+        collect("", child.stdout.take().unwrap(), output.clone());
+        collect("", child.stderr.take().unwrap(), output.clone());
         let mut operator = Self {
             child,
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -143,15 +142,4 @@ impl Drop for Operator {
             );
         }
     }
-}
-
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
 }

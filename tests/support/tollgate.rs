@@ -6,7 +6,6 @@
 //! printed when a test fails.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +16,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::client::{Request, Response};
-use super::{tail, wait_for};
+use super::{collect, tail, wait_for};
 
 /// How long tollgate may take to start before the test fails.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -131,8 +130,8 @@ impl Tollgate {
         }
         let mut child = command.spawn().expect("spawn tollgate");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), output.clone());
-        collect(child.stderr.take().unwrap(), output.clone());
+        collect("", child.stdout.take().unwrap(), output.clone());
+        collect("", child.stderr.take().unwrap(), output.clone());
         // Built before any wait, so a panic kills the process on drop.
         let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut tollgate = Self {
@@ -307,18 +306,6 @@ impl std::fmt::Display for StartFailure {
             tail(&self.output, 40)
         )
     }
-}
-
-/// Copies a child's stream into `sink`, line by line, on a thread.
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
 }
 
 /// The message of a JSON log line (`tracing-subscriber` puts it under

@@ -108,7 +108,7 @@ fn a_missing_secret_says_which_and_mentions_the_label() {
     assert_eq!(accepted.reason, "SecretNotFound");
     assert_eq!(
         accepted.message,
-        "spec.apiKey: Secret m/ios-key not found (is the label missing?)"
+        "spec.apiKey: Secret m/ios-key (key \"apiKey\") not found (is the label missing?)"
     );
     assert!(
         ready.message.starts_with("not served: "),

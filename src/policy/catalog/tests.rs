@@ -114,7 +114,7 @@ fn secrets_recompile_their_readers_only() {
     assert_eq!(waiting.missing_secrets[0].name, "ios-key");
     assert_eq!(
         waiting.errors[0].to_string(),
-        "spec.apiKey: Secret mobility/ios-key not found (is it labelled?)"
+        "spec.apiKey: Secret mobility/ios-key (key \"apiKey\") not found (is it labelled?)"
     );
     let compiled_before = Arc::as_ptr(&snapshot.policies[&PolicyId::new("mobility", "bikes")]);
 
