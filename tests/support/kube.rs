@@ -103,6 +103,18 @@ impl KubeApi {
 
     async fn start_with(audited: bool) -> Self {
         let started = std::time::Instant::now();
+        let api = Self::start_without_crds().await;
+        api.install_crds().await;
+        eprintln!(
+            "etcd and kube-apiserver ready, CRDs established, in {:?}",
+            started.elapsed()
+        );
+        api
+    }
+
+    /// Starts etcd and the API server without tollgate's CRDs (for tests
+    /// of what installs them, such as the Helm chart).
+    pub async fn start_without_crds() -> Self {
         let tools = tools_dir();
         let dir = tempfile::Builder::new()
             .prefix("tollgate-kube-")
@@ -150,11 +162,6 @@ impl KubeApi {
             api.audit_log = Some(api.dir.path().join("audit.log"));
         }
         api.start_apiserver().await;
-        api.install_crds().await;
-        eprintln!(
-            "etcd and kube-apiserver ready, CRDs established, in {:?}",
-            started.elapsed()
-        );
         api
     }
 
@@ -338,6 +345,21 @@ impl KubeApi {
             .unwrap_or_else(|e| panic!("delete {kind} {name}: {e}"));
     }
 
+    /// The object `kind`/`name` as stored, or `None` when it does not
+    /// exist.
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<DynamicObject> {
+        let api = dynamic_api(&self.client(), api_version, kind, namespace).await;
+        api.get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))
+    }
+
     /// A kubeconfig holding a token of ServiceAccount `namespace/name`
     /// (created if missing), from the TokenRequest API.
     pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
@@ -380,10 +402,21 @@ impl KubeApi {
     async fn install_crds(&self) {
         let crds_yaml =
             std::fs::read_to_string(repo_path("deploy/crds/tollgate.dev.yaml")).unwrap();
-        let applied = self.apply(&crds_yaml).await;
+        self.install_crd_yaml(&crds_yaml).await;
+    }
+
+    /// Applies the CustomResourceDefinitions of `yaml` and waits until
+    /// each is `Established` (its kind is served).
+    pub async fn install_crd_yaml(&self, yaml: &str) {
+        let applied = self.apply(yaml).await;
+        self.wait_established(applied.iter().filter_map(|crd| crd.metadata.name.clone()))
+            .await;
+    }
+
+    /// Waits until each CRD named is `Established`.
+    pub async fn wait_established(&self, names: impl IntoIterator<Item = String>) {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client());
-        for crd in applied {
-            let name = crd.metadata.name.clone().unwrap();
+        for name in names {
             let deadline = std::time::Instant::now() + START_LIMIT;
             loop {
                 let current = crds.get(&name).await.unwrap();
