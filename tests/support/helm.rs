@@ -24,6 +24,13 @@ pub fn chart_dir() -> PathBuf {
     repo_path("charts/tollgate")
 }
 
+/// A path as a command-line argument (the test's paths are UTF-8).
+pub fn path_str(path: &Path) -> String {
+    path.to_str()
+        .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
+        .to_owned()
+}
+
 /// A `helm` binary with a private home.
 pub struct Helm {
     binary: PathBuf,
@@ -76,7 +83,7 @@ impl Helm {
     }
 
     /// Runs `helm args…` and returns what it printed.
-    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> HelmRun {
+    pub fn run(&self, args: &[&str]) -> HelmRun {
         let home = self.home.path();
         let output = Command::new(&self.binary)
             .args(args)
@@ -98,15 +105,12 @@ impl Helm {
     }
 
     /// Runs helm and panics with its output when it fails.
-    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> HelmRun {
+    pub fn ok(&self, args: &[&str]) -> HelmRun {
         let run = self.run(args);
         assert!(
             run.success,
             "helm {} failed:\n{}",
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
+            args.join(" "),
             run.output()
         );
         run
@@ -118,13 +122,13 @@ impl Helm {
     pub fn try_template(&self, values: &str) -> Result<Rendered, String> {
         let file = self.values_file("template-values.yaml", values);
         let run = self.run(&[
-            "template".as_ref(),
-            "tollgate".as_ref(),
-            chart_dir().as_os_str(),
-            "--namespace".as_ref(),
-            "tollgate".as_ref(),
-            "--values".as_ref(),
-            file.as_os_str(),
+            "template",
+            "tollgate",
+            &path_str(&chart_dir()),
+            "--namespace",
+            "tollgate",
+            "--values",
+            &path_str(&file),
         ]);
         if !run.success {
             return Err(run.stderr);

@@ -89,7 +89,9 @@ impl Tollgate {
         tollgate
     }
 
-    fn launch_kubernetes_with_env(
+    /// Like [`Tollgate::start_kubernetes_with_env`] without waiting for
+    /// readiness.
+    pub fn launch_kubernetes_with_env(
         kubeconfig: &Path,
         env: &[(String, String)],
         extra_args: &[&str],
