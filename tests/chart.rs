@@ -1222,6 +1222,187 @@ async fn each_service_account_holds_exactly_the_permissions_its_process_uses() {
     );
 }
 
+/// Every optional object of the chart, and the single-node Redis, pass
+/// the API server's validation (strict: an unknown field fails the
+/// install), the ServiceMonitor against the Prometheus Operator's CRD; a
+/// second release under another name sits beside the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_optional_object_installs_in_a_real_api_server() {
+    let api = KubeApi::start_without_crds().await;
+    api.install_crd_yaml(&third_party_crd("servicemonitors.yaml", None))
+        .await;
+    let helm = Helm::new();
+    api.namespace("tollgate").await;
+    let installed = install_chart(&helm, &api, "tollgate", "tollgate", EVERYTHING_ON);
+    assert!(installed.success, "{}", installed.output());
+    for (version, kind, name) in [
+        ("monitoring.coreos.com/v1", "ServiceMonitor", "tollgate"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", "tollgate"),
+        ("policy/v1", "PodDisruptionBudget", "tollgate"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "tollgate"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "tollgate-operator"),
+        ("v1", "Secret", "tollgate-redis-url"),
+    ] {
+        assert!(
+            api.get(version, kind, Some("tollgate"), name).await.is_some(),
+            "{kind} {name}"
+        );
+    }
+
+    api.namespace("trial").await;
+    let trial = install_chart(
+        &helm,
+        &api,
+        "trial",
+        "trial",
+        "devRedis: { enabled: true }\nnetworkPolicy: { enabled: true, grpcFromNamespaces: [trial] }\n",
+    );
+    assert!(trial.success, "{}", trial.output());
+    assert!(
+        trial.stdout.contains("devRedis (NOT FOR PRODUCTION)"),
+        "the NOTES warn:\n{}",
+        trial.stdout
+    );
+    for name in ["trial-tollgate", "trial-tollgate-operator", "trial-tollgate-dev-redis"] {
+        assert!(deployment_in(&api, "trial", name).await.is_some(), "{name}");
+    }
+    assert!(
+        api.get("networking.k8s.io/v1", "NetworkPolicy", Some("trial"), "trial-tollgate-dev-redis")
+            .await
+            .is_some()
+    );
+}
+
+/// deploy/istio and deploy/envoy-gateway, checked as far as this machine
+/// can: their custom resources are applied, with strict field validation,
+/// to an API server serving the CRDs of Istio, Envoy Gateway and Gateway
+/// API (read from those projects' Go modules by the setup), and Istio's
+/// meshConfig is read by Istio's own MeshConfig message. They point at
+/// the chart's Service and the quickstart's policy. Not checked here: what
+/// istiod and Envoy Gateway's controller make of them (neither runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
+    let api = KubeApi::start_without_crds().await;
+    for namespace in ["istio-system", "mobility", "tollgate"] {
+        api.namespace(namespace).await;
+    }
+    api.install_crd_yaml(&third_party_crd(
+        "istio.yaml",
+        Some("authorizationpolicies.security.istio.io"),
+    ))
+    .await;
+    for file in [
+        "envoy-gateway-securitypolicies.yaml",
+        "gateway-api-httproutes.yaml",
+        "gateway-api-referencegrants.yaml",
+    ] {
+        api.install_crd_yaml(&third_party_crd(file, None)).await;
+    }
+    let chart = Helm::new().template("");
+    let service = chart.get("Service", "tollgate");
+    let grpc_port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let quickstart = read_documents("deploy/examples/quickstart.yaml");
+    let policy = quickstart.iter().find(|d| d["kind"] == "ApiPolicy").unwrap();
+    let policy_id = format!(
+        "{}/{}",
+        policy["metadata"]["namespace"].as_str().unwrap(),
+        policy["metadata"]["name"].as_str().unwrap()
+    );
+
+    // Envoy Gateway: accepted, and wired to the chart and the policy.
+    let gateway_yaml = std::fs::read_to_string(support::repo_path(
+        "deploy/envoy-gateway/security-policy.yaml",
+    ))
+    .unwrap();
+    api.try_apply_strict(&gateway_yaml)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/envoy-gateway refused: {e}"));
+    let gateway = read_documents("deploy/envoy-gateway/security-policy.yaml");
+    let security = gateway.iter().find(|d| d["kind"] == "SecurityPolicy").unwrap();
+    let ext_auth = &security["spec"]["extAuth"];
+    let backend = &ext_auth["grpc"]["backendRefs"][0];
+    assert_eq!(backend["name"], service["metadata"]["name"]);
+    assert_eq!(backend["namespace"], "tollgate");
+    assert_eq!(backend["port"].as_u64(), Some(grpc_port));
+    assert_eq!(
+        ext_auth["contextExtensions"],
+        json!([{ "name": "tollgate.dev/policy", "type": "Value", "value": policy_id }])
+    );
+    assert_eq!(ext_auth["failOpen"], false);
+    assert!(ext_auth["timeout"].is_string(), "an explicit timeout");
+    let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    assert_eq!(security["spec"]["targetRefs"][0]["name"], route["metadata"]["name"]);
+    assert_eq!(route["spec"]["hostnames"], policy["spec"]["hosts"]);
+    let grant = gateway.iter().find(|d| d["kind"] == "ReferenceGrant").unwrap();
+    assert_eq!(grant["metadata"]["namespace"], "tollgate");
+    assert_eq!(
+        grant["spec"]["from"],
+        json!([{ "group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": security["metadata"]["namespace"] }])
+    );
+    assert_eq!(
+        grant["spec"]["to"],
+        json!([{ "group": "", "kind": "Service", "name": "tollgate" }])
+    );
+    // The validation is real: the CRD's own rules refuse a broken copy.
+    let broken = gateway_yaml.replace("        value: mobility/bikes\n", "");
+    assert_ne!(broken, gateway_yaml);
+    let refused = api.try_apply_strict(&broken).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("Exactly one of value or valueRef must be set"),
+        "{refused}"
+    );
+
+    // Istio: the AuthorizationPolicy is accepted and names the provider
+    // of the mesh configuration, which points at the chart's Service.
+    let istio_yaml = std::fs::read_to_string(support::repo_path(
+        "deploy/istio/authorization-policy.yaml",
+    ))
+    .unwrap();
+    api.try_apply_strict(&istio_yaml)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/istio refused: {e}"));
+    let authorization = &read_documents("deploy/istio/authorization-policy.yaml")[0];
+    assert_eq!(authorization["spec"]["action"], "CUSTOM");
+    let hosts = &authorization["spec"]["rules"][0]["to"][0]["operation"]["hosts"];
+    for host in policy["spec"]["hosts"].as_array().unwrap() {
+        assert!(
+            hosts.as_array().unwrap().contains(host),
+            "the gateway asks tollgate for {host}"
+        );
+    }
+    let typo = istio_yaml.replace("    name: tollgate\n", "    nmae: tollgate\n");
+    assert_ne!(typo, istio_yaml);
+    let refused = api.try_apply_strict(&typo).await.unwrap_err().to_string();
+    assert!(refused.contains("nmae"), "{refused}");
+
+    let providers = istio_mesh_check("deploy/istio/istiod-values.yaml")
+        .unwrap_or_else(|e| panic!("deploy/istio/istiod-values.yaml: {e}"));
+    let provider = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == authorization["spec"]["provider"]["name"])
+        .unwrap_or_else(|| panic!("no provider named by the AuthorizationPolicy: {providers}"));
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(grpc["service"], "tollgate.tollgate.svc.cluster.local");
+    assert_eq!(grpc["port"].as_u64(), Some(grpc_port));
+    assert_eq!(grpc["timeout"], "0.250s", "explicit, not Istio's 600 s");
+    assert_eq!(grpc["statusOnError"], "503");
+    assert!(grpc.get("failOpen").is_none_or(|f| f == false));
+    // Istio would ignore a misspelt field; the check names it.
+    let dir = tempfile::tempdir().unwrap();
+    let misspelt = dir.path().join("istiod-values.yaml");
+    std::fs::write(
+        &misspelt,
+        std::fs::read_to_string(support::repo_path("deploy/istio/istiod-values.yaml"))
+            .unwrap()
+            .replace("statusOnError", "statusOnErorr"),
+    )
+    .unwrap();
+    let refused = istio_mesh_check(&path_str(&misspelt)).unwrap_err();
+    assert!(refused.contains("unknown field \"statusOnErorr\""), "{refused}");
+}
+
 /// The example custom resources and RBAC files of deploy/ are accepted by
 /// the API server as shipped.
 #[tokio::test(flavor = "multi_thread")]
@@ -1439,6 +1620,84 @@ fn value_paths(value: &Value, path: &str, out: &mut BTreeSet<String>) {
 
 fn strs(strings: &[String]) -> Vec<&str> {
     strings.iter().map(String::as_str).collect()
+}
+
+/// A CRD file the setup read from a project's Go module
+/// (`<kube tools>/crds/`), whole or only the CRD named `only`.
+fn third_party_crd(file: &str, only: Option<&str>) -> String {
+    let path = support::kube::tools_dir().join("crds").join(file);
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/setup.sh (scripts/kube-tools.sh reads it from its Go module)",
+            path.display()
+        )
+    });
+    let Some(name) = only else { return yaml };
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let crd = documents
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no CRD {name} in {}", path.display()));
+    // JSON is YAML.
+    serde_json::to_string(&crd).unwrap()
+}
+
+/// Runs the setup's `istio-mesh-check` on `file` (relative to the
+/// repository, or absolute): the extension providers it read, or its
+/// error.
+fn istio_mesh_check(file: &str) -> Result<Value, String> {
+    let checker = support::kube::tools_dir().join("istio-mesh-check");
+    let output = std::process::Command::new(&checker)
+        .arg(support::repo_path(file))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run scripts/setup.sh",
+                checker.display()
+            )
+        });
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn read_documents(file: &str) -> Vec<Value> {
+    let yaml = std::fs::read_to_string(support::repo_path(file)).unwrap();
+    serde_saphyr::from_multiple::<Value>(&yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// `helm install RELEASE charts/tollgate` into `namespace` with `values`.
+fn install_chart(
+    helm: &Helm,
+    api: &KubeApi,
+    release: &str,
+    namespace: &str,
+    values: &str,
+) -> support::helm::HelmRun {
+    let values = path_str(&helm.values_file(&format!("{release}.yaml"), values));
+    helm.run(&[
+        "install",
+        release,
+        &path_str(&chart_dir()),
+        "--namespace",
+        namespace,
+        "--kubeconfig",
+        &path_str(api.admin_kubeconfig()),
+        "--values",
+        &values,
+    ])
+}
+
+async fn deployment_in(api: &KubeApi, namespace: &str, name: &str) -> Option<Value> {
+    api.get("apps/v1", "Deployment", Some(namespace), name)
+        .await
+        .map(|d| d.data)
 }
 
 /// A Deployment of the release, as stored.

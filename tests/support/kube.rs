@@ -336,6 +336,19 @@ impl KubeApi {
         apply_as(&self.client(), yaml).await
     }
 
+    /// [`KubeApi::try_apply`] with strict field validation, as `kubectl
+    /// apply --server-side --validate=strict`: an unknown or duplicated
+    /// field is refused, naming it, instead of silently dropped (what the
+    /// API server does by default for custom resources).
+    pub async fn try_apply_strict(&self, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
+        apply_with(
+            &self.client(),
+            yaml,
+            &PatchParams::apply(TEST_MANAGER).force().validation_strict(),
+        )
+        .await
+    }
+
     /// Deletes the object `kind`/`name` (namespaced when `namespace` is
     /// given).
     pub async fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) {
@@ -464,6 +477,15 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
 
 /// Server-side applies every document of `yaml` with `client`.
 pub async fn apply_as(client: &Client, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
+    apply_with(client, yaml, &PatchParams::apply(TEST_MANAGER).force()).await
+}
+
+/// Server-side applies every document of `yaml` with `client` and `params`.
+async fn apply_with(
+    client: &Client,
+    yaml: &str,
+    params: &PatchParams,
+) -> Result<Vec<DynamicObject>, kube::Error> {
     let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("valid YAML");
     let mut applied = Vec::new();
     for document in documents.into_iter().filter(|d| !d.is_null()) {
@@ -480,8 +502,7 @@ pub async fn apply_as(client: &Client, yaml: &str) -> Result<Vec<DynamicObject>,
             .as_str()
             .map(str::to_owned);
         let api = dynamic_api(client, &api_version, &kind, namespace.as_deref()).await;
-        let params = PatchParams::apply(TEST_MANAGER).force();
-        applied.push(api.patch(&name, &params, &Patch::Apply(&document)).await?);
+        applied.push(api.patch(&name, params, &Patch::Apply(&document)).await?);
     }
     Ok(applied)
 }
