@@ -1425,6 +1425,36 @@ async fn the_shipped_examples_are_accepted_by_the_api_server() {
             .unwrap_or_else(|e| panic!("{file} refused: {e}"));
         assert!(!applied.is_empty(), "{file}");
     }
+    // The kind walkthrough's Envoy: accepted with strict validation, and
+    // fed the configuration file the script puts in its ConfigMap.
+    let envoy_yaml =
+        std::fs::read_to_string(support::repo_path("deploy/kind/envoy-deployment.yaml")).unwrap();
+    api.try_apply_strict(&envoy_yaml)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/kind/envoy-deployment.yaml refused: {e}"));
+    let envoy = &read_documents("deploy/kind/envoy-deployment.yaml")[0];
+    let pod = &envoy["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "edge-envoy");
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/envoy");
+    let args = &pod["containers"][0]["args"];
+    assert_eq!(args[0], "--config-path");
+    assert_eq!(args[1], "/etc/envoy/envoy.yaml");
+    let script = std::fs::read_to_string(support::repo_path("deploy/kind/up.sh")).unwrap();
+    assert!(
+        script.contains("create configmap edge-envoy \\\n  --from-file=envoy.yaml=deploy/kind/envoy.yaml"),
+        "up.sh fills the ConfigMap the Deployment mounts"
+    );
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(support::repo_path("deploy/kind/up.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+
     // The examples' Secrets carry the label tollgate selects by, or the
     // server would not see them in a cluster.
     for file in [
