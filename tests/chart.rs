@@ -24,12 +24,13 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::Tollgate;
 use support::envoy::{Envoy, adapt_example};
 use support::helm::{Helm, Rendered, chart_dir, env_entry, env_value, path_str};
-use support::kube::KubeApi;
+use support::kube::{KubeApi, dynamic_api};
+use support::operator::Operator;
 use support::redis::RedisServer;
 
 /// The quickstart's API key (deploy/examples/quickstart.yaml).
@@ -267,12 +268,9 @@ fn by_default_one_hardened_server_and_one_operator_watch_every_namespace() {
 fn rbac_grants_exactly_what_the_server_and_the_operator_use() {
     let helm = Helm::new();
     let server_rules = rules_of_file("deploy/rbac/server.yaml", "ClusterRole");
-    let operator_rules = rule_set(&json!([
-        { "apiGroups": ["tollgate.dev"], "resources": ["apipolicies", "appregistrations"], "verbs": ["list", "watch"] },
-        { "apiGroups": ["tollgate.dev"], "resources": ["apipolicies/status", "appregistrations/status"], "verbs": ["patch"] },
-        { "apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"] },
-        { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] },
-    ]));
+    let operator_rules = rules_of_file("deploy/rbac/operator.yaml", "ClusterRole");
+    // deploy/rbac/operator.yaml's lease Role, narrowed: reading and
+    // renewing only the release's own Lease.
     let lease_rules = rule_set(&json!([
         { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
         { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["tollgate-operator"], "verbs": ["get", "update"] },
@@ -1080,6 +1078,128 @@ async fn the_server_decides_through_envoy_with_the_charts_identity_and_settings(
     assert_eq!(tollgate.admin_get("/readyz").status, 503);
 }
 
+/// `tollgate operator`, configured as the chart's Deployment configures
+/// it and authenticated as the chart's operator ServiceAccount, takes its
+/// Lease in the release namespace and writes status and events, and the
+/// API server's audit log shows nothing refused and nothing used beyond
+/// the chart's grants; with watchNamespaces, the namespaced Roles are
+/// enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
+    const OPERATOR: &str = "system:serviceaccount:tollgate:tollgate-operator";
+    const POD: &str = "tollgate-operator-5f7d8c6b4-x2x9q";
+    let api = KubeApi::start_audited().await;
+    api.namespace("tollgate").await;
+    api.namespace("mobility").await;
+    let helm = Helm::new();
+    let installed = install_chart(&helm, &api, "tollgate", "tollgate", "");
+    assert!(installed.success, "{}", installed.output());
+    let quickstart =
+        std::fs::read_to_string(support::repo_path("deploy/examples/quickstart.yaml")).unwrap();
+    api.apply(&quickstart).await;
+
+    let (account, env, args) = container_settings(&api, "tollgate-operator", "operator", POD).await;
+    assert_eq!(account, "tollgate-operator");
+    let token = api.service_account_kubeconfig("tollgate", &account).await;
+    let operator = Operator::start_with_env(&token, &env, &strs(&args));
+    ready_until(&api, "ApiPolicy", "bikes", "True").await;
+    ready_until(&api, "AppRegistration", "commuter-ios", "True").await;
+    let lease = until("the operator's Lease to be held", || async {
+        api.get("coordination.k8s.io/v1", "Lease", Some("tollgate"), "tollgate-operator")
+            .await
+            .filter(|lease| lease.data["spec"]["holderIdentity"].is_string())
+    })
+    .await;
+    assert_eq!(
+        lease.data["spec"]["holderIdentity"], POD,
+        "the pod's name leads"
+    );
+
+    // A broken app: status and a Warning event.
+    let platinum = quickstart.replace("  plan: free\n", "  plan: platinum\n");
+    assert_ne!(platinum, quickstart);
+    api.apply(&platinum).await;
+    let ready = ready_until(&api, "AppRegistration", "commuter-ios", "False").await;
+    assert_eq!(ready["reason"], "PlanNotFound");
+    let events =
+        dynamic_api(&api.client(), "events.k8s.io/v1", "Event", Some("mobility")).await;
+    until("a Warning event about commuter-ios", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.data["regarding"]["name"] == "commuter-ios" && e.data["type"] == "Warning"
+            })
+    })
+    .await;
+    drop(operator);
+
+    // With watchNamespaces, the Roles in mobility are enough.
+    let values = path_str(&helm.values_file("ns.yaml", "watchNamespaces: [mobility]\n"));
+    helm.ok(&[
+        "upgrade",
+        "tollgate",
+        &path_str(&chart_dir()),
+        "--namespace",
+        "tollgate",
+        "--kubeconfig",
+        &path_str(api.admin_kubeconfig()),
+        "--values",
+        &values,
+    ]);
+    assert!(
+        api.get("rbac.authorization.k8s.io/v1", "ClusterRole", None, "tollgate-operator")
+            .await
+            .is_none()
+    );
+    let (_, env, args) = container_settings(&api, "tollgate-operator", "operator", POD).await;
+    assert!(env.contains(&("TOLLGATE_NAMESPACES".to_owned(), "mobility".to_owned())));
+    let operator = Operator::start_with_env(&token, &env, &strs(&args));
+    api.apply(&quickstart).await;
+    ready_until(&api, "AppRegistration", "commuter-ios", "True").await;
+    // Long enough to renew the lease at least once (every 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(operator);
+
+    let events = api.audit_events(OPERATOR);
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let rendered = helm.template("");
+    let mut granted = rule_set(&rendered.get("ClusterRole", "tollgate-operator")["rules"]);
+    granted.extend(rule_set(
+        &rendered.get_in("Role", "tollgate", "tollgate-operator-lease")["rules"],
+    ));
+    let granted: BTreeSet<(String, String, String)> = granted
+        .into_iter()
+        .map(|(group, resource, verb, _)| (group, resource, verb))
+        .collect();
+    let used: BTreeSet<(String, String, String)> = events
+        .iter()
+        .filter_map(|e| {
+            let object = &e["objectRef"];
+            let resource = match object["subresource"].as_str() {
+                Some(sub) => format!("{}/{sub}", object["resource"].as_str()?),
+                None => object["resource"].as_str()?.to_owned(),
+            };
+            let group = object["apiGroup"].as_str().unwrap_or("").to_owned();
+            Some((group, resource, e["verb"].as_str()?.to_owned()))
+        })
+        .collect();
+    assert!(
+        used.contains(&("coordination.k8s.io".into(), "leases".into(), "update".into()))
+            && used.contains(&("tollgate.dev".into(), "appregistrations/status".into(), "patch".into()))
+            && used.contains(&("events.k8s.io".into(), "events".into(), "create".into())),
+        "{used:?}"
+    );
+    assert!(used.is_subset(&granted), "used {used:?}\ngranted {granted:?}");
+}
+
 /// Each ServiceAccount of the chart holds exactly the permissions its
 /// process uses, as the API server's authorizer answers for it
 /// (SubjectAccessReview): every use allowed, and nearby permissions a
@@ -1652,6 +1772,41 @@ fn strs(strings: &[String]) -> Vec<&str> {
     strings.iter().map(String::as_str).collect()
 }
 
+/// Polls `probe` every 100 ms until it returns `Some`, for at most
+/// [`PROPAGATE`]; panics naming `what` when time runs out.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PROPAGATE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PROPAGATE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `Ready` condition of the quickstart object `kind`/`name`, once its
+/// status is `status` (the operator's writing).
+async fn ready_until(api: &KubeApi, kind: &str, name: &str, status: &str) -> Value {
+    until(&format!("{kind} {name} to be Ready={status}"), || async {
+        let object = api
+            .get("tollgate.dev/v1alpha1", kind, Some("mobility"), name)
+            .await?;
+        object.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["status"] == status)
+            .cloned()
+    })
+    .await
+}
+
 /// A CRD file the setup read from a project's Go module
 /// (`<kube tools>/crds/`), whole or only the CRD named `only`.
 fn third_party_crd(file: &str, only: Option<&str>) -> String {
@@ -1760,26 +1915,47 @@ async fn create_pod_dry_run(
 }
 
 /// The server container's ServiceAccount, environment and extra `serve`
-/// arguments, as the installed Deployment gives them; Secret references
-/// are resolved as the kubelet would.
+/// arguments, as the installed Deployment gives them.
 async fn server_settings(api: &KubeApi) -> (String, Vec<(String, String)>, Vec<String>) {
-    let deployment = deployment(api, "tollgate").await.expect("the server Deployment");
-    let pod = &deployment["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
+    container_settings(api, "tollgate", "serve", "tollgate-6d8f7c9b5-q2x7z").await
+}
+
+/// The ServiceAccount, environment and arguments (after `subcommand`) of
+/// the container of the installed Deployment `name`, resolved as the
+/// kubelet would for a pod named `pod`: Secret references read from the
+/// API server, downward-API fields from the pod.
+async fn container_settings(
+    api: &KubeApi,
+    name: &str,
+    subcommand: &str,
+    pod: &str,
+) -> (String, Vec<(String, String)>, Vec<String>) {
+    let deployment = deployment(api, name)
+        .await
+        .unwrap_or_else(|| panic!("the Deployment {name}"));
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
     let args: Vec<String> = container["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(args.first().map(String::as_str), Some("serve"));
+    assert_eq!(args.first().map(String::as_str), Some(subcommand));
     let mut env = Vec::new();
     for entry in container["env"].as_array().unwrap() {
-        let name = entry["name"].as_str().unwrap().to_owned();
+        let variable = entry["name"].as_str().unwrap().to_owned();
+        let source = &entry["valueFrom"];
         let value = if let Some(value) = entry["value"].as_str() {
             value.to_owned()
+        } else if let Some(field) = source["fieldRef"]["fieldPath"].as_str() {
+            match field {
+                "metadata.namespace" => "tollgate".to_owned(),
+                "metadata.name" => pod.to_owned(),
+                other => panic!("{variable}: a downward-API field the test does not know: {other}"),
+            }
         } else {
-            let reference = &entry["valueFrom"]["secretKeyRef"];
+            let reference = &source["secretKeyRef"];
             let secret = api
                 .get(
                     "v1",
@@ -1788,7 +1964,7 @@ async fn server_settings(api: &KubeApi) -> (String, Vec<(String, String)>, Vec<S
                     reference["name"].as_str().expect("a Secret reference"),
                 )
                 .await
-                .unwrap_or_else(|| panic!("the Secret of {name}"));
+                .unwrap_or_else(|| panic!("the Secret of {variable}"));
             let encoded = secret.data["data"][reference["key"].as_str().unwrap()]
                 .as_str()
                 .unwrap();
@@ -1800,10 +1976,10 @@ async fn server_settings(api: &KubeApi) -> (String, Vec<(String, String)>, Vec<S
             )
             .unwrap()
         };
-        env.push((name, value));
+        env.push((variable, value));
     }
     (
-        pod["serviceAccountName"].as_str().unwrap().to_owned(),
+        spec["serviceAccountName"].as_str().unwrap().to_owned(),
         env,
         args[1..].to_vec(),
     )

@@ -103,7 +103,7 @@ impl KubeApi {
 
     async fn start_with(audited: bool) -> Self {
         let started = std::time::Instant::now();
-        let api = Self::start_without_crds().await;
+        let api = Self::boot(audited).await;
         api.install_crds().await;
         eprintln!(
             "etcd and kube-apiserver ready, CRDs established, in {:?}",
@@ -115,6 +115,11 @@ impl KubeApi {
     /// Starts etcd and the API server without tollgate's CRDs (for tests
     /// of what installs them, such as the Helm chart).
     pub async fn start_without_crds() -> Self {
+        Self::boot(false).await
+    }
+
+    /// Starts etcd and the API server (audited or not), without CRDs.
+    async fn boot(audited: bool) -> Self {
         let tools = tools_dir();
         let dir = tempfile::Builder::new()
             .prefix("tollgate-kube-")
