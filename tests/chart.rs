@@ -107,29 +107,32 @@ fn the_charts_crds_are_the_generated_ones() {
 
 #[test]
 fn the_chart_installs_the_crates_version() {
-    let chart: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap(),
-    )
-    .unwrap();
+    let chart: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap())
+            .unwrap();
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     let rendered = Helm::new().template("");
-    let image = rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"]
-        [0]["image"]
+    let image = rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"][0]
+        ["image"]
         .as_str()
         .unwrap();
     assert_eq!(
         image,
-        format!("ghcr.io/tollgate-dev/tollgate:{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "ghcr.io/tollgate-dev/tollgate:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     let pinned = Helm::new().template(&format!(
         "image: {{ repository: registry.example/tollgate, tag: dev, digest: \"sha256:{}\" }}\n",
         "ab".repeat(32)
     ));
-    let image = pinned.get("Deployment", "tollgate-operator")["spec"]["template"]["spec"]
-        ["containers"][0]["image"]
-        .as_str()
-        .unwrap();
+    let image =
+        pinned.get("Deployment", "tollgate-operator")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .as_str()
+            .unwrap();
     assert_eq!(
         image,
         format!("registry.example/tollgate@sha256:{}", "ab".repeat(32)),
@@ -339,7 +342,8 @@ fn rbac_grants_exactly_what_the_server_and_the_operator_use() {
     );
     assert_eq!(rendered.all("Role").len(), 5);
     for name in ["tollgate", "tollgate-operator"] {
-        let container = &rendered.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0];
+        let container =
+            &rendered.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
             env_value(container, "TOLLGATE_NAMESPACES"),
             Some("mobility,trains"),
@@ -358,13 +362,13 @@ fn rbac_grants_exactly_what_the_server_and_the_operator_use() {
 fn the_redis_url_reaches_the_server_through_a_secret_in_every_form() {
     let helm = Helm::new();
     let secret_ref = |rendered: &Rendered| -> Value {
-        let container = &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]
-            ["containers"][0];
+        let container =
+            &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"][0];
         env_entry(container, "TOLLGATE_REDIS").unwrap()["valueFrom"]["secretKeyRef"].clone()
     };
     let server_env = |rendered: &Rendered, name: &str| -> Option<String> {
-        let container = &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]
-            ["containers"][0];
+        let container =
+            &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"][0];
         env_value(container, name).map(str::to_owned)
     };
 
@@ -402,8 +406,9 @@ fn the_redis_url_reaches_the_server_through_a_secret_in_every_form() {
     assert!(rendered.all("Secret").is_empty());
 
     // Redis Cluster, by node URLs or by one seed.
-    let rendered =
-        helm.template("redis: { clusterUrls: [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"] }\n");
+    let rendered = helm.template(
+        "redis: { clusterUrls: [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"] }\n",
+    );
     assert_eq!(
         rendered.get("Secret", "tollgate-redis-url")["stringData"]["url"],
         "redis://10.0.0.1:6379,redis://10.0.0.2:6379"
@@ -462,7 +467,10 @@ fn the_redis_url_reaches_the_server_through_a_secret_in_every_form() {
 #[test]
 fn several_replicas_without_redis_are_refused_unless_opted_in() {
     let helm = Helm::new();
-    let refused = helm.try_template("server: { replicas: 2 }\n").err().unwrap();
+    let refused = helm
+        .try_template("server: { replicas: 2 }\n")
+        .err()
+        .unwrap();
     assert!(
         refused.contains("server.replicas is 2 but no Redis is set")
             && refused.contains("server.allowReplicasWithoutRedis=true"),
@@ -478,7 +486,10 @@ fn several_replicas_without_redis_are_refused_unless_opted_in() {
     );
 
     let opted_in = helm.template("server: { replicas: 2, allowReplicasWithoutRedis: true }\n");
-    assert_eq!(opted_in.get("Deployment", "tollgate")["spec"]["replicas"], 2);
+    assert_eq!(
+        opted_in.get("Deployment", "tollgate")["spec"]["replicas"],
+        2
+    );
     let with_redis = helm.template("server: { replicas: 2 }\nredis: { url: \"redis://r:6379\" }\n");
     assert_eq!(
         with_redis.get("Deployment", "tollgate")["spec"]["replicas"],
@@ -536,7 +547,11 @@ fn optional_objects_follow_their_values() {
     for name in scraped {
         let ports = &rendered.get("Service", name)["spec"]["ports"];
         assert!(
-            ports.as_array().unwrap().iter().any(|p| p["name"] == "admin"),
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "admin"),
             "{name}"
         );
     }
@@ -552,12 +567,18 @@ fn optional_objects_follow_their_values() {
         ingress[0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
         json!(["istio-system", "envoy-gateway-system"])
     );
-    assert_eq!(ingress[0]["ports"], json!([{ "port": "grpc", "protocol": "TCP" }]));
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{ "port": "grpc", "protocol": "TCP" }])
+    );
     assert_eq!(
         ingress[1]["from"][0]["namespaceSelector"]["matchExpressions"][0],
         json!({ "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"] })
     );
-    assert_eq!(ingress[1]["ports"], json!([{ "port": "admin", "protocol": "TCP" }]));
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{ "port": "admin", "protocol": "TCP" }])
+    );
     let operator_policy = rendered.get("NetworkPolicy", "tollgate-operator");
     assert_eq!(
         operator_policy["spec"]["ingress"][0]["ports"],
@@ -572,7 +593,10 @@ fn optional_objects_follow_their_values() {
         .iter()
         .map(|c| c["topologyKey"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]);
+    assert_eq!(
+        keys,
+        ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    );
     for constraint in constraints {
         assert_eq!(&constraint["labelSelector"]["matchLabels"], selector);
         assert_eq!(constraint["whenUnsatisfiable"], "ScheduleAnyway");
@@ -626,8 +650,7 @@ fn combinations_the_schema_cannot_express_are_refused_by_name() {
             .unwrap_or_else(|| panic!("accepted:\n{values}"));
         assert!(refused.contains(expected), "{values}\n→ {refused}");
     }
-    let forwarded =
-        helm.template("server: { trustedOrigin: forwarded, trustedHops: 2 }\n");
+    let forwarded = helm.template("server: { trustedOrigin: forwarded, trustedHops: 2 }\n");
     let container =
         &forwarded.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env_value(container, "TOLLGATE_TRUSTED_HOPS"), Some("2"));
@@ -645,8 +668,14 @@ fn a_typo_or_a_wrong_type_in_values_fails_naming_the_value() {
             "server: { podDisruptionBudget: { enable: true } }\n",
             "at '/server/podDisruptionBudget': additional properties 'enable' not allowed",
         ),
-        ("redis: { urls: [] }\n", "additional properties 'urls' not allowed"),
-        ("server: { replicas: two }\n", "at '/server/replicas': got string, want integer"),
+        (
+            "redis: { urls: [] }\n",
+            "additional properties 'urls' not allowed",
+        ),
+        (
+            "server: { replicas: two }\n",
+            "at '/server/replicas': got string, want integer",
+        ),
         ("logFormat: yaml\n", "at '/logFormat'"),
         ("watchNamespaces: [Mobility]\n", "at '/watchNamespaces/0'"),
         ("redis: { url: \"http://redis:6379\" }\n", "at '/redis/url'"),
@@ -708,20 +737,18 @@ fn the_values_schema_is_closed_at_every_level() {
     });
     assert!(objects > 20, "walked {objects} objects");
 
-    let values: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap(),
-    )
-    .unwrap();
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+            .unwrap();
     assert_same_keys(&schema, &values, "");
 }
 
 /// The chart's README documents every value, and nothing that is not one.
 #[test]
 fn the_chart_readme_lists_every_value() {
-    let values: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap(),
-    )
-    .unwrap();
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+            .unwrap();
     let mut paths = BTreeSet::new();
     value_paths(&values, "", &mut paths);
     let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
@@ -802,7 +829,9 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
     assert!(installed.success, "{}", installed.output());
     assert!(installed.stdout.contains("STATUS: deployed"));
     assert!(
-        installed.stdout.contains("tollgate.tollgate.svc.cluster.local:50051"),
+        installed
+            .stdout
+            .contains("tollgate.tollgate.svc.cluster.local:50051"),
         "NOTES name the address for Envoy:\n{}",
         installed.stdout
     );
@@ -837,19 +866,16 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
     // The pods as the API server would admit them in a namespace that
     // enforces the "restricted" Pod Security Standard (there is no
     // kubelet, so they are created as a dry run).
-    api.apply(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tollgate\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n",
-    )
-    .await;
+    api.apply(&restricted_namespace("tollgate")).await;
     for name in ["tollgate", "tollgate-operator"] {
         let template = deployment(&api, name).await.unwrap()["spec"]["template"].clone();
-        let created = create_pod_dry_run(&api, name, &template).await;
+        let created = create_pod_dry_run(&api, "tollgate", name, &template).await;
         assert!(created.is_ok(), "{name}: {created:?}");
     }
     // The check is real: the same pod, allowed to escalate, is refused.
     let mut weakened = deployment(&api, "tollgate").await.unwrap()["spec"]["template"].clone();
     weakened["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = json!(true);
-    let message = create_pod_dry_run(&api, "weakened", &weakened)
+    let message = create_pod_dry_run(&api, "tollgate", "weakened", &weakened)
         .await
         .expect_err("a pod that may escalate is refused")
         .to_string();
@@ -880,28 +906,53 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
     let server = deployment(&api, "tollgate").await.unwrap();
     assert_eq!(server["spec"]["replicas"], 3);
     let container = &server["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(env_value(container, "TOLLGATE_NAMESPACES"), Some("mobility"));
+    assert_eq!(
+        env_value(container, "TOLLGATE_NAMESPACES"),
+        Some("mobility")
+    );
     assert_eq!(
         env_entry(container, "TOLLGATE_REDIS").unwrap()["valueFrom"]["secretKeyRef"]["name"],
         "tollgate-redis-url"
     );
     assert!(
-        api.get("rbac.authorization.k8s.io/v1", "ClusterRole", None, "tollgate-server")
-            .await
-            .is_none(),
+        api.get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "tollgate-server"
+        )
+        .await
+        .is_none(),
         "the ClusterRole is gone"
     );
     assert!(
-        api.get("rbac.authorization.k8s.io/v1", "Role", Some("mobility"), "tollgate-server")
-            .await
-            .is_some()
+        api.get(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            Some("mobility"),
+            "tollgate-server"
+        )
+        .await
+        .is_some()
     );
     assert!(
-        api.get("policy/v1", "PodDisruptionBudget", Some("tollgate"), "tollgate")
-            .await
-            .is_some()
+        api.get(
+            "policy/v1",
+            "PodDisruptionBudget",
+            Some("tollgate"),
+            "tollgate"
+        )
+        .await
+        .is_some()
     );
-    let status = helm.ok(&["status", "tollgate", "--namespace", "tollgate", "--kubeconfig", &kubeconfig]);
+    let status = helm.ok(&[
+        "status",
+        "tollgate",
+        "--namespace",
+        "tollgate",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
     assert!(status.stdout.contains("REVISION: 2"), "{}", status.stdout);
 
     // An upgrade that breaks the schema changes nothing.
@@ -918,7 +969,10 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
         "operator.replica=2",
     ]);
     assert!(
-        !refused.success && refused.stderr.contains("additional properties 'replica' not allowed"),
+        !refused.success
+            && refused
+                .stderr
+                .contains("additional properties 'replica' not allowed"),
         "{}",
         refused.output()
     );
@@ -927,7 +981,14 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
     let quickstart =
         std::fs::read_to_string(support::repo_path("deploy/examples/quickstart.yaml")).unwrap();
     api.apply(&quickstart).await;
-    helm.ok(&["uninstall", "tollgate", "--namespace", "tollgate", "--kubeconfig", &kubeconfig]);
+    helm.ok(&[
+        "uninstall",
+        "tollgate",
+        "--namespace",
+        "tollgate",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
     assert!(deployment(&api, "tollgate").await.is_none());
     assert!(deployment(&api, "tollgate-operator").await.is_none());
     assert!(
@@ -936,22 +997,37 @@ async fn helm_installs_upgrades_and_uninstalls_in_a_real_api_server() {
             .is_none()
     );
     assert!(
-        api.get("rbac.authorization.k8s.io/v1", "Role", Some("mobility"), "tollgate-server")
-            .await
-            .is_none()
+        api.get(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            Some("mobility"),
+            "tollgate-server"
+        )
+        .await
+        .is_none()
     );
     for crd in ["apipolicies.tollgate.dev", "appregistrations.tollgate.dev"] {
         assert!(
-            api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd)
-                .await
-                .is_some(),
+            api.get(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                crd
+            )
+            .await
+            .is_some(),
             "{crd} outlives the release"
         );
     }
     assert!(
-        api.get("tollgate.dev/v1alpha1", "ApiPolicy", Some("mobility"), "bikes")
-            .await
-            .is_some(),
+        api.get(
+            "tollgate.dev/v1alpha1",
+            "ApiPolicy",
+            Some("mobility"),
+            "bikes"
+        )
+        .await
+        .is_some(),
         "and so do the policies"
     );
 }
@@ -1002,7 +1078,9 @@ async fn the_server_decides_through_envoy_with_the_charts_identity_and_settings(
     let (account, env, args) = server_settings(&api).await;
     assert_eq!(account, "tollgate");
     assert_eq!(
-        env.iter().find(|(k, _)| k == "TOLLGATE_REDIS").map(|(_, v)| v.as_str()),
+        env.iter()
+            .find(|(k, _)| k == "TOLLGATE_REDIS")
+            .map(|(_, v)| v.as_str()),
         Some(redis.url().as_str()),
         "the URL comes from the chart's Secret"
     );
@@ -1105,9 +1183,14 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
     ready_until(&api, "ApiPolicy", "bikes", "True").await;
     ready_until(&api, "AppRegistration", "commuter-ios", "True").await;
     let lease = until("the operator's Lease to be held", || async {
-        api.get("coordination.k8s.io/v1", "Lease", Some("tollgate"), "tollgate-operator")
-            .await
-            .filter(|lease| lease.data["spec"]["holderIdentity"].is_string())
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("tollgate"),
+            "tollgate-operator",
+        )
+        .await
+        .filter(|lease| lease.data["spec"]["holderIdentity"].is_string())
     })
     .await;
     assert_eq!(
@@ -1121,8 +1204,7 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
     api.apply(&platinum).await;
     let ready = ready_until(&api, "AppRegistration", "commuter-ios", "False").await;
     assert_eq!(ready["reason"], "PlanNotFound");
-    let events =
-        dynamic_api(&api.client(), "events.k8s.io/v1", "Event", Some("mobility")).await;
+    let events = dynamic_api(&api.client(), "events.k8s.io/v1", "Event", Some("mobility")).await;
     until("a Warning event about commuter-ios", || async {
         events
             .list(&ListParams::default())
@@ -1130,9 +1212,7 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
             .unwrap()
             .items
             .into_iter()
-            .find(|e| {
-                e.data["regarding"]["name"] == "commuter-ios" && e.data["type"] == "Warning"
-            })
+            .find(|e| e.data["regarding"]["name"] == "commuter-ios" && e.data["type"] == "Warning")
     })
     .await;
     drop(operator);
@@ -1151,9 +1231,14 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
         &values,
     ]);
     assert!(
-        api.get("rbac.authorization.k8s.io/v1", "ClusterRole", None, "tollgate-operator")
-            .await
-            .is_none()
+        api.get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "tollgate-operator"
+        )
+        .await
+        .is_none()
     );
     let (_, env, args) = container_settings(&api, "tollgate-operator", "operator", POD).await;
     assert!(env.contains(&("TOLLGATE_NAMESPACES".to_owned(), "mobility".to_owned())));
@@ -1192,12 +1277,21 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
         })
         .collect();
     assert!(
-        used.contains(&("coordination.k8s.io".into(), "leases".into(), "update".into()))
-            && used.contains(&("tollgate.dev".into(), "appregistrations/status".into(), "patch".into()))
-            && used.contains(&("events.k8s.io".into(), "events".into(), "create".into())),
+        used.contains(&(
+            "coordination.k8s.io".into(),
+            "leases".into(),
+            "update".into()
+        )) && used.contains(&(
+            "tollgate.dev".into(),
+            "appregistrations/status".into(),
+            "patch".into()
+        )) && used.contains(&("events.k8s.io".into(), "events".into(), "create".into())),
         "{used:?}"
     );
-    assert!(used.is_subset(&granted), "used {used:?}\ngranted {granted:?}");
+    assert!(
+        used.is_subset(&granted),
+        "used {used:?}\ngranted {granted:?}"
+    );
 }
 
 /// Each ServiceAccount of the chart holds exactly the permissions its
@@ -1281,32 +1375,98 @@ async fn each_service_account_holds_exactly_the_permissions_its_process_uses() {
         ("patch", "events.k8s.io", "events"),
     ] {
         assert!(
-            can(&api, OPERATOR, verb, group, resource, Some("mobility"), None).await,
+            can(
+                &api,
+                OPERATOR,
+                verb,
+                group,
+                resource,
+                Some("mobility"),
+                None
+            )
+            .await,
             "the operator {verb} {resource}"
         );
     }
     assert!(
-        !can(&api, OPERATOR, "update", tollgate_dev, "apipolicies/status", Some("mobility"), None)
-            .await
+        !can(
+            &api,
+            OPERATOR,
+            "update",
+            tollgate_dev,
+            "apipolicies/status",
+            Some("mobility"),
+            None
+        )
+        .await
     );
     let lease = "coordination.k8s.io";
-    assert!(can(&api, OPERATOR, "create", lease, "leases", Some("tollgate"), None).await);
+    assert!(
+        can(
+            &api,
+            OPERATOR,
+            "create",
+            lease,
+            "leases",
+            Some("tollgate"),
+            None
+        )
+        .await
+    );
     for verb in ["get", "update"] {
         assert!(
-            can(&api, OPERATOR, verb, lease, "leases", Some("tollgate"), Some("tollgate-operator"))
-                .await,
+            can(
+                &api,
+                OPERATOR,
+                verb,
+                lease,
+                "leases",
+                Some("tollgate"),
+                Some("tollgate-operator")
+            )
+            .await,
             "{verb} its Lease"
         );
         assert!(
-            !can(&api, OPERATOR, verb, lease, "leases", Some("tollgate"), Some("another-lease"))
-                .await,
+            !can(
+                &api,
+                OPERATOR,
+                verb,
+                lease,
+                "leases",
+                Some("tollgate"),
+                Some("another-lease")
+            )
+            .await,
             "{verb} another Lease"
         );
     }
     for verb in ["list", "delete"] {
-        assert!(!can(&api, OPERATOR, verb, lease, "leases", Some("tollgate"), None).await);
+        assert!(
+            !can(
+                &api,
+                OPERATOR,
+                verb,
+                lease,
+                "leases",
+                Some("tollgate"),
+                None
+            )
+            .await
+        );
     }
-    assert!(!can(&api, OPERATOR, "create", lease, "leases", Some("mobility"), None).await);
+    assert!(
+        !can(
+            &api,
+            OPERATOR,
+            "create",
+            lease,
+            "leases",
+            Some("mobility"),
+            None
+        )
+        .await
+    );
 
     // With watchNamespaces, nothing outside them.
     let values = path_str(&helm.values_file("ns.yaml", "watchNamespaces: [mobility]\n"));
@@ -1335,10 +1495,28 @@ async fn each_service_account_holds_exactly_the_permissions_its_process_uses() {
         }
     }
     assert!(
-        can(&api, OPERATOR, "create", "events.k8s.io", "events", Some("mobility"), None).await
+        can(
+            &api,
+            OPERATOR,
+            "create",
+            "events.k8s.io",
+            "events",
+            Some("mobility"),
+            None
+        )
+        .await
     );
     assert!(
-        !can(&api, OPERATOR, "create", "events.k8s.io", "events", Some("trains"), None).await
+        !can(
+            &api,
+            OPERATOR,
+            "create",
+            "events.k8s.io",
+            "events",
+            Some("trains"),
+            None
+        )
+        .await
     );
 }
 
@@ -1364,12 +1542,14 @@ async fn every_optional_object_installs_in_a_real_api_server() {
         ("v1", "Secret", "tollgate-redis-url"),
     ] {
         assert!(
-            api.get(version, kind, Some("tollgate"), name).await.is_some(),
+            api.get(version, kind, Some("tollgate"), name)
+                .await
+                .is_some(),
             "{kind} {name}"
         );
     }
 
-    api.namespace("trial").await;
+    api.apply(&restricted_namespace("trial")).await;
     let trial = install_chart(
         &helm,
         &api,
@@ -1383,13 +1563,28 @@ async fn every_optional_object_installs_in_a_real_api_server() {
         "the NOTES warn:\n{}",
         trial.stdout
     );
-    for name in ["trial-tollgate", "trial-tollgate-operator", "trial-tollgate-dev-redis"] {
-        assert!(deployment_in(&api, "trial", name).await.is_some(), "{name}");
+    for name in [
+        "trial-tollgate",
+        "trial-tollgate-operator",
+        "trial-tollgate-dev-redis",
+    ] {
+        let deployment = deployment_in(&api, "trial", name)
+            .await
+            .unwrap_or_else(|| panic!("{name}"));
+        // Admitted under the "restricted" Pod Security Standard.
+        let admitted =
+            create_pod_dry_run(&api, "trial", name, &deployment["spec"]["template"]).await;
+        assert!(admitted.is_ok(), "{name}: {admitted:?}");
     }
     assert!(
-        api.get("networking.k8s.io/v1", "NetworkPolicy", Some("trial"), "trial-tollgate-dev-redis")
-            .await
-            .is_some()
+        api.get(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            Some("trial"),
+            "trial-tollgate-dev-redis"
+        )
+        .await
+        .is_some()
     );
 }
 
@@ -1422,7 +1617,10 @@ async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
     let service = chart.get("Service", "tollgate");
     let grpc_port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
     let quickstart = read_documents("deploy/examples/quickstart.yaml");
-    let policy = quickstart.iter().find(|d| d["kind"] == "ApiPolicy").unwrap();
+    let policy = quickstart
+        .iter()
+        .find(|d| d["kind"] == "ApiPolicy")
+        .unwrap();
     let policy_id = format!(
         "{}/{}",
         policy["metadata"]["namespace"].as_str().unwrap(),
@@ -1438,7 +1636,10 @@ async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
         .await
         .unwrap_or_else(|e| panic!("deploy/envoy-gateway refused: {e}"));
     let gateway = read_documents("deploy/envoy-gateway/security-policy.yaml");
-    let security = gateway.iter().find(|d| d["kind"] == "SecurityPolicy").unwrap();
+    let security = gateway
+        .iter()
+        .find(|d| d["kind"] == "SecurityPolicy")
+        .unwrap();
     let ext_auth = &security["spec"]["extAuth"];
     let backend = &ext_auth["grpc"]["backendRefs"][0];
     assert_eq!(backend["name"], service["metadata"]["name"]);
@@ -1451,9 +1652,15 @@ async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
     assert_eq!(ext_auth["failOpen"], false);
     assert!(ext_auth["timeout"].is_string(), "an explicit timeout");
     let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
-    assert_eq!(security["spec"]["targetRefs"][0]["name"], route["metadata"]["name"]);
+    assert_eq!(
+        security["spec"]["targetRefs"][0]["name"],
+        route["metadata"]["name"]
+    );
     assert_eq!(route["spec"]["hostnames"], policy["spec"]["hosts"]);
-    let grant = gateway.iter().find(|d| d["kind"] == "ReferenceGrant").unwrap();
+    let grant = gateway
+        .iter()
+        .find(|d| d["kind"] == "ReferenceGrant")
+        .unwrap();
     assert_eq!(grant["metadata"]["namespace"], "tollgate");
     assert_eq!(
         grant["spec"]["from"],
@@ -1474,10 +1681,9 @@ async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
 
     // Istio: the AuthorizationPolicy is accepted and names the provider
     // of the mesh configuration, which points at the chart's Service.
-    let istio_yaml = std::fs::read_to_string(support::repo_path(
-        "deploy/istio/authorization-policy.yaml",
-    ))
-    .unwrap();
+    let istio_yaml =
+        std::fs::read_to_string(support::repo_path("deploy/istio/authorization-policy.yaml"))
+            .unwrap();
     api.try_apply_strict(&istio_yaml)
         .await
         .unwrap_or_else(|e| panic!("deploy/istio refused: {e}"));
@@ -1520,7 +1726,10 @@ async fn istio_and_envoy_gateway_manifests_are_accepted_by_their_crds() {
     )
     .unwrap();
     let refused = istio_mesh_check(&path_str(&misspelt)).unwrap_err();
-    assert!(refused.contains("unknown field \"statusOnErorr\""), "{refused}");
+    assert!(
+        refused.contains("unknown field \"statusOnErorr\""),
+        "{refused}"
+    );
 }
 
 /// The example custom resources and RBAC files of deploy/ are accepted by
@@ -1555,13 +1764,18 @@ async fn the_shipped_examples_are_accepted_by_the_api_server() {
     let envoy = &read_documents("deploy/kind/envoy-deployment.yaml")[0];
     let pod = &envoy["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["configMap"]["name"], "edge-envoy");
-    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/envoy");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/envoy"
+    );
     let args = &pod["containers"][0]["args"];
     assert_eq!(args[0], "--config-path");
     assert_eq!(args[1], "/etc/envoy/envoy.yaml");
     let script = std::fs::read_to_string(support::repo_path("deploy/kind/up.sh")).unwrap();
     assert!(
-        script.contains("create configmap edge-envoy \\\n  --from-file=envoy.yaml=deploy/kind/envoy.yaml"),
+        script.contains(
+            "create configmap edge-envoy \\\n  --from-file=envoy.yaml=deploy/kind/envoy.yaml"
+        ),
         "up.sh fills the ConfigMap the Deployment mounts"
     );
     let syntax = std::process::Command::new("bash")
@@ -1609,7 +1823,10 @@ fn assert_hardened(name: &str, pod: &Value) {
         security["runAsUser"].as_u64().is_some_and(|uid| uid > 0),
         "{name}: a fixed non-root uid"
     );
-    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+    assert_eq!(
+        security["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
     assert!(
         pod["automountServiceAccountToken"].is_boolean(),
         "{name}: says whether it mounts a token"
@@ -1622,7 +1839,11 @@ fn assert_hardened(name: &str, pod: &Value) {
         assert_eq!(context["allowPrivilegeEscalation"], false, "{name}");
         assert_eq!(context["readOnlyRootFilesystem"], true, "{name}");
         assert_eq!(context["privileged"], false, "{name}");
-        assert_eq!(context["capabilities"], json!({ "drop": ["ALL"] }), "{name}");
+        assert_eq!(
+            context["capabilities"],
+            json!({ "drop": ["ALL"] }),
+            "{name}"
+        );
         assert_eq!(context["runAsNonRoot"], true, "{name}");
         assert!(
             container["resources"]["limits"]["memory"].is_string(),
@@ -1892,10 +2113,19 @@ async fn deployment(api: &KubeApi, name: &str) -> Option<Value> {
         .map(|d| d.data)
 }
 
-/// Creates (as a dry run) a Pod from a Deployment's pod template in the
-/// release namespace.
+/// A namespace enforcing the "restricted" Pod Security Standard.
+fn restricted_namespace(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+         pod-security.kubernetes.io/enforce: restricted\n"
+    )
+}
+
+/// Creates (as a dry run) a Pod from a Deployment's pod template in
+/// `namespace`.
 async fn create_pod_dry_run(
     api: &KubeApi,
+    namespace: &str,
     name: &str,
     template: &Value,
 ) -> Result<Pod, kube::Error> {
@@ -1906,7 +2136,7 @@ async fn create_pod_dry_run(
         "spec": template["spec"],
     }))
     .unwrap();
-    let pods: Api<Pod> = Api::namespaced(api.client(), "tollgate");
+    let pods: Api<Pod> = Api::namespaced(api.client(), namespace);
     let params = PostParams {
         dry_run: true,
         ..Default::default()

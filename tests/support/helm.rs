@@ -166,12 +166,8 @@ impl Rendered {
     /// The object `kind`/`name` (in any namespace); panics listing what
     /// was rendered when it is missing.
     pub fn get(&self, kind: &str, name: &str) -> &Value {
-        self.find(kind, name).unwrap_or_else(|| {
-            panic!(
-                "no {kind} {name} rendered; objects: {:?}",
-                self.summary()
-            )
-        })
+        self.find(kind, name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered; objects: {:?}", self.summary()))
     }
 
     /// The object `kind`/`name`, if rendered.
