@@ -1245,8 +1245,17 @@ async fn the_operator_writes_status_with_the_charts_identity_and_settings() {
     let operator = Operator::start_with_env(&token, &env, &strs(&args));
     api.apply(&quickstart).await;
     ready_until(&api, "AppRegistration", "commuter-ios", "True").await;
-    // Long enough to renew the lease at least once (every 2 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    until("the operator to renew its Lease", || async {
+        api.audit_events(OPERATOR)
+            .iter()
+            .any(|e| {
+                e["verb"] == "update"
+                    && e["objectRef"]["resource"] == "leases"
+                    && e["responseStatus"]["code"] == 200
+            })
+            .then_some(())
+    })
+    .await;
     drop(operator);
 
     let events = api.audit_events(OPERATOR);
