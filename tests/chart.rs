@@ -272,12 +272,10 @@ fn rbac_grants_exactly_what_the_server_and_the_operator_use() {
     let helm = Helm::new();
     let server_rules = rules_of_file("deploy/rbac/server.yaml", "ClusterRole");
     let operator_rules = rules_of_file("deploy/rbac/operator.yaml", "ClusterRole");
-    // deploy/rbac/operator.yaml's lease Role, narrowed: reading and
-    // renewing only the release's own Lease.
-    let lease_rules = rule_set(&json!([
-        { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
-        { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["tollgate-operator"], "verbs": ["get", "update"] },
-    ]));
+    // deploy/rbac/operator.yaml's lease Role: reading and renewing only
+    // the release's own Lease (named tollgate-operator in a release
+    // called tollgate).
+    let lease_rules = rules_of_file("deploy/rbac/operator.yaml", "Role");
 
     // Every namespace: ClusterRoles, plus the lease Role.
     let rendered = helm.template("");
