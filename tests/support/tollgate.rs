@@ -68,7 +68,7 @@ impl Tollgate {
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, policy_yaml).unwrap();
         let source = vec![OsString::from("--policy-file"), policy.clone().into()];
-        let mut tollgate = Self::launch(dir, policy, source, extra_args, admin_tls)?;
+        let mut tollgate = Self::launch(dir, policy, source, &[], extra_args, admin_tls)?;
         tollgate.wait_ready();
         Ok(tollgate)
     }
@@ -85,6 +85,30 @@ impl Tollgate {
     /// Like [`Tollgate::start_kubernetes`] without waiting for readiness
     /// (for tests of what keeps it unready).
     pub fn launch_kubernetes(kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        Self::launch_kubernetes_with_env(kubeconfig, &[], extra_args)
+    }
+
+    /// Like [`Tollgate::start_kubernetes`], with environment variables
+    /// (e.g. the `TOLLGATE_…` settings a Helm chart gives the container;
+    /// the harness's command-line addresses win over them, as flags win
+    /// over variables).
+    pub fn start_kubernetes_with_env(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+    ) -> Self {
+        let mut tollgate = Self::launch_kubernetes_with_env(kubeconfig, env, extra_args);
+        tollgate.wait_ready();
+        tollgate
+    }
+
+    /// Like [`Tollgate::start_kubernetes_with_env`] without waiting for
+    /// readiness.
+    pub fn launch_kubernetes_with_env(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
             .tempdir()
@@ -95,16 +119,18 @@ impl Tollgate {
             OsString::from("--kubeconfig"),
             kubeconfig.into(),
         ];
-        Self::launch(dir, policy, source, extra_args, None)
+        Self::launch(dir, policy, source, env, extra_args, None)
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
-    /// Starts `tollgate serve` with `source` arguments and waits for the
-    /// `listening` line; `admin_tls` reaches a TLS admin port.
+    /// Starts `tollgate serve` with `source` arguments and `env`, and
+    /// waits for the `listening` line; `admin_tls` reaches a TLS admin
+    /// port.
     fn launch(
         dir: TempDir,
         policy: PathBuf,
         source: Vec<OsString>,
+        env: &[(String, String)],
         extra_args: &[&str],
         admin_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, StartFailure> {
@@ -125,6 +151,7 @@ impl Tollgate {
                 command.env_remove(name);
             }
         }
+        command.envs(env.iter().map(|(name, value)| (name, value)));
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
