@@ -148,6 +148,76 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/* The Secret of the gRPC port's certificate (and, by default, of the admin port's). */}}
+{{- define "tollgate.grpcTlsSecret" -}}
+{{- default (printf "%s-grpc-tls" (include "tollgate.fullname" .)) .Values.server.tls.secretName }}
+{{- end }}
+
+{{- define "tollgate.adminTlsSecret" -}}
+{{- default (include "tollgate.grpcTlsSecret" .) .Values.server.adminTls.secretName }}
+{{- end }}
+
+{{/*
+The server's Secret volumes (whole Secrets, never subPath: a subPath mount
+is not updated when cert-manager renews the Secret), as a list of
+(name, Secret, mount path); the TLS variables point into them.
+*/}}
+{{- define "tollgate.tlsVolumes" -}}
+{{- $server := .Values.server }}
+{{- $volumes := list }}
+{{- if $server.tls.enabled }}
+{{- $volumes = append $volumes (list "grpc-tls" (include "tollgate.grpcTlsSecret" .) "/etc/tollgate/tls") }}
+{{- if and $server.tls.clientCA.required $server.tls.clientCA.secretName }}
+{{- $volumes = append $volumes (list "grpc-client-ca" $server.tls.clientCA.secretName "/etc/tollgate/client-ca") }}
+{{- end }}
+{{- end }}
+{{- if and $server.adminTls.enabled $server.adminTls.secretName }}
+{{- $volumes = append $volumes (list "admin-tls" $server.adminTls.secretName "/etc/tollgate/admin-tls") }}
+{{- end }}
+{{- if $server.metrics.clientCA.secretName }}
+{{- $volumes = append $volumes (list "metrics-client-ca" $server.metrics.clientCA.secretName "/etc/tollgate/metrics-client-ca") }}
+{{- end }}
+{{- toJson $volumes }}
+{{- end }}
+
+{{/* The server's TLS variables (src/config.rs, TlsArgs). */}}
+{{- define "tollgate.tlsEnv" -}}
+{{- $server := .Values.server }}
+{{- if $server.tls.enabled }}
+- name: TOLLGATE_GRPC_TLS_CERT
+  value: "/etc/tollgate/tls/tls.crt"
+- name: TOLLGATE_GRPC_TLS_KEY
+  value: "/etc/tollgate/tls/tls.key"
+{{- if $server.tls.clientCA.required }}
+- name: TOLLGATE_GRPC_CLIENT_CA
+  value: {{ printf "%s/%s" (ternary "/etc/tollgate/client-ca" "/etc/tollgate/tls" (not (empty $server.tls.clientCA.secretName))) $server.tls.clientCA.key | quote }}
+{{- end }}
+{{- with $server.tls.allowedSpiffeIds }}
+- name: TOLLGATE_GRPC_CLIENT_SPIFFE_IDS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $server.tls.allowedDnsNames }}
+- name: TOLLGATE_GRPC_CLIENT_DNS_NAMES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+{{- if $server.adminTls.enabled }}
+{{- $dir := ternary "/etc/tollgate/admin-tls" "/etc/tollgate/tls" (not (empty $server.adminTls.secretName)) }}
+- name: TOLLGATE_ADMIN_TLS_CERT
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: TOLLGATE_ADMIN_TLS_KEY
+  value: {{ printf "%s/tls.key" $dir | quote }}
+{{- end }}
+{{- if $server.metrics.separatePort }}
+- name: TOLLGATE_METRICS_ADDR
+  value: {{ printf "0.0.0.0:%d" (int $server.metrics.port) | quote }}
+{{- end }}
+{{- with $server.metrics.clientCA.secretName }}
+- name: TOLLGATE_METRICS_CLIENT_CA
+  value: {{ printf "/etc/tollgate/metrics-client-ca/%s" $server.metrics.clientCA.key | quote }}
+{{- end }}
+{{- end }}
+
 {{/*
 What the schema cannot say: combinations of values. Each failure names the
 values to change.
@@ -190,5 +260,69 @@ values to change.
 {{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.grpcFromNamespaces) }}
 {{- fail "networkPolicy.enabled needs networkPolicy.grpcFromNamespaces: the namespaces of the Envoys that call tollgate (mesh workloads, the gateway); without any, no Envoy could reach it" }}
+{{- end }}
+{{- include "tollgate.validateTls" . }}
+{{- end }}
+
+{{/*
+TLS values that cannot work, refused as `tollgate serve` refuses the
+flags they become (exit 2, src/config.rs), but naming the values.
+*/}}
+{{- define "tollgate.validateTls" -}}
+{{- $tls := .Values.server.tls }}
+{{- $admin := .Values.server.adminTls }}
+{{- $metrics := .Values.server.metrics }}
+{{- $listed := or $tls.allowedSpiffeIds $tls.allowedDnsNames }}
+{{- if not $tls.enabled }}
+{{- if $tls.clientCA.secretName }}
+{{- fail "server.tls.clientCA.secretName is set but server.tls.enabled is false: a client CA needs TLS on the gRPC port" }}
+{{- end }}
+{{- if $listed }}
+{{- fail "server.tls.allowedSpiffeIds and server.tls.allowedDnsNames need server.tls.enabled: identities are read from client certificates, which need TLS on the gRPC port" }}
+{{- end }}
+{{- if $tls.certManager.enabled }}
+{{- fail "server.tls.certManager.enabled issues the gRPC port's certificate, but server.tls.enabled is false" }}
+{{- end }}
+{{- end }}
+{{- if not $tls.clientCA.required }}
+{{- if $listed }}
+{{- fail "server.tls.allowedSpiffeIds and server.tls.allowedDnsNames need server.tls.clientCA.required=true: without a client certificate there is no identity to check" }}
+{{- end }}
+{{- if $tls.clientCA.secretName }}
+{{- fail "server.tls.clientCA.secretName is set but server.tls.clientCA.required is false: no client certificate would be asked for" }}
+{{- end }}
+{{- end }}
+{{- range $tls.allowedDnsNames }}
+{{- $last := last (splitList "." (trimSuffix "." .)) }}
+{{- if or (regexMatch "^[0-9]+$" $last) (regexMatch "^0[xX][0-9a-fA-F]*$" $last) }}
+{{- fail (printf "server.tls.allowedDnsNames: %q is not a DNS name (its last label is a number; an IP address is not a DNS SAN)" .) }}
+{{- end }}
+{{- end }}
+{{- if and $tls.certManager.enabled (not $tls.certManager.issuerRef.name) }}
+{{- fail "server.tls.certManager.enabled needs server.tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs tollgate's certificate" }}
+{{- end }}
+{{- if and $admin.enabled (not $admin.secretName) (not $tls.enabled) }}
+{{- fail "server.adminTls.secretName is empty, which means the gRPC port's Secret, but server.tls.enabled is false: name the admin port's Secret in server.adminTls.secretName" }}
+{{- end }}
+{{- if $metrics.clientCA.secretName }}
+{{- if not $metrics.separatePort }}
+{{- fail "server.metrics.clientCA.secretName needs server.metrics.separatePort=true: /metrics on a port of its own, so that probes need no client certificate" }}
+{{- end }}
+{{- if not $admin.enabled }}
+{{- fail "server.metrics.clientCA.secretName needs server.adminTls.enabled: the metrics port serves TLS with the admin port's certificate" }}
+{{- end }}
+{{- end }}
+{{- if and $metrics.separatePort (has (int $metrics.port) (list 50051 9090)) }}
+{{- fail (printf "server.metrics.port (%d) is already the gRPC or the admin port: choose another" (int $metrics.port)) }}
+{{- end }}
+{{- $monitor := .Values.serviceMonitor }}
+{{- if and $monitor.enabled $metrics.clientCA.secretName (not $monitor.tls.clientSecretName) }}
+{{- fail "serviceMonitor.enabled with server.metrics.clientCA.secretName needs serviceMonitor.tls.clientSecretName: a Secret with Prometheus' client certificate from that CA, or every scrape is refused" }}
+{{- end }}
+{{- if and (not $admin.enabled) (or $monitor.tls.serverName $monitor.tls.ca.secretName $monitor.tls.clientSecretName) }}
+{{- fail "serviceMonitor.tls applies to a TLS admin or metrics port: set server.adminTls.enabled, or leave serviceMonitor.tls empty" }}
+{{- end }}
+{{- if and $monitor.tls.clientSecretName (not $metrics.clientCA.secretName) }}
+{{- fail "serviceMonitor.tls.clientSecretName applies with server.metrics.clientCA.secretName: no other port asks for a client certificate" }}
 {{- end }}
 {{- end }}
