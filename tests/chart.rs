@@ -17,7 +17,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{
@@ -27,11 +27,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::Tollgate;
-use support::envoy::{Envoy, adapt_example};
+use support::envoy::{Envoy, UpstreamTls, adapt_example};
 use support::helm::{Helm, Rendered, chart_dir, env_entry, env_value, path_str};
 use support::kube::{KubeApi, dynamic_api};
 use support::operator::Operator;
 use support::redis::RedisServer;
+use support::tls::TestPki;
 
 /// The quickstart's API key (deploy/examples/quickstart.yaml).
 const QUICKSTART_KEY: &str = "k3Jd9sQ2mX8vL5pR7tY1wZ4nB6cF0gHa";
@@ -188,11 +189,11 @@ fn by_default_one_hardened_server_and_one_operator_watch_every_namespace() {
     assert_eq!(bound("TOLLGATE_ADMIN_ADDR"), port("admin"));
     assert_eq!(
         container["livenessProbe"]["httpGet"],
-        json!({ "path": "/healthz", "port": "admin" })
+        json!({ "path": "/healthz", "port": "admin", "scheme": "HTTP" })
     );
     assert_eq!(
         container["readinessProbe"]["httpGet"],
-        json!({ "path": "/readyz", "port": "admin" })
+        json!({ "path": "/readyz", "port": "admin", "scheme": "HTTP" })
     );
 
     // Kubernetes waits for the pre-stop sleep and the drain.
@@ -526,32 +527,22 @@ fn optional_objects_follow_their_values() {
         "the autoscaler owns the replica count"
     );
 
-    // The ServiceMonitor scrapes the admin port of the server's and the
-    // operator's Services.
-    let monitor = rendered.get("ServiceMonitor", "tollgate");
-    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
-    assert_eq!(
-        monitor["spec"]["endpoints"][0]["port"], "admin",
-        "{monitor}"
-    );
-    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
-    let scraped: Vec<&str> = rendered
-        .all("Service")
-        .into_iter()
-        .filter(|s| label_selector_matches(&monitor["spec"]["selector"], &s["metadata"]["labels"]))
-        .map(|s| s["metadata"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(scraped, ["tollgate-operator", "tollgate"]);
-    for name in scraped {
-        let ports = &rendered.get("Service", name)["spec"]["ports"];
-        assert!(
-            ports
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == "admin"),
-            "{name}"
+    // A ServiceMonitor per component scrapes the admin port of its
+    // Service, over plain HTTP (no admin TLS here).
+    for name in ["tollgate", "tollgate-operator"] {
+        let monitor = rendered.get("ServiceMonitor", name);
+        assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+        let endpoint = &monitor["spec"]["endpoints"][0];
+        assert_eq!(endpoint["port"], "admin", "{monitor}");
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(endpoint["scheme"], "http");
+        assert!(endpoint["tlsConfig"].is_null());
+        assert_eq!(
+            scraped_services(&rendered, monitor),
+            [name],
+            "each monitor scrapes its own component"
         );
+        assert!(service_port(rendered.get("Service", name), "admin").is_some());
     }
 
     // NetworkPolicies: gRPC from the Envoys' namespaces, admin from
@@ -763,6 +754,692 @@ fn the_chart_readme_lists_every_value() {
         "charts/tollgate/README.md: undocumented values {missing:?}; rows that are not values \
          {unknown:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// TLS on the server's ports
+// ---------------------------------------------------------------------------
+
+/// The SPIFFE ID deploy/tls/certificates.yaml gives the front proxy.
+const EDGE_ENVOY_ID: &str = "spiffe://cluster.local/ns/edge/sa/envoy";
+
+/// The name the chart's Certificate is issued for first, and the name
+/// Envoy checks (release "tollgate" in namespace "tollgate").
+const SERVICE_NAME: &str = "tollgate.tollgate.svc.cluster.local";
+
+/// The file variables of `tollgate serve`'s TLS flags (src/config.rs).
+const TLS_FILE_VARIABLES: [&str; 6] = [
+    "TOLLGATE_GRPC_TLS_CERT",
+    "TOLLGATE_GRPC_TLS_KEY",
+    "TOLLGATE_GRPC_CLIENT_CA",
+    "TOLLGATE_ADMIN_TLS_CERT",
+    "TOLLGATE_ADMIN_TLS_KEY",
+    "TOLLGATE_METRICS_CLIENT_CA",
+];
+
+/// Every TLS value switched on, each Secret its own.
+const TLS_EVERYTHING: &str = r#"
+server:
+  tls:
+    enabled: true
+    certManager:
+      enabled: true
+      issuerRef: { name: tollgate-ca, kind: ClusterIssuer }
+      extraDnsNames: [authz.example.com]
+    clientCA: { secretName: edge-envoys-ca }
+    allowedSpiffeIds:
+      - spiffe://cluster.local/ns/edge/sa/envoy
+      - spiffe://cluster.local/ns/envoy-gateway-system/sa/envoy-gateway
+    allowedDnsNames: [envoy.edge.svc]
+  adminTls: { enabled: true, secretName: tollgate-admin-tls }
+  metrics: { separatePort: true, port: 9443, clientCA: { secretName: scrapers-ca } }
+serviceMonitor: { enabled: true, tls: { clientSecretName: prometheus-client } }
+networkPolicy:
+  enabled: true
+  grpcFromNamespaces: [edge]
+  adminFromNamespaces: [monitoring]
+"#;
+
+/// Every `TOLLGATE_…` variable the chart gives the server and the operator
+/// is one that `tollgate serve` / `tollgate operator` reads (their clap
+/// definitions): a misspelt name would be ignored silently by the process.
+#[test]
+fn every_variable_the_chart_sets_is_one_tollgate_reads() {
+    let helm = Helm::new();
+    for values in [
+        EVERYTHING_ON,
+        TLS_EVERYTHING,
+        "devRedis: { enabled: true }\nwatchNamespaces: [mobility]\n",
+    ] {
+        let rendered = helm.template(values);
+        for (deployment, subcommand) in [("tollgate", "serve"), ("tollgate-operator", "operator")] {
+            let known = variables_of(subcommand);
+            let container = &rendered.get("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+                [0];
+            for entry in container["env"].as_array().unwrap() {
+                let name = entry["name"].as_str().unwrap();
+                if name.starts_with("TOLLGATE_") {
+                    assert!(
+                        known.contains(name),
+                        "{deployment}: tollgate {subcommand} reads no {name}"
+                    );
+                }
+            }
+        }
+    }
+    // And every TLS variable is one the chart can set.
+    let rendered = helm.template(TLS_EVERYTHING);
+    let container = server_container(&rendered);
+    for name in TLS_FILE_VARIABLES.iter().chain(&[
+        "TOLLGATE_GRPC_CLIENT_SPIFFE_IDS",
+        "TOLLGATE_GRPC_CLIENT_DNS_NAMES",
+        "TOLLGATE_METRICS_ADDR",
+    ]) {
+        assert!(env_value(container, name).is_some(), "{name} not set");
+    }
+}
+
+#[test]
+fn tls_values_become_tollgates_flags_on_files_of_mounted_secrets() {
+    let helm = Helm::new();
+
+    // Off by default: no variable, no volume, plain-HTTP probes.
+    let rendered = helm.template("");
+    let container = server_container(&rendered);
+    let pod = server_pod(&rendered);
+    for name in TLS_FILE_VARIABLES.iter().chain(&[
+        "TOLLGATE_GRPC_CLIENT_SPIFFE_IDS",
+        "TOLLGATE_GRPC_CLIENT_DNS_NAMES",
+        "TOLLGATE_METRICS_ADDR",
+    ]) {
+        assert!(env_entry(container, name).is_none(), "{name}");
+    }
+    assert!(pod["volumes"].is_null() && container["volumeMounts"].is_null());
+    assert!(pod["securityContext"]["fsGroup"].is_null());
+    assert_eq!(probe_schemes(container), ["HTTP", "HTTP"]);
+    assert!(rendered.all("Certificate").is_empty());
+    assert_eq!(
+        port_names(&rendered.get("Service", "tollgate")["spec"]["ports"]),
+        ["grpc", "admin"]
+    );
+
+    // TLS with the defaults: the Secret <fullname>-grpc-tls, its own
+    // ca.crt as the client CA (client certificates required), the allowed
+    // SPIFFE ID; the admin port stays plain.
+    let rendered = helm.template(&format!(
+        "server: {{ tls: {{ enabled: true, allowedSpiffeIds: [\"{EDGE_ENVOY_ID}\"] }} }}\n"
+    ));
+    let container = server_container(&rendered);
+    assert_eq!(
+        mounted_files(&rendered),
+        BTreeMap::from([
+            ("TOLLGATE_GRPC_TLS_CERT", ("tollgate-grpc-tls", "tls.crt")),
+            ("TOLLGATE_GRPC_TLS_KEY", ("tollgate-grpc-tls", "tls.key")),
+            ("TOLLGATE_GRPC_CLIENT_CA", ("tollgate-grpc-tls", "ca.crt")),
+        ])
+    );
+    assert_eq!(
+        env_value(container, "TOLLGATE_GRPC_TLS_CERT"),
+        Some("/etc/tollgate/tls/tls.crt")
+    );
+    assert_eq!(
+        env_value(container, "TOLLGATE_GRPC_CLIENT_SPIFFE_IDS"),
+        Some(EDGE_ENVOY_ID)
+    );
+    assert!(env_entry(container, "TOLLGATE_GRPC_CLIENT_DNS_NAMES").is_none());
+    // The Secret files are mode 0440, readable through the pod's group.
+    assert_eq!(server_pod(&rendered)["securityContext"]["fsGroup"], 65532);
+    assert_eq!(probe_schemes(container), ["HTTP", "HTTP"]);
+    assert!(env_entry(container, "TOLLGATE_ADMIN_TLS_CERT").is_none());
+    assert!(
+        rendered.all("Certificate").is_empty(),
+        "the Secret is the user's"
+    );
+
+    // TLS for anyone: no client CA at all.
+    let rendered =
+        helm.template("server: { tls: { enabled: true, clientCA: { required: false } } }\n");
+    assert_eq!(
+        mounted_files(&rendered).keys().copied().collect::<Vec<_>>(),
+        ["TOLLGATE_GRPC_TLS_CERT", "TOLLGATE_GRPC_TLS_KEY"]
+    );
+
+    // The admin port on the gRPC port's certificate: no second volume.
+    let rendered =
+        helm.template("server: { tls: { enabled: true }, adminTls: { enabled: true } }\n");
+    let files = mounted_files(&rendered);
+    assert_eq!(
+        files["TOLLGATE_ADMIN_TLS_CERT"],
+        ("tollgate-grpc-tls", "tls.crt")
+    );
+    assert_eq!(
+        files["TOLLGATE_ADMIN_TLS_KEY"],
+        ("tollgate-grpc-tls", "tls.key")
+    );
+    assert_eq!(
+        server_pod(&rendered)["volumes"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        probe_schemes(server_container(&rendered)),
+        ["HTTPS", "HTTPS"]
+    );
+    assert!(env_entry(server_container(&rendered), "TOLLGATE_METRICS_ADDR").is_none());
+
+    // Everything, each Secret its own.
+    let rendered = helm.template(TLS_EVERYTHING);
+    let container = server_container(&rendered);
+    assert_eq!(
+        mounted_files(&rendered),
+        BTreeMap::from([
+            ("TOLLGATE_GRPC_TLS_CERT", ("tollgate-grpc-tls", "tls.crt")),
+            ("TOLLGATE_GRPC_TLS_KEY", ("tollgate-grpc-tls", "tls.key")),
+            ("TOLLGATE_GRPC_CLIENT_CA", ("edge-envoys-ca", "ca.crt")),
+            ("TOLLGATE_ADMIN_TLS_CERT", ("tollgate-admin-tls", "tls.crt")),
+            ("TOLLGATE_ADMIN_TLS_KEY", ("tollgate-admin-tls", "tls.key")),
+            ("TOLLGATE_METRICS_CLIENT_CA", ("scrapers-ca", "ca.crt")),
+        ])
+    );
+    assert_eq!(
+        env_value(container, "TOLLGATE_GRPC_CLIENT_SPIFFE_IDS"),
+        Some(
+            "spiffe://cluster.local/ns/edge/sa/envoy,\
+             spiffe://cluster.local/ns/envoy-gateway-system/sa/envoy-gateway"
+        )
+    );
+    assert_eq!(
+        env_value(container, "TOLLGATE_GRPC_CLIENT_DNS_NAMES"),
+        Some("envoy.edge.svc")
+    );
+    let mount_paths: BTreeSet<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mount_paths,
+        BTreeSet::from([
+            "/etc/tollgate/tls",
+            "/etc/tollgate/client-ca",
+            "/etc/tollgate/admin-tls",
+            "/etc/tollgate/metrics-client-ca",
+        ])
+    );
+    assert_eq!(probe_schemes(container), ["HTTPS", "HTTPS"]);
+    // The metrics listener binds the port the pod and the Service name.
+    let addr = env_value(container, "TOLLGATE_METRICS_ADDR").unwrap();
+    assert_eq!(addr, "0.0.0.0:9443");
+    assert_eq!(container_port(container, "metrics"), Some(9443));
+    let service = rendered.get("Service", "tollgate");
+    let metrics = service_port(service, "metrics").expect("a metrics Service port");
+    assert_eq!(
+        (metrics["port"].as_u64(), &metrics["targetPort"]),
+        (Some(9443), &json!("metrics"))
+    );
+    assert_eq!(
+        service_port(service, "admin").unwrap()["appProtocol"],
+        "https"
+    );
+    for (name, pod) in rendered.pod_specs() {
+        assert_hardened(name, pod);
+    }
+}
+
+/// With `certManager`, the chart asks cert-manager for the certificate
+/// the server mounts, for the names Envoy reaches the Service by; for the
+/// release of the examples it is exactly deploy/tls/certificates.yaml's.
+#[test]
+fn cert_manager_issues_the_certificate_the_server_mounts() {
+    let helm = Helm::new();
+    let rendered = helm.template(
+        "server:\n  tls:\n    enabled: true\n    certManager:\n      enabled: true\n      \
+         issuerRef: { name: tollgate-ca, kind: ClusterIssuer }\n",
+    );
+    let certificate = rendered.get_in("Certificate", "tollgate", "tollgate-grpc-tls");
+    assert_eq!(certificate["apiVersion"], "cert-manager.io/v1");
+    let shipped = read_documents("deploy/tls/certificates.yaml");
+    let example = shipped
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["metadata"]["name"] == "tollgate-grpc-tls")
+        .unwrap();
+    assert_eq!(
+        certificate["spec"], example["spec"],
+        "the chart issues what deploy/tls/certificates.yaml issues"
+    );
+    assert_eq!(certificate["spec"]["dnsNames"][0], SERVICE_NAME);
+    assert_eq!(
+        certificate["spec"]["privateKey"],
+        json!({ "algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always" })
+    );
+    assert_eq!(certificate["spec"]["usages"], json!(["server auth"]));
+    assert_eq!(
+        mounted_files(&rendered)["TOLLGATE_GRPC_TLS_CERT"].0,
+        certificate["spec"]["secretName"]
+    );
+
+    // Another release, namespace, Secret and issuer: the names follow the
+    // Service.
+    let rendered = helm
+        .try_template_as(
+            "edge-auth",
+            "auth",
+            "server:\n  tls:\n    enabled: true\n    secretName: authz-tls\n    certManager:\n      \
+             enabled: true\n      issuerRef: { name: internal-ca }\n      duration: 720h\n      \
+             renewBefore: 240h\n      extraDnsNames: [authz.example.com]\n",
+        )
+        .unwrap();
+    let service = rendered.get_in("Service", "auth", "edge-auth-tollgate");
+    let name = service["metadata"]["name"].as_str().unwrap();
+    let certificate = rendered.get_in("Certificate", "auth", "edge-auth-tollgate-grpc-tls");
+    assert_eq!(
+        certificate["spec"]["dnsNames"],
+        json!([
+            format!("{name}.auth.svc.cluster.local"),
+            format!("{name}.auth.svc"),
+            format!("{name}.auth"),
+            "authz.example.com"
+        ])
+    );
+    assert_eq!(
+        certificate["spec"]["issuerRef"],
+        json!({ "name": "internal-ca", "kind": "Issuer", "group": "cert-manager.io" })
+    );
+    assert_eq!(certificate["spec"]["duration"], "720h");
+    assert_eq!(certificate["spec"]["renewBefore"], "240h");
+    assert_eq!(certificate["spec"]["secretName"], "authz-tls");
+    let volumes = &rendered.get_in("Deployment", "auth", "edge-auth-tollgate")["spec"]["template"]
+        ["spec"]["volumes"];
+    assert_eq!(volumes[0]["secret"]["secretName"], "authz-tls");
+}
+
+/// /metrics on its own port with a client CA: the ServiceMonitor scrapes
+/// that port over HTTPS, checks tollgate's certificate for a name it
+/// carries and presents Prometheus' certificate; the NetworkPolicy opens
+/// that port, not the admin port, to monitoring.
+#[test]
+fn metrics_over_tls_are_scraped_with_a_certificate_and_open_only_to_monitoring() {
+    let helm = Helm::new();
+    let rendered = helm.template(TLS_EVERYTHING);
+    let monitor = rendered.get("ServiceMonitor", "tollgate");
+    assert_eq!(scraped_services(&rendered, monitor), ["tollgate"]);
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["scheme"], "https");
+    let tls = &endpoint["tlsConfig"];
+    let dns_names = &rendered.get("Certificate", "tollgate-grpc-tls")["spec"]["dnsNames"];
+    assert!(
+        dns_names.as_array().unwrap().contains(&tls["serverName"]),
+        "{} not in {dns_names}",
+        tls["serverName"]
+    );
+    // The admin Secret's CA checks the metrics port's certificate (the
+    // admin pair serves both ports).
+    assert_eq!(
+        tls["ca"],
+        json!({ "secret": { "name": "tollgate-admin-tls", "key": "ca.crt" } })
+    );
+    assert_eq!(
+        tls["cert"],
+        json!({ "secret": { "name": "prometheus-client", "key": "tls.crt" } })
+    );
+    assert_eq!(
+        tls["keySecret"],
+        json!({ "name": "prometheus-client", "key": "tls.key" })
+    );
+    assert!(tls.get("insecureSkipVerify").is_none());
+    let operator = &rendered.get("ServiceMonitor", "tollgate-operator")["spec"]["endpoints"][0];
+    assert_eq!(
+        (&operator["port"], &operator["scheme"]),
+        (&json!("admin"), &json!("http"))
+    );
+
+    let ingress = &rendered.get("NetworkPolicy", "tollgate")["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{ "port": "grpc", "protocol": "TCP" }])
+    );
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["monitoring"])
+    );
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{ "port": "metrics", "protocol": "TCP" }]),
+        "monitoring reaches /metrics, not the probes' port"
+    );
+    assert_eq!(ingress.as_array().unwrap().len(), 2);
+
+    // Admin TLS without a separate port: /metrics on the admin port, over
+    // HTTPS, no client certificate.
+    let rendered = helm.template(
+        "server: { tls: { enabled: true }, adminTls: { enabled: true } }\n\
+         serviceMonitor: { enabled: true, tls: { serverName: authz.internal } }\n",
+    );
+    let endpoint = &rendered.get("ServiceMonitor", "tollgate")["spec"]["endpoints"][0];
+    assert_eq!(
+        (&endpoint["port"], &endpoint["scheme"]),
+        (&json!("admin"), &json!("https"))
+    );
+    assert_eq!(
+        endpoint["tlsConfig"],
+        json!({
+            "serverName": "authz.internal",
+            "ca": { "secret": { "name": "tollgate-grpc-tls", "key": "ca.crt" } }
+        })
+    );
+
+    // A separate port without TLS: plain HTTP on `metrics`.
+    let rendered = helm.template(
+        "server: { metrics: { separatePort: true } }\nserviceMonitor: { enabled: true }\n\
+         networkPolicy: { enabled: true, grpcFromNamespaces: [edge], adminFromNamespaces: [monitoring] }\n",
+    );
+    let endpoint = &rendered.get("ServiceMonitor", "tollgate")["spec"]["endpoints"][0];
+    assert_eq!(
+        (&endpoint["port"], &endpoint["scheme"]),
+        (&json!("metrics"), &json!("http"))
+    );
+    assert!(endpoint["tlsConfig"].is_null());
+    let container = server_container(&rendered);
+    assert_eq!(
+        env_value(container, "TOLLGATE_METRICS_ADDR"),
+        Some("0.0.0.0:9091")
+    );
+    assert_eq!(container_port(container, "metrics"), Some(9091));
+    assert!(env_entry(container, "TOLLGATE_METRICS_CLIENT_CA").is_none());
+    assert_eq!(
+        rendered.get("NetworkPolicy", "tollgate")["spec"]["ingress"][1]["ports"],
+        json!([{ "port": "metrics", "protocol": "TCP" }])
+    );
+}
+
+/// TLS values that cannot work are refused at install time naming them;
+/// where `tollgate serve` has the same rule, the flags they would become
+/// are refused by it too (exit 2): the chart fails early what the pod
+/// would fail late.
+#[test]
+fn tls_values_that_cannot_work_are_refused_by_name_as_tollgate_refuses_them() {
+    let helm = Helm::new();
+    let pair: &[&str] = &[
+        "--grpc-tls-cert",
+        "/t/tls.crt",
+        "--grpc-tls-key",
+        "/t/tls.key",
+    ];
+    let admin_pair: &[&str] = &[
+        "--admin-tls-cert",
+        "/t/tls.crt",
+        "--admin-tls-key",
+        "/t/tls.key",
+    ];
+    let cases: Vec<(&str, &str, Option<Vec<&str>>)> = vec![
+        (
+            "server: { tls: { clientCA: { secretName: edge-ca } } }\n",
+            "server.tls.clientCA.secretName is set but server.tls.enabled is false",
+            Some(vec!["--grpc-client-ca", "/t/ca.crt"]),
+        ),
+        (
+            "server: { tls: { allowedSpiffeIds: [\"spiffe://cluster.local/ns/edge/sa/envoy\"] } }\n",
+            "server.tls.allowedSpiffeIds and server.tls.allowedDnsNames need server.tls.enabled",
+            Some(vec!["--grpc-client-spiffe-id", EDGE_ENVOY_ID]),
+        ),
+        (
+            "server: { tls: { enabled: true, clientCA: { required: false }, allowedDnsNames: [envoy.edge.svc] } }\n",
+            "need server.tls.clientCA.required=true",
+            Some([pair, &["--grpc-client-dns-name", "envoy.edge.svc"]].concat()),
+        ),
+        (
+            "server: { tls: { enabled: true, allowedDnsNames: [\"10.0.0.1\"] } }\n",
+            "server.tls.allowedDnsNames: \"10.0.0.1\" is not a DNS name",
+            Some(
+                [
+                    pair,
+                    &[
+                        "--grpc-client-ca",
+                        "/t/ca.crt",
+                        "--grpc-client-dns-name",
+                        "10.0.0.1",
+                    ],
+                ]
+                .concat(),
+            ),
+        ),
+        (
+            "server: { tls: { enabled: true, clientCA: { required: false, secretName: edge-ca } } }\n",
+            "server.tls.clientCA.secretName is set but server.tls.clientCA.required is false",
+            None,
+        ),
+        (
+            "server: { tls: { certManager: { enabled: true, issuerRef: { name: ca } } } }\n",
+            "server.tls.certManager.enabled issues the gRPC port's certificate, but server.tls.enabled is false",
+            None,
+        ),
+        (
+            "server: { tls: { enabled: true, certManager: { enabled: true } } }\n",
+            "server.tls.certManager.enabled needs server.tls.certManager.issuerRef.name",
+            None,
+        ),
+        (
+            "server: { adminTls: { enabled: true } }\n",
+            "server.adminTls.secretName is empty, which means the gRPC port's Secret, but server.tls.enabled is false",
+            None,
+        ),
+        (
+            "server: { adminTls: { enabled: true, secretName: admin-tls }, metrics: { clientCA: { secretName: scrapers-ca } } }\n",
+            "server.metrics.clientCA.secretName needs server.metrics.separatePort=true",
+            Some([admin_pair, &["--metrics-client-ca", "/t/ca.crt"]].concat()),
+        ),
+        (
+            "server: { metrics: { separatePort: true, clientCA: { secretName: scrapers-ca } } }\n",
+            "server.metrics.clientCA.secretName needs server.adminTls.enabled",
+            Some(vec![
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--metrics-client-ca",
+                "/t/ca.crt",
+            ]),
+        ),
+        (
+            "server: { metrics: { separatePort: true, port: 9090 } }\n",
+            "server.metrics.port (9090) is already the gRPC or the admin port",
+            Some(vec![
+                "--admin-addr",
+                "127.0.0.1:9090",
+                "--metrics-addr",
+                "127.0.0.1:9090",
+            ]),
+        ),
+        (
+            "server: { adminTls: { enabled: true, secretName: admin-tls }, metrics: { separatePort: true, clientCA: { secretName: scrapers-ca } } }\n\
+             serviceMonitor: { enabled: true }\n",
+            "serviceMonitor.enabled with server.metrics.clientCA.secretName needs serviceMonitor.tls.clientSecretName",
+            None,
+        ),
+        (
+            "serviceMonitor: { enabled: true, tls: { serverName: tollgate.tollgate.svc } }\n",
+            "serviceMonitor.tls applies to a TLS admin or metrics port",
+            None,
+        ),
+        (
+            "server: { adminTls: { enabled: true, secretName: admin-tls } }\n\
+             serviceMonitor: { enabled: true, tls: { clientSecretName: prometheus-client } }\n",
+            "serviceMonitor.tls.clientSecretName applies with server.metrics.clientCA.secretName",
+            None,
+        ),
+    ];
+    for (values, expected, flags) in cases {
+        let refused = helm
+            .try_template(values)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{values}"));
+        assert!(refused.contains(expected), "{values}\n→ {refused}");
+        if let Some(flags) = flags {
+            let (code, output) = serve_validation(&flags);
+            assert_eq!(
+                code,
+                Some(2),
+                "tollgate serve {flags:?} is not refused like {values}:\n{output}"
+            );
+            assert!(output.contains("invalid configuration"), "{output}");
+        }
+    }
+}
+
+#[test]
+fn a_typo_or_a_wrong_type_under_the_tls_values_fails_naming_it() {
+    let helm = Helm::new();
+    for (values, expected) in [
+        (
+            "server: { tls: { enable: true } }\n",
+            "at '/server/tls': additional properties 'enable' not allowed",
+        ),
+        (
+            "server: { tls: { certManager: { issuerRef: { namespace: cert-manager } } } }\n",
+            "at '/server/tls/certManager/issuerRef': additional properties 'namespace' not allowed",
+        ),
+        (
+            "server: { tls: { clientCa: { required: true } } }\n",
+            "at '/server/tls': additional properties 'clientCa' not allowed",
+        ),
+        (
+            "server: { tls: { clientCA: { secret: edge-ca } } }\n",
+            "at '/server/tls/clientCA': additional properties 'secret' not allowed",
+        ),
+        (
+            "server: { adminTls: { secret: admin-tls } }\n",
+            "at '/server/adminTls': additional properties 'secret' not allowed",
+        ),
+        (
+            "server: { metrics: { seperatePort: true } }\n",
+            "at '/server/metrics': additional properties 'seperatePort' not allowed",
+        ),
+        (
+            "serviceMonitor: { tls: { caSecret: x } }\n",
+            "at '/serviceMonitor/tls': additional properties 'caSecret' not allowed",
+        ),
+        (
+            "server: { tls: { enabled: \"yes\" } }\n",
+            "at '/server/tls/enabled': got string, want boolean",
+        ),
+        (
+            "server: { metrics: { port: 70000 } }\n",
+            "at '/server/metrics/port'",
+        ),
+        (
+            "server: { tls: { certManager: { duration: 90d } } }\n",
+            "at '/server/tls/certManager/duration'",
+        ),
+        (
+            "server: { tls: { secretName: My_Secret } }\n",
+            "at '/server/tls/secretName'",
+        ),
+        (
+            "server: { tls: { clientCA: { key: \"../ca.crt\" } } }\n",
+            "at '/server/tls/clientCA/key'",
+        ),
+        (
+            "server: { tls: { allowedSpiffeIds: [\"spiffe://cluster.local\"] } }\n",
+            "at '/server/tls/allowedSpiffeIds/0'",
+        ),
+        (
+            "server: { tls: { certManager: { extraDnsNames: [\"Authz.Example.com\"] } } }\n",
+            "at '/server/tls/certManager/extraDnsNames/0'",
+        ),
+    ] {
+        let refused = helm
+            .try_template(values)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{values}"));
+        assert!(
+            refused.contains("values don't meet the specifications of the schema")
+                && refused.contains(expected),
+            "{values}\n→ {refused}"
+        );
+    }
+}
+
+/// The chart accepts exactly the client identities `tollgate serve`
+/// accepts (the schema's patterns plus the template's last-label rule
+/// against tollgate's own parser), so an identity the chart lets through
+/// never stops the pod at start-up.
+#[test]
+fn the_chart_and_tollgate_agree_on_which_client_identities_are_valid() {
+    let helm = Helm::new();
+    let spiffe_ids = [
+        "spiffe://cluster.local/ns/edge/sa/envoy",
+        "spiffe://example.org/a",
+        "spiffe://my_domain-1/x.y-z_0",
+        "spiffe://td/.../x",
+        "spiffe://td/a/.b",
+        "envoy",
+        "spiffe://cluster.local",
+        "spiffe://cluster.local/",
+        "spiffe://Cluster.local/a",
+        "spiffe://td/a/../b",
+        "spiffe://td/./b",
+        "spiffe://td/a//b",
+        "spiffe://td:8443/a",
+        "spiffe://td/a?x=1",
+        "spiffe://td/a#f",
+        "spiffe:///a",
+        "https://td/a",
+    ];
+    let long_label = "a".repeat(64);
+    let long_name = format!("{}.example", vec!["b".repeat(60); 5].join("."));
+    let dns_names = [
+        "envoy.edge.svc",
+        "Envoy.Edge.SVC",
+        "gateway",
+        "_grpc.example",
+        "envoy.edge.svc.",
+        "0xg.example",
+        "12ab",
+        "a-b.c",
+        "10.0.0.1",
+        "example.123",
+        "0x1f",
+        "a.0X",
+        "0",
+        "-envoy.edge",
+        "envoy-.edge",
+        "envoy..edge",
+        "*.edge.svc",
+        "not a name",
+        "",
+        long_label.as_str(),
+        long_name.as_str(),
+    ];
+    let mut disagreements = Vec::new();
+    for id in spiffe_ids {
+        let tollgate = tollgate::tls::ClientIdentities::new(&[id.to_owned()], &[]).is_ok();
+        let values = format!(
+            "server: {{ tls: {{ enabled: true, allowedSpiffeIds: [{}] }} }}\n",
+            serde_json::to_string(id).unwrap()
+        );
+        let chart = helm.try_template(&values).is_ok();
+        if chart != tollgate {
+            disagreements.push(format!(
+                "SPIFFE ID {id:?}: chart {chart}, tollgate {tollgate}"
+            ));
+        }
+    }
+    for name in dns_names {
+        let tollgate = tollgate::tls::ClientIdentities::new(&[], &[name.to_owned()]).is_ok();
+        let values = format!(
+            "server: {{ tls: {{ enabled: true, allowedDnsNames: [{}] }} }}\n",
+            serde_json::to_string(name).unwrap()
+        );
+        let chart = helm.try_template(&values).is_ok();
+        if chart != tollgate {
+            disagreements.push(format!(
+                "DNS name {name:?}: chart {chart}, tollgate {tollgate}"
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    // Both kinds of answer occur (the samples test something).
+    assert!(tollgate::tls::ClientIdentities::new(&[], &["envoy.edge.svc".into()]).is_ok());
+    assert!(tollgate::tls::ClientIdentities::new(&[], &["10.0.0.1".into()]).is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -1815,6 +2492,359 @@ async fn the_shipped_examples_are_accepted_by_the_api_server() {
     }
 }
 
+/// The TLS manifests, checked server-side against their projects' own
+/// CRDs (read by the setup from the Go modules of cert-manager, Envoy
+/// Gateway, Gateway API and the Prometheus Operator), with strict field
+/// validation: deploy/tls/certificates.yaml, deploy/envoy-gateway/
+/// backend-tls.yaml, and the chart installed with every TLS value on (its
+/// Certificate, ServiceMonitor with a tlsConfig, NetworkPolicy), whose
+/// server pod is admitted under the "restricted" Pod Security Standard
+/// with its Secret volumes. Not checked here: what cert-manager and Envoy
+/// Gateway's controllers make of them (neither runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_manifests_are_accepted_by_their_crds() {
+    let api = KubeApi::start_without_crds().await;
+    for namespace in ["cert-manager", "tollgate", "edge", "envoy-gateway-system"] {
+        api.namespace(namespace).await;
+    }
+    api.apply(&restricted_namespace("auth")).await;
+    for file in [
+        "cert-manager-certificates.yaml",
+        "cert-manager-issuers.yaml",
+        "cert-manager-clusterissuers.yaml",
+        "envoy-gateway-envoyproxies.yaml",
+        "gateway-api-backendtlspolicies.yaml",
+        "gateway-api-gatewayclasses.yaml",
+        "servicemonitors.yaml",
+    ] {
+        api.install_crd_yaml(&third_party_crd(file, None)).await;
+    }
+
+    let certificates =
+        std::fs::read_to_string(support::repo_path("deploy/tls/certificates.yaml")).unwrap();
+    let applied = api
+        .try_apply_strict(&certificates)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/tls/certificates.yaml refused: {e}"));
+    assert_eq!(applied.len(), 5, "two ClusterIssuers, three Certificates");
+    let backend_tls =
+        std::fs::read_to_string(support::repo_path("deploy/envoy-gateway/backend-tls.yaml"))
+            .unwrap();
+    let applied = api
+        .try_apply_strict(&backend_tls)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/envoy-gateway/backend-tls.yaml refused: {e}"));
+    let kinds: BTreeSet<String> = applied
+        .iter()
+        .map(|o| o.types.as_ref().unwrap().kind.clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "BackendTLSPolicy",
+            "Certificate",
+            "EnvoyProxy",
+            "GatewayClass"
+        ]
+        .map(str::to_owned)
+        .into()
+    );
+    // The validation is real: each CRD refuses a broken copy.
+    let broken = certificates.replace("  usages: [client auth]\n", "  usages: [client-auth]\n");
+    assert_ne!(broken, certificates);
+    let refused = api.try_apply_strict(&broken).await.unwrap_err().to_string();
+    assert!(refused.contains("client-auth"), "{refused}");
+    let broken = backend_tls.replace("  rotationPolicy: Always", "  rotation: Always");
+    assert_ne!(broken, backend_tls);
+    let refused = api.try_apply_strict(&broken).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(".spec.privateKey.rotation: field not declared in schema"),
+        "{refused}"
+    );
+    let no_ca = backend_tls.replace(
+        "    caCertificateRefs:\n      - group: \"\"\n        kind: Secret\n        name: tollgate-grpc-tls\n",
+        "",
+    );
+    assert_ne!(no_ca, backend_tls);
+    let refused = api.try_apply_strict(&no_ca).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("must specify either CACertificateRefs or WellKnownCACertificates"),
+        "{refused}"
+    );
+
+    // The chart with every TLS value on, in a namespace of its own (the
+    // Certificate tollgate/tollgate-grpc-tls above is deploy/tls's).
+    let helm = Helm::new();
+    let installed = install_chart(&helm, &api, "tollgate", "auth", TLS_EVERYTHING);
+    assert!(installed.success, "{}", installed.output());
+    assert!(
+        installed
+            .stdout
+            .contains("Client certificates:       required"),
+        "the NOTES say who may call:\n{}",
+        installed.stdout
+    );
+    let certificate = api
+        .get(
+            "cert-manager.io/v1",
+            "Certificate",
+            Some("auth"),
+            "tollgate-grpc-tls",
+        )
+        .await
+        .expect("the chart's Certificate");
+    assert_eq!(
+        certificate.data["spec"]["dnsNames"][0],
+        "tollgate.auth.svc.cluster.local"
+    );
+    let monitor = api
+        .get(
+            "monitoring.coreos.com/v1",
+            "ServiceMonitor",
+            Some("auth"),
+            "tollgate",
+        )
+        .await
+        .expect("the server's ServiceMonitor");
+    assert_eq!(
+        monitor.data["spec"]["endpoints"][0]["tlsConfig"]["keySecret"]["name"], "prometheus-client",
+        "the tlsConfig is stored as rendered, not pruned"
+    );
+    assert!(
+        api.get(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            Some("auth"),
+            "tollgate"
+        )
+        .await
+        .is_some()
+    );
+    let template =
+        deployment_in(&api, "auth", "tollgate").await.unwrap()["spec"]["template"].clone();
+    assert_eq!(template["spec"]["volumes"].as_array().unwrap().len(), 4);
+    let admitted = create_pod_dry_run(&api, "auth", "tollgate", &template).await;
+    assert!(admitted.is_ok(), "{admitted:?}");
+}
+
+/// The user's story with TLS: Secrets made by the test with rcgen (as
+/// cert-manager would write them), the chart installed with TLS on both
+/// ports and a metrics port requiring a client certificate; then `tollgate
+/// serve` runs with the installed Deployment's environment, its Secret
+/// volumes resolved to files from the API server, and the chart's
+/// ServiceAccount token, and the real Envoy calls it over mutual TLS: a
+/// request is decided, an Envoy without an allowed certificate fails
+/// closed. After an upgrade to a client CA of its own, only that CA's
+/// certificates are accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_calls_the_charts_server_over_mutual_tls() {
+    let api = KubeApi::start_without_crds().await;
+    api.namespace("tollgate").await;
+    api.namespace("mobility").await;
+    let helm = Helm::new();
+    let files = tempfile::Builder::new()
+        .prefix("chart-tls-")
+        .tempdir()
+        .unwrap();
+
+    // tollgate's CA (its certificate and, by default, the Envoys'), the
+    // scrapers' CA, and the Envoys' CA of the second act.
+    let pki = TestPki::generate();
+    let scrapers = TestPki::generate();
+    let edge = TestPki::generate();
+    let serving = pki.server_named(SERVICE_NAME);
+    api.apply(&secret_yaml(
+        "tollgate-grpc-tls",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &serving.cert_pem),
+            ("tls.key", &serving.key_pem),
+            ("ca.crt", pki.ca_pem()),
+        ],
+    ))
+    .await;
+    api.apply(&secret_yaml(
+        "tollgate-scrapers-ca",
+        "Opaque",
+        &[("ca.crt", scrapers.ca_pem())],
+    ))
+    .await;
+    api.apply(&secret_yaml(
+        "edge-envoys-ca",
+        "Opaque",
+        &[("ca.crt", edge.ca_pem())],
+    ))
+    .await;
+
+    let values = format!(
+        "server:\n  tls:\n    enabled: true\n    allowedSpiffeIds: [\"{EDGE_ENVOY_ID}\"]\n  \
+         adminTls: {{ enabled: true }}\n  metrics: {{ separatePort: true, clientCA: {{ secretName: \
+         tollgate-scrapers-ca }} }}\n"
+    );
+    let installed = install_chart(&helm, &api, "tollgate", "tollgate", &values);
+    assert!(installed.success, "{}", installed.output());
+    api.wait_established([
+        "apipolicies.tollgate.dev".to_owned(),
+        "appregistrations.tollgate.dev".to_owned(),
+    ])
+    .await;
+    let quickstart =
+        std::fs::read_to_string(support::repo_path("deploy/examples/quickstart.yaml")).unwrap();
+    api.apply(&quickstart).await;
+
+    let (account, env, args) = server_settings(&api).await;
+    let env = mount_secret_volumes(&api, "tollgate", env, &files.path().join("act-1")).await;
+    let token = api.service_account_kubeconfig("tollgate", &account).await;
+    // The listeners on loopback: the harness's --grpc-addr and
+    // --admin-addr, and --metrics-addr, win over the chart's 0.0.0.0
+    // variables (flags win over variables).
+    let mut args = args;
+    args.extend(["--metrics-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+    let scraper = scrapers.client(
+        "prometheus",
+        Some("spiffe://cluster.local/ns/monitoring/sa/prometheus"),
+    );
+    // Probes and metrics: trusting tollgate's CA, presenting the scraper's
+    // certificate when asked (only the metrics port asks).
+    let tollgate = Tollgate::start_kubernetes_admin_tls(
+        &token,
+        &env,
+        &strs(&args),
+        Some(pki.client_config(Some(&scraper))),
+    );
+    let listening = tollgate.wait_for_log("listening", PROPAGATE);
+    assert_eq!(
+        support::tollgate::log_field(&listening, "grpc_tls").unwrap(),
+        "mutual"
+    );
+    assert_eq!(
+        support::tollgate::log_field(&listening, "admin_tls").unwrap(),
+        "on"
+    );
+
+    let envoy_id = pki.client("envoy", Some(EDGE_ENVOY_ID));
+    let envoy = tls_envoy(&tollgate, &pki, Some(envoy_id.write(files.path(), "envoy")));
+    let allowed = envoy
+        .get("/v1/bikes")
+        .host("api.bikes.example")
+        .header("x-api-key", QUICKSTART_KEY)
+        .send();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    assert_eq!(allowed.header("x-upstream-saw-app"), Some("commuter-ios"));
+    let denied = envoy.get("/v1/bikes").host("api.bikes.example").send();
+    assert_eq!(
+        (denied.status, denied.header("x-tollgate-reason")),
+        (401, Some("app_credential_missing")),
+        "decided by tollgate"
+    );
+    assert!(handshakes(&tollgate, "grpc", "accepted") >= 1.0);
+    drop(envoy);
+
+    // Without a certificate, or with one of another identity from the same
+    // CA: Envoy fails closed, tollgate counts why.
+    let shop = pki.client("shop", Some("spiffe://cluster.local/ns/shop/sa/api"));
+    for (client, result) in [
+        (None, "no_client_certificate"),
+        (
+            Some(shop.write(files.path(), "shop")),
+            "identity_not_allowed",
+        ),
+    ] {
+        let envoy = tls_envoy(&tollgate, &pki, client);
+        let response = envoy
+            .get("/v1/bikes")
+            .host("api.bikes.example")
+            .header("x-api-key", QUICKSTART_KEY)
+            .send();
+        assert_eq!(response.status, 503, "{result}: Envoy fails closed");
+        assert_eq!(response.header("x-tollgate-reason"), None);
+        until_sync(&format!("a {result} handshake"), || {
+            (handshakes(&tollgate, "grpc", result) >= 1.0).then_some(())
+        });
+    }
+
+    // Probes need no certificate (the kubelet has none) but TLS; metrics
+    // need the scraper's.
+    let no_certificate = pki.client_config(None);
+    let probe = support::Request::new(tollgate.admin_addr(), "GET", "/readyz")
+        .with_tls(no_certificate.clone())
+        .send();
+    assert_eq!(probe.status, 200);
+    assert!(
+        support::Request::new(tollgate.admin_addr(), "GET", "/readyz")
+            .try_send()
+            .is_err(),
+        "plain HTTP on the admin port"
+    );
+    assert!(
+        support::Request::new(tollgate.metrics_addr(), "GET", "/metrics")
+            .with_tls(no_certificate)
+            .try_send()
+            .is_err(),
+        "metrics without the scraper's certificate"
+    );
+    until_sync("a refused scrape counted", || {
+        (handshakes(&tollgate, "metrics", "no_client_certificate") >= 1.0).then_some(())
+    });
+    drop(tollgate);
+
+    // Act 2: the Envoys' own CA (a Secret of its own) and a DNS name.
+    let values = path_str(&helm.values_file(
+        "act-2.yaml",
+        "server:\n  tls:\n    enabled: true\n    clientCA: { secretName: edge-envoys-ca }\n    \
+         allowedDnsNames: [envoy.edge.svc]\n",
+    ));
+    helm.ok(&[
+        "upgrade",
+        "tollgate",
+        &path_str(&chart_dir()),
+        "--namespace",
+        "tollgate",
+        "--kubeconfig",
+        &path_str(api.admin_kubeconfig()),
+        "--values",
+        &values,
+    ]);
+    let (_, env, args) = server_settings(&api).await;
+    assert!(env.iter().all(|(k, _)| k != "TOLLGATE_METRICS_ADDR"));
+    let env = mount_secret_volumes(&api, "tollgate", env, &files.path().join("act-2")).await;
+    let tollgate = Tollgate::start_kubernetes_with_env(&token, &env, &strs(&args));
+    let listening = tollgate.wait_for_log("listening", PROPAGATE);
+    assert_eq!(
+        support::tollgate::log_field(&listening, "grpc_tls").unwrap(),
+        "mutual"
+    );
+    assert_eq!(
+        support::tollgate::log_field(&listening, "admin_tls").unwrap(),
+        "off"
+    );
+    let edge_envoy = edge.client_dns("envoy.edge.svc");
+    let envoy = tls_envoy(
+        &tollgate,
+        &pki,
+        Some(edge_envoy.write(files.path(), "edge-envoy")),
+    );
+    let allowed = envoy
+        .get("/v1/bikes")
+        .host("api.bikes.example")
+        .header("x-api-key", QUICKSTART_KEY)
+        .send();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    drop(envoy);
+    // The first act's certificate is from tollgate's CA, no longer the
+    // client CA.
+    let envoy = tls_envoy(&tollgate, &pki, Some(envoy_id.write(files.path(), "envoy")));
+    let refused = envoy
+        .get("/v1/bikes")
+        .host("api.bikes.example")
+        .header("x-api-key", QUICKSTART_KEY)
+        .send();
+    assert_eq!(refused.status, 503);
+    until_sync("a certificate_rejected handshake", || {
+        (handshakes(&tollgate, "grpc", "certificate_rejected") >= 1.0).then_some(())
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
@@ -2286,4 +3316,309 @@ async fn can(
         .status
         .expect("a review has a status")
         .allowed
+}
+
+/// The `TOLLGATE_…` variables `tollgate <subcommand>` reads, from its
+/// clap definition.
+fn variables_of(subcommand: &str) -> BTreeSet<String> {
+    use clap::CommandFactory as _;
+    let cli = tollgate::cli::Cli::command();
+    let command = cli
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    command
+        .get_arguments()
+        .filter_map(|argument| argument.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The server Deployment's pod spec (release "tollgate").
+fn server_pod(rendered: &Rendered) -> &Value {
+    &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]
+}
+
+fn server_container(rendered: &Rendered) -> &Value {
+    &server_pod(rendered)["containers"][0]
+}
+
+/// The schemes of the liveness and readiness probes.
+fn probe_schemes(container: &Value) -> Vec<&str> {
+    ["livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|probe| {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["port"], "admin", "{probe}");
+            get["scheme"].as_str().unwrap_or("HTTP")
+        })
+        .collect()
+}
+
+fn port_names(ports: &Value) -> Vec<&str> {
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
+fn container_port(container: &Value, name: &str) -> Option<u64> {
+    container["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)?["containerPort"]
+        .as_u64()
+}
+
+fn service_port<'a>(service: &'a Value, name: &str) -> Option<&'a Value> {
+    service["spec"]["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+/// The Services a ServiceMonitor's selector picks, by name.
+fn scraped_services<'a>(rendered: &'a Rendered, monitor: &Value) -> Vec<&'a str> {
+    rendered
+        .all("Service")
+        .into_iter()
+        .filter(|s| label_selector_matches(&monitor["spec"]["selector"], &s["metadata"]["labels"]))
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect()
+}
+
+/// The server's TLS file variables, each resolved to the (Secret, key)
+/// the kubelet would put at that path: the variable's directory is a
+/// volume mount (read-only, never subPath) of a whole Secret (mode 0440).
+/// Panics when a variable points at a directory nothing is mounted at.
+fn mounted_files(rendered: &Rendered) -> BTreeMap<&'static str, (&str, &str)> {
+    let pod = server_pod(rendered);
+    let container = &pod["containers"][0];
+    let mut files = BTreeMap::new();
+    for variable in TLS_FILE_VARIABLES {
+        let Some(path) = env_value(container, variable) else {
+            continue;
+        };
+        let (dir, file) = path.rsplit_once('/').unwrap();
+        let mount = container["volumeMounts"]
+            .as_array()
+            .and_then(|mounts| mounts.iter().find(|m| m["mountPath"] == dir))
+            .unwrap_or_else(|| panic!("{variable}={path}: nothing is mounted at {dir}"));
+        assert_eq!(mount["readOnly"], true, "{variable}");
+        assert!(
+            mount["subPath"].is_null(),
+            "{variable}: a subPath mount is never updated when the Secret is renewed"
+        );
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+        let secret = &volume["secret"];
+        assert!(
+            secret["items"].is_null(),
+            "every key of the Secret is a file"
+        );
+        assert_eq!(secret["defaultMode"], 0o440, "{variable}");
+        files.insert(
+            variable,
+            (
+                secret["secretName"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{variable}: not a Secret volume: {volume}")),
+                file,
+            ),
+        );
+    }
+    files
+}
+
+/// Runs `tollgate serve` with `flags` (listeners on loopback unless the
+/// flags say otherwise) as far as its configuration check: the exit code
+/// and what it printed. A configuration it accepts fails later, reading
+/// the missing policy file.
+fn serve_validation(flags: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .arg("serve")
+        .args(["--policy-file", &path_str(&dir.path().join("missing.yaml"))]);
+    for (flag, addr) in [
+        ("--grpc-addr", "127.0.0.1:0"),
+        ("--admin-addr", "127.0.0.1:0"),
+    ] {
+        if !flags.contains(&flag) {
+            command.args([flag, addr]);
+        }
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TOLLGATE_") {
+            command.env_remove(name);
+        }
+    }
+    let log = std::fs::File::create(dir.path().join("output")).unwrap();
+    let mut child = command
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PROPAGATE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tollgate serve {flags:?} did not exit within {PROPAGATE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(dir.path().join("output")).unwrap();
+    (status.code(), output)
+}
+
+/// A Secret in namespace `tollgate` holding `files`.
+fn secret_yaml(name: &str, kind: &str, files: &[(&str, &str)]) -> String {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = files
+        .iter()
+        .map(|(key, text)| {
+            (
+                (*key).to_owned(),
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            )
+        })
+        .collect();
+    // JSON is YAML.
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name, "namespace": "tollgate" },
+        "type": kind,
+        "data": data,
+    })
+    .to_string()
+}
+
+/// The Secret volumes of the installed server Deployment, resolved as the
+/// kubelet would: each Secret (read from the API server) written as one
+/// file per key under `root/<volume>`. Returns `env` with every path
+/// under a mount pointing at those files; a variable pointing under
+/// /etc/tollgate at nothing mounted fails the test.
+async fn mount_secret_volumes(
+    api: &KubeApi,
+    namespace: &str,
+    env: Vec<(String, String)>,
+    root: &std::path::Path,
+) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let deployment = deployment_in(api, namespace, "tollgate").await.unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mut mounts = Vec::new();
+    for mount in pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert!(mount["subPath"].is_null(), "{mount}");
+        assert_eq!(mount["readOnly"], true, "{mount}");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let source = &volume["secret"];
+        assert!(source["items"].is_null(), "{volume}");
+        let name = source["secretName"].as_str().expect("a Secret volume");
+        // Without the Secret the kubelet never starts the container.
+        let secret = api
+            .get("v1", "Secret", Some(namespace), name)
+            .await
+            .unwrap_or_else(|| panic!("the Secret {name} of volume {}", volume["name"]));
+        let dir = root.join(volume["name"].as_str().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        for (key, encoded) in secret.data["data"].as_object().unwrap() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_str().unwrap())
+                .unwrap();
+            std::fs::write(dir.join(key), bytes).unwrap();
+        }
+        mounts.push((mount["mountPath"].as_str().unwrap().to_owned(), dir));
+    }
+    env.into_iter()
+        .map(|(variable, value)| {
+            let local = mounts.iter().find_map(|(path, dir)| {
+                value
+                    .strip_prefix(&format!("{path}/"))
+                    .map(|file| dir.join(file))
+            });
+            match local {
+                Some(file) => (variable, path_str(&file)),
+                None => {
+                    assert!(
+                        !value.starts_with("/etc/tollgate"),
+                        "{variable}={value}: no volume is mounted there"
+                    );
+                    (variable, value)
+                }
+            }
+        })
+        .collect()
+}
+
+/// The Envoy of deploy/kind/envoy.yaml in front of `tollgate`, its
+/// tollgate cluster over TLS: checking tollgate's certificate against
+/// `pki`'s CA for the Service's name, presenting `client` (cert, key)
+/// when given.
+fn tls_envoy(
+    tollgate: &Tollgate,
+    pki: &TestPki,
+    client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> Envoy {
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-envoy-")
+        .tempdir()
+        .unwrap();
+    let ca = pki.write_ca(dir.path(), "tollgate-ca.crt");
+    let unused_upstream = "127.0.0.1:9".parse().unwrap();
+    let mut bootstrap = adapt_example(
+        "deploy/kind/envoy.yaml",
+        dir.path(),
+        tollgate.grpc_addr(),
+        unused_upstream,
+        None,
+        &["http"],
+    );
+    let cluster = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "tollgate")
+        .unwrap();
+    cluster["transport_socket"] = UpstreamTls {
+        ca,
+        client,
+        server_name: SERVICE_NAME.to_owned(),
+    }
+    .transport_socket();
+    Envoy::start_bootstrap(dir, &bootstrap, None)
+}
+
+/// The handshakes on `listener` that ended with `result`.
+fn handshakes(tollgate: &Tollgate, listener: &str, result: &str) -> f64 {
+    tollgate.metric(
+        "tollgate_tls_handshakes_total",
+        &[("listener", listener), ("result", result)],
+    )
+}
+
+/// [`until`] for blocking probes.
+fn until_sync<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    support::wait_for(what, PROPAGATE, probe)
 }

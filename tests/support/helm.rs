@@ -120,13 +120,23 @@ impl Helm {
     /// (a YAML document; empty for the defaults): the rendered objects, or
     /// helm's error output.
     pub fn try_template(&self, values: &str) -> Result<Rendered, String> {
+        self.try_template_as("tollgate", "tollgate", values)
+    }
+
+    /// [`Helm::try_template`] for the release `release` in `namespace`.
+    pub fn try_template_as(
+        &self,
+        release: &str,
+        namespace: &str,
+        values: &str,
+    ) -> Result<Rendered, String> {
         let file = self.values_file("template-values.yaml", values);
         let run = self.run(&[
             "template",
-            "tollgate",
+            release,
             &path_str(&chart_dir()),
             "--namespace",
-            "tollgate",
+            namespace,
             "--values",
             &path_str(&file),
         ]);

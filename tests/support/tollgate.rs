@@ -109,6 +109,30 @@ impl Tollgate {
         env: &[(String, String)],
         extra_args: &[&str],
     ) -> Self {
+        Self::launch_kubernetes_admin_tls(kubeconfig, env, extra_args, None)
+    }
+
+    /// Like [`Tollgate::start_kubernetes_with_env`] for a server whose
+    /// admin (and metrics) port serves TLS: probes and `metrics()` connect
+    /// with `admin_tls`.
+    pub fn start_kubernetes_admin_tls(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let mut tollgate =
+            Self::launch_kubernetes_admin_tls(kubeconfig, env, extra_args, admin_tls);
+        tollgate.wait_ready();
+        tollgate
+    }
+
+    fn launch_kubernetes_admin_tls(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
             .tempdir()
@@ -119,7 +143,7 @@ impl Tollgate {
             OsString::from("--kubeconfig"),
             kubeconfig.into(),
         ];
-        Self::launch(dir, policy, source, env, extra_args, None)
+        Self::launch(dir, policy, source, env, extra_args, admin_tls)
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
