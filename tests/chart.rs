@@ -11,7 +11,13 @@
 //!   local process with the environment of the chart's Deployment and a
 //!   token of the chart's own ServiceAccount, and decides a request
 //!   through the real Envoy: proof that the chart's RBAC and settings are
-//!   enough.
+//!   enough. With the TLS values, the Deployment's Secret volumes are
+//!   written out as files from the API server and Envoy calls the server
+//!   over mutual TLS.
+//! - The TLS manifests (the chart's Certificate and ServiceMonitor,
+//!   deploy/tls, deploy/envoy-gateway/backend-tls.yaml) against the CRDs
+//!   of cert-manager, Gateway API, Envoy Gateway and the Prometheus
+//!   Operator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
