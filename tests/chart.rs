@@ -80,6 +80,7 @@ fn the_chart_lints_clean_in_strict_mode() {
         ("everything-on.yaml", EVERYTHING_ON),
         ("dev-redis.yaml", "devRedis: { enabled: true }\n"),
         ("namespaced.yaml", "watchNamespaces: [mobility, trains]\n"),
+        ("tls-everything.yaml", TLS_EVERYTHING),
     ] {
         let file = path_str(&helm.values_file(name, values));
         helm.ok(&["lint", "--strict", &chart, "--values", &file]);
