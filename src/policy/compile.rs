@@ -724,7 +724,7 @@ fn routes(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<Route> {
 }
 
 /// `match.path` / `match.pathPrefix`: at most one; an absolute path with no
-/// query, fragment, dot-segment or encoded slash — requests carrying those
+/// query, fragment, dot-segment, encoded slash or `;` — requests carrying those
 /// are refused (`request_malformed`), so such a route could never match.
 fn route_path(route: &RouteSpec, field: &str, errors: &mut Vec<FieldError>) -> PathMatch {
     let (text, exact, which) = match (&route.matches.path, &route.matches.path_prefix) {
@@ -751,6 +751,8 @@ fn route_path(route: &RouteSpec, field: &str, errors: &mut Vec<FieldError>) -> P
         Some("must not contain '.' or '..' segments")
     } else if lower.contains("%2f") || lower.contains("%5c") {
         Some("must not contain encoded slashes")
+    } else if lower.contains(';') || lower.contains("%3b") {
+        Some("must not contain ';' path parameters")
     } else {
         None
     };

@@ -124,6 +124,10 @@ fn route_errors() {
         "spec.routes[0].match.path: \"/a%2Fb\": must not contain encoded slashes",
     );
     assert_error(
+        "  routes: [{ name: a, match: { pathPrefix: \"/a;b\" } }]",
+        "spec.routes[0].match.pathPrefix: \"/a;b\": must not contain ';' path parameters",
+    );
+    assert_error(
         "  routes: [{ name: a, match: { methods: [\"GE T\"] } }]",
         "spec.routes[0].match.methods[0]: \"GE T\" is not a valid method",
     );
