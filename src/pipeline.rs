@@ -142,7 +142,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
                     run.note("select", StepOutcome::Skip, || {
                         format!("{detail}; default allow")
                     });
-                    let allow = respond::anonymous_allow(request);
+                    let allow = respond::default_allow(snapshot, request);
                     run.finish(Verdict::Allow(allow))
                 }
             };
@@ -166,7 +166,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
                 });
             }
             decision.dry_run_denial = Some(deny);
-            decision.verdict = Verdict::Allow(respond::anonymous_allow(request));
+            decision.verdict = Verdict::Allow(respond::dry_run_allow(policy, request));
         }
         Err(mut deny) => {
             if !policy.response.disclose_reasons && deny.reason.is_attestation_detail() {

@@ -71,3 +71,87 @@ spec:
     }
     assert_eq!(stack.upstream.count(), 1, "{:?}", stack.upstream.received());
 }
+
+/// Item 3: a request allowed only because the policy is in `dryRun` (or
+/// because `--default-decision allow` lets unmatched hosts through) is
+/// stripped exactly as an enforced allow is: every configured
+/// `upstreamHeaders` name, every `x-tollgate-*` header the client sent and,
+/// with `removeCredentials`, its credentials.
+#[test]
+fn dry_runs_and_default_allows_strip_like_enforcement() {
+    const POLICY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: trial, namespace: e2e }
+spec:
+  hosts: [trial.example]
+  mode: dryRun
+  transport: { requireHttps: false }
+  app:
+    identify: { apiKey: { header: x-api-key } }
+    attestation:
+      required: false
+      keys: { secretRef: { name: attester, key: secret } }
+  response:
+    removeCredentials: true
+    upstreamHeaders:
+      x-user-sub: "{user.sub}"
+      x-app: "{app.id}"
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: attester, namespace: e2e }
+stringData: { secret: "0123456789abcdef0123456789abcdef" }
+"#;
+    let stack = Stack::builder(POLICY)
+        .tollgate_args(&["--default-decision", "allow"])
+        .start();
+    let forged = |host: &str| {
+        stack
+            .get("/v1/bikes")
+            .host(host)
+            .header("x-user-sub", "admin")
+            .header("x-app", "trusted-app")
+            .header("x-tollgate-user", "admin")
+            .header("x-api-key", "tg_unregistered_Q2Xv0Zk9TmE4yPp1LwR")
+            .header("approov-token", "not.a.token")
+            .header("dpop", "not-a-proof")
+            .header("signature", "sig1=:AAAA:")
+            .send()
+    };
+    // The dry run would deny (unknown API key), and allows.
+    let response = forged("trial.example");
+    let upstream = response.upstream();
+    for name in [
+        "x-user-sub",
+        "x-app",
+        "x-tollgate-user",
+        "x-api-key",
+        "approov-token",
+    ] {
+        assert!(
+            upstream.lacks(name),
+            "{name} reached the upstream: {:?}",
+            upstream.headers
+        );
+    }
+    let entry = stack.envoy.access_log_entry(response.request_id());
+    assert_eq!(entry["tollgate"]["dry_run"], "app_unknown", "{entry}");
+
+    // No policy serves this host; the default decision allows it, and no
+    // header any policy configures (nor x-tollgate-*) passes.
+    let response = forged("nobody.example");
+    let upstream = response.upstream();
+    for name in ["x-user-sub", "x-app", "x-tollgate-user"] {
+        assert!(
+            upstream.lacks(name),
+            "{name} reached the upstream: {:?}",
+            upstream.headers
+        );
+    }
+    // Without a policy there is no removeCredentials to apply.
+    assert_eq!(
+        upstream.header_once("x-api-key"),
+        "tg_unregistered_Q2Xv0Zk9TmE4yPp1LwR"
+    );
+}

@@ -11,7 +11,7 @@
 
 use crate::authn::user::UserIdentity;
 use crate::decision::{Allow, Identity};
-use crate::policy::snapshot::CompiledPolicy;
+use crate::policy::snapshot::{CompiledPolicy, Snapshot};
 use crate::policy::template::{Var, Vars};
 use crate::request::RequestContext;
 
@@ -62,10 +62,43 @@ pub(super) fn allow(
     finish(request, set, candidates)
 }
 
-/// The allow for a request no policy (or a dry run) vouches for: no
-/// identity, and no client-sent identity header passes.
-pub(super) fn anonymous_allow(request: &RequestContext) -> Allow {
-    finish(request, Vec::new(), client_identity_headers(request))
+/// The allow of a request that a `dryRun` policy would have denied: no
+/// identity is vouched for, so nothing is set, and everything an enforced
+/// allow would strip is stripped — every configured upstream header name
+/// (a template left without a value is removed under enforcement too),
+/// every client-sent `x-tollgate-*` header and, with `removeCredentials`,
+/// the credentials. Otherwise a client's own `x-user-sub: admin` would
+/// reach an upstream that trusts the header, exactly while a policy is
+/// being rolled out.
+pub(super) fn dry_run_allow(policy: &CompiledPolicy, request: &RequestContext) -> Allow {
+    let configured = policy
+        .response
+        .upstream_headers
+        .iter()
+        .map(|(name, _)| name.as_str());
+    let credentials = if policy.response.remove_credentials {
+        credential_headers(policy)
+    } else {
+        Vec::new()
+    };
+    let candidates = client_identity_headers(request)
+        .chain(configured)
+        .chain(credentials);
+    finish(request, Vec::new(), candidates)
+}
+
+/// The allow of a request no policy serves, under `--default-decision
+/// allow`: nothing is set, and no client-sent `x-tollgate-*` header nor any
+/// header name some policy configures passes (the upstream behind a
+/// catch-all may be one that trusts them). No policy says
+/// `removeCredentials`, so credentials stay.
+pub(super) fn default_allow(snapshot: &Snapshot, request: &RequestContext) -> Allow {
+    let configured = snapshot.upstream_header_names.iter().map(String::as_str);
+    finish(
+        request,
+        Vec::new(),
+        client_identity_headers(request).chain(configured),
+    )
 }
 
 /// The allow with `set`, removing those of the `candidates` the request

@@ -243,7 +243,19 @@ pub fn compile(docs: &[LoadedDocument], version: u64) -> Result<Snapshot, Compil
         warnings.push(warning);
     }
 
+    let mut upstream_header_names: Vec<String> = policies
+        .values()
+        .flat_map(|p| {
+            p.response
+                .upstream_headers
+                .iter()
+                .map(|(name, _)| name.clone())
+        })
+        .collect();
+    upstream_header_names.sort();
+    upstream_header_names.dedup();
     Ok(Snapshot {
+        upstream_header_names,
         policies,
         hosts,
         apps,
