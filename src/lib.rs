@@ -15,7 +15,8 @@
 //!
 //! Around it: [`server`] (binds and runs the listeners), [`admin`]
 //! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
-//! and [`cli`] (the subcommands).
+//! and [`cli`] (the subcommands); [`field_value`] says which values are
+//! fit for a header or a log line.
 
 pub mod admin;
 pub mod authn;
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod encoding;
+pub mod field_value;
 pub mod grpc;
 pub mod limits;
 pub mod origin;

@@ -209,7 +209,7 @@ async fn enforce(
             run.note("route", StepOutcome::Pass, || {
                 format!("route {} is public: no credentials, no quota", route.name)
             });
-            return Ok(respond::allow(policy, request, &run.identity, None));
+            return respond::allow(policy, request, &run.identity, None);
         }
         run.note("route", StepOutcome::Pass, || {
             format!("route {}", route.name)
@@ -312,6 +312,20 @@ async fn enforce(
         result?;
     }
 
+    // The plan of a request without an app (or whose app has none):
+    // `defaultPlan`.
+    if run.identity.plan.is_none() {
+        run.identity.plan = policy.plans.default_plan().map(|p| p.name.clone());
+    }
+    // What goes upstream is decided before admission: a value that cannot
+    // be sent (`respond::is_header_safe`) denies the request before it
+    // consumes quota or remembers a nonce.
+    let allow = respond::allow(policy, request, &run.identity, user.as_ref());
+    if allow.is_err() {
+        run.stage("respond", &allow, |_| String::new());
+    }
+    let mut allow = allow?;
+
     let rate_headers = admission::check(
         policy,
         admission::Inputs {
@@ -325,8 +339,6 @@ async fn enforce(
         run,
     )
     .await?;
-
-    let mut allow = respond::allow(policy, request, &run.identity, user.as_ref());
     allow.response_headers.extend(rate_headers);
     Ok(allow)
 }

@@ -8,7 +8,28 @@
 
 mod support;
 
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, json};
 use support::Stack;
+use tollgate::authn::mint::{self, AppClaims, SigningKey};
+
+/// The attestation service's HS256 secret (base64 in the policies).
+const ATTESTER_SECRET: [u8; 32] = [7; 32];
+
+/// An app token from the attestation service for app `commuter` on
+/// device `did`, valid for a minute, bound to nothing.
+fn app_token(did: &str) -> String {
+    let mut extra = Map::new();
+    extra.insert("app_id".into(), json!("commuter"));
+    let claims = AppClaims {
+        exp: support::idp::now() + 60.0,
+        bound_values: Vec::new(),
+        device: Some(did.to_owned()),
+        extra,
+    };
+    mint::sign_hmac(Algorithm::HS256, &ATTESTER_SECRET, None, &claims.to_json()).unwrap()
+}
 
 /// Asserts `response` is tollgate's deny with `status` and `reason`.
 fn assert_denied(response: &support::Response, status: u16, reason: &str) {
@@ -154,4 +175,115 @@ stringData: { secret: "0123456789abcdef0123456789abcdef" }
         upstream.header_once("x-api-key"),
         "tg_unregistered_Q2Xv0Zk9TmE4yPp1LwR"
     );
+}
+
+/// A user token signed by `idp` for `bikes-api` with `claims` added.
+fn user_token(idp: &SigningKey, claims: serde_json::Value) -> String {
+    let now = support::idp::now() as u64;
+    let mut body = json!({
+        "iss": "https://id.example/", "aud": "bikes-api", "sub": "alice",
+        "iat": now, "exp": now + 300,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+        body.extend(extra.clone());
+    }
+    idp.sign(Some("at+jwt"), &body).unwrap()
+}
+
+/// Item 2: every value tollgate sends upstream is header-safe. A token
+/// whose `sub`, templated claim or device id holds a control character
+/// (or leading/trailing whitespace, which HTTP strips) is denied with the
+/// credential's reason instead of reaching Envoy as an invalid header (a
+/// 503) or the upstream as another identity.
+#[test]
+fn identity_values_sent_upstream_are_header_safe() {
+    let idp = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let jwks = mint::jwks([&idp]);
+    let secret = base64::engine::general_purpose::STANDARD.encode(ATTESTER_SECRET);
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: e2e }}
+spec:
+  hosts: [api.example]
+  transport: {{ requireHttps: false }}
+  user:
+    issuers:
+      - issuer: "https://id.example/"
+        audiences: [bikes-api]
+        jwks: {{ inline: {jwks} }}
+        algorithms: [ES256]
+  app:
+    required: false
+    identify: {{ tokenClaim: app_id }}
+    attestation:
+      required: false
+      keys: {{ secretRef: {{ name: attester, key: secret }}, encoding: base64 }}
+  defaultPlan: free
+  plans:
+    - name: free
+      limits: [{{ name: hourly, key: user, rate: {{ requests: 2, period: 1h }} }}]
+  response:
+    upstreamHeaders:
+      x-email: "{{user.claims.email}}"
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: attester, namespace: e2e }}
+stringData: {{ secret: "{secret}" }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: commuter, namespace: e2e }}
+spec: {{ appId: commuter }}
+"#
+    );
+    let stack = Stack::start(&policy);
+    let send = |token: &str, app_token: Option<&str>| {
+        let mut request = stack
+            .get("/v1/bikes")
+            .host("api.example")
+            .header("authorization", &format!("Bearer {token}"))
+            .header("x-email", "forged@example");
+        if let Some(app_token) = app_token {
+            request = request.header("approov-token", app_token);
+        }
+        request.send()
+    };
+
+    let clean = user_token(&idp, json!({ "email": "alice@example" }));
+    for (claims, what) in [
+        (json!({ "sub": "alice\r\nx-admin: yes" }), "sub"),
+        (json!({ "sub": "alice\u{0}" }), "sub"),
+        (json!({ "sub": " admin" }), "sub"),
+        (json!({ "sub": "admin\t" }), "sub"),
+        (json!({ "email": "a@example\u{1}" }), "claim"),
+        (json!({ "email": "a@example\u{85}" }), "claim"),
+        (json!({ "email": "a@example\nx-admin: yes" }), "claim"),
+    ] {
+        let response = send(&user_token(&idp, claims.clone()), None);
+        assert_denied(&response, 401, "user_token_invalid");
+        let detail = response.json()["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains("cannot be sent upstream"),
+            "{claims}: {detail}"
+        );
+        assert!(detail.contains(what), "{claims}: {detail}");
+    }
+    let response = send(&clean, Some(&app_token("device\n1")));
+    assert_denied(&response, 401, "attestation_invalid");
+
+    // The denials consumed nothing: alice's two requests an hour are left
+    // for the clean values, which arrive as they are.
+    let upstream = send(&clean, Some(&app_token("device-1"))).upstream();
+    assert_eq!(upstream.header_once("x-tollgate-user"), "alice");
+    assert_eq!(upstream.header_once("x-email"), "alice@example");
+    assert_eq!(upstream.header_once("x-tollgate-device"), "device-1");
+
+    // An empty claim is no value: the client's copy is removed, not kept.
+    let empty = user_token(&idp, json!({ "email": "" }));
+    let upstream = send(&empty, None).upstream();
+    assert!(upstream.lacks("x-email"), "{:?}", upstream.headers);
+    assert_eq!(stack.upstream.count(), 2);
 }

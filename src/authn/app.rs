@@ -117,6 +117,13 @@ impl AppIndex {
             if spec.app_id.is_empty() {
                 return Err(at("appId", "must not be empty".into()));
             }
+            // Sent upstream as x-tollgate-app and used in log lines.
+            if !crate::field_value::is_header_safe(&spec.app_id) {
+                return Err(at(
+                    "appId",
+                    "must not contain control characters or leading or trailing whitespace".into(),
+                ));
+            }
             let position = index.apps.len();
             let id_key = (namespace.clone(), spec.app_id.clone());
             if let Some(other) = index.by_id.get(&id_key) {

@@ -56,11 +56,6 @@ pub(super) async fn check(
     let plan = policy
         .plans
         .resolve(inputs.app.and_then(|a| a.plan.as_deref()));
-    if let Some(plan) = plan
-        && run.identity.plan.is_none()
-    {
-        run.identity.plan = Some(plan.name.clone());
-    }
     let cost = inputs.route.map_or(1, |r| r.cost);
     let request = Request {
         policy: policy.id.as_str(),

@@ -664,6 +664,12 @@ fn routes(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<Route> {
                 format!("{field}.name"),
                 "must not be empty",
             ));
+        } else if !crate::field_value::is_header_safe(&route.name) {
+            // `{route}` may be sent upstream.
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                "must not contain control characters or leading or trailing whitespace",
+            ));
         } else if !names.insert(route.name.as_str()) {
             errors.push(FieldError::new(
                 format!("{field}.name"),
