@@ -287,3 +287,153 @@ spec: {{ appId: commuter }}
     assert!(upstream.lacks("x-email"), "{:?}", upstream.headers);
     assert_eq!(stack.upstream.count(), 2);
 }
+
+/// The shipped front proxy in front of `tollgate` serving `policy`, with
+/// the test PKI's certificates; listeners `https` and `http`.
+fn shipped_front_proxy(policy: &str) -> (support::Envoy, support::Tollgate, support::Upstream) {
+    let upstream = support::Upstream::start();
+    let tollgate = support::Tollgate::start(policy);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::tls::TestPki::generate();
+    let files = pki.write_server_files(dir.path());
+    let bootstrap = support::envoy::adapt_example(
+        "deploy/envoy/front-proxy.yaml",
+        dir.path(),
+        tollgate.grpc_addr(),
+        upstream.addr(),
+        Some(&files),
+        &["https", "http"],
+    );
+    let envoy = support::Envoy::start_bootstrap(dir, &bootstrap, Some(pki));
+    (envoy, tollgate, upstream)
+}
+
+/// Item 5: the port is part of the URI a DPoP proof (`htu`) and a signature
+/// (`@authority`, `@target-uri`) name. Through the shipped front proxy,
+/// whose TLS listener is on a non-default port, a proof and a signature for
+/// `https://api.bikes.example:<port>/…` pass, and ones without the port
+/// (another origin, RFC 6454) do not.
+#[test]
+fn proofs_for_a_non_default_port_pass_the_shipped_front_proxy() {
+    use tollgate::authn::dpop::{self, ProofClaims};
+    use tollgate::authn::signature::base::Message;
+    use tollgate::authn::signature::keys::SigningKey as SignatureKey;
+    use tollgate::authn::signature::{self, SignOptions};
+
+    let idp = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let client = SigningKey::generate(Algorithm::ES256, "client").unwrap();
+    let jwks = mint::jwks([&idp]);
+    let hmac = "commuter-hmac-0123456789abcdefghij";
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: bikes, namespace: mobility }}
+spec:
+  user:
+    required: false
+    issuers:
+      - issuer: "https://id.example/"
+        audiences: [bikes-api]
+        jwks: {{ inline: {jwks} }}
+        algorithms: [ES256]
+    dpop: {{ mode: optional }}
+  app:
+    required: false
+    identify: {{ signatureKeyId: true }}
+    signature: {{ components: ["@method", "@authority", "@target-uri"] }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: keys, namespace: mobility }}
+stringData: {{ hmac: "{hmac}" }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: commuter, namespace: mobility }}
+spec:
+  appId: commuter-ios
+  signingKey: {{ secretRef: {{ name: keys, key: hmac }} }}
+"#
+    );
+    let (envoy, _tollgate, upstream) = shipped_front_proxy(&policy);
+    let port = envoy.https_addr().unwrap().port();
+    let authority = format!("api.bikes.example:{port}");
+    let access = user_token(
+        &idp,
+        json!({ "cnf": { "jkt": dpop::key_thumbprint(&client).unwrap() } }),
+    );
+
+    // DPoP: the proof names the URI with its port.
+    let dpop_request = |url: &str| {
+        let proof = dpop::mint_proof(
+            &client,
+            &ProofClaims {
+                method: "GET",
+                url,
+                access_token: Some(&access),
+                iat: support::idp::now() as u64,
+                jti: mint::random_id(),
+            },
+        )
+        .unwrap();
+        envoy
+            .get("/v1/bikes")
+            .https()
+            .host(&authority)
+            .header("authorization", &format!("DPoP {access}"))
+            .header("dpop", &proof)
+            .send()
+    };
+    let response = dpop_request(&format!("https://{authority}/v1/bikes"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = dpop_request("https://api.bikes.example/v1/bikes");
+    assert_denied(&response, 401, "dpop_proof_invalid");
+
+    // RFC 9421: @authority and @target-uri carry the port.
+    let key = SignatureKey::Hmac(hmac.as_bytes().to_vec());
+    let signed_request = |authority: &str| {
+        let headers = tollgate::request::Headers::new();
+        let message = Message {
+            method: "GET",
+            scheme: "https",
+            authority: authority.to_owned(),
+            path: "/v1/bikes",
+            query: None,
+            headers: &headers,
+        };
+        let components: Vec<String> = ["@method", "@authority", "@target-uri"]
+            .map(String::from)
+            .to_vec();
+        let fields = signature::sign(
+            &message,
+            &SignOptions {
+                label: "sig1",
+                components: &components,
+                created: support::idp::now() as i64,
+                expires: None,
+                nonce: Some(&mint::random_id()),
+                keyid: Some("commuter-ios"),
+                include_alg: true,
+            },
+            &key,
+        )
+        .unwrap();
+        envoy
+            .get("/v1/bikes")
+            .https()
+            .host(&format!("api.bikes.example:{port}"))
+            .header("signature-input", &fields.signature_input)
+            .header("signature", &fields.signature)
+            .send()
+    };
+    let response = signed_request(&authority);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.upstream().header_once("x-tollgate-app"),
+        "commuter-ios"
+    );
+    let response = signed_request("api.bikes.example");
+    assert_denied(&response, 401, "signature_invalid");
+    assert_eq!(upstream.count(), 2);
+}
