@@ -16,6 +16,9 @@ use tollgate::authn::mint::{self, AppClaims, SigningKey};
 
 /// The attestation service's HS256 secret (base64 in the policies).
 const ATTESTER_SECRET: [u8; 32] = [7; 32];
+/// Two registered apps' API keys.
+const APP_A_KEY: &str = "tg_app_a_7Hq2Xv0Zk9TmE4yPp1LwRa8s";
+const APP_B_KEY: &str = "tg_app_b_Q2Xv0Zk9TmE4yPp1LwR8sNcU";
 
 /// An app token from the attestation service for app `commuter` on
 /// device `did`, valid for a minute, bound to nothing.
@@ -436,4 +439,149 @@ spec:
     let response = signed_request("api.bikes.example");
     assert_denied(&response, 401, "signature_invalid");
     assert_eq!(upstream.count(), 2);
+}
+
+/// Item 1: a nonce belongs to its credential. A captured DPoP proof stays
+/// used whichever app credential travels with it (another app's API key,
+/// or none where the app is optional), and so does a single-use app
+/// token; against the in-memory store and against Redis.
+#[test]
+fn replays_stay_replays_whatever_other_credentials_travel_with_them() {
+    use tollgate::authn::dpop::{self, ProofClaims};
+
+    let redis = support::redis::RedisServer::start();
+    let idp = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let client = SigningKey::generate(Algorithm::ES256, "client").unwrap();
+    let jwks = mint::jwks([&idp]);
+    let secret = base64::engine::general_purpose::STANDARD.encode(ATTESTER_SECRET);
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: e2e }}
+spec:
+  hosts: [api.example]
+  transport: {{ requireHttps: false }}
+  user:
+    issuers:
+      - issuer: "https://id.example/"
+        audiences: [bikes-api]
+        jwks: {{ inline: {jwks} }}
+        algorithms: [ES256]
+  app:
+    required: false
+    identify: {{ apiKey: {{ header: x-api-key }} }}
+    attestation:
+      required: false
+      keys: {{ secretRef: {{ name: attester, key: secret }}, encoding: base64 }}
+      binding: {{ headers: [authorization] }}
+      singleUse: true
+      maxLifetime: 1m
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: attester, namespace: e2e }}
+stringData: {{ secret: "{secret}" }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: keys, namespace: e2e }}
+stringData: {{ a: "{APP_A_KEY}", b: "{APP_B_KEY}" }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: a, namespace: e2e }}
+spec: {{ appId: app-a, apiKey: {{ secretRef: {{ name: keys, key: a }} }} }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: b, namespace: e2e }}
+spec: {{ appId: app-b, apiKey: {{ secretRef: {{ name: keys, key: b }} }} }}
+"#
+    );
+    let access = user_token(
+        &idp,
+        json!({ "cnf": { "jkt": dpop::key_thumbprint(&client).unwrap() } }),
+    );
+    let auth = format!("DPoP {access}");
+    let proof = || {
+        dpop::mint_proof(
+            &client,
+            &ProofClaims {
+                method: "GET",
+                url: "http://api.example/v1/bikes",
+                access_token: Some(&access),
+                iat: support::idp::now() as u64,
+                jti: mint::random_id(),
+            },
+        )
+        .unwrap()
+    };
+    // An app token bound (pay) to this Authorization value, single-use.
+    let app_token = || {
+        let mut extra = Map::new();
+        extra.insert("jti".into(), json!(mint::random_id()));
+        let claims = AppClaims {
+            exp: support::idp::now() + 30.0,
+            bound_values: vec![auth.clone()],
+            device: None,
+            extra,
+        };
+        mint::sign_hmac(Algorithm::HS256, &ATTESTER_SECRET, None, &claims.to_json()).unwrap()
+    };
+
+    let redis_url = redis.url();
+    for store in [vec![], vec!["--redis", redis_url.as_str()]] {
+        let stack = Stack::builder(&policy).tollgate_args(&store).start();
+        let send = |proof: &str, api_key: Option<&str>, app_token: Option<&str>| {
+            let mut request = stack
+                .get("/v1/bikes")
+                .host("api.example")
+                .header("authorization", &auth)
+                .header("dpop", proof);
+            if let Some(key) = api_key {
+                request = request.header("x-api-key", key);
+            }
+            if let Some(token) = app_token {
+                request = request.header("approov-token", token);
+            }
+            request.send()
+        };
+        let captured_proof = proof();
+        let captured_token = app_token();
+        let response = send(&captured_proof, Some(APP_A_KEY), Some(&captured_token));
+        assert_eq!(
+            response.upstream().header_once("x-tollgate-app"),
+            "app-a",
+            "{store:?}"
+        );
+
+        // The captured proof with another app's key and a fresh app token
+        // of its own, and with no app credential at all.
+        let response = send(&captured_proof, Some(APP_B_KEY), Some(&app_token()));
+        assert_denied(&response, 401, "replay_detected");
+        assert!(response.json()["detail"].as_str().unwrap().contains("dpop"));
+        let response = send(&captured_proof, None, None);
+        assert_denied(&response, 401, "replay_detected");
+        // The captured single-use app token with a fresh proof and another
+        // app's key.
+        let response = send(&proof(), Some(APP_B_KEY), Some(&captured_token));
+        assert_denied(&response, 401, "replay_detected");
+        assert!(
+            response.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("attestation"),
+            "{}",
+            response.text()
+        );
+        // The control: fresh credentials pass for app B.
+        let response = send(&proof(), Some(APP_B_KEY), Some(&app_token()));
+        assert_eq!(
+            response.upstream().header_once("x-tollgate-app"),
+            "app-b",
+            "{store:?}"
+        );
+        assert_eq!(stack.upstream.count(), 2, "{store:?}");
+    }
 }

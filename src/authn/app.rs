@@ -549,6 +549,10 @@ impl signature::KeySource for SignatureKeys<'_> {
     fn install_key(&self) -> Option<&str> {
         self.ipk
     }
+
+    fn keyid_scope(&self) -> &str {
+        self.namespace
+    }
 }
 
 fn split_policy(policy: &PolicyId) -> (&str, &str) {

@@ -82,6 +82,9 @@ pub struct AttestationClaims {
     pub device: Option<String>,
     /// `ipk`: the installation public key (used by message signing).
     pub ipk: Option<String>,
+    /// The fingerprint of the attester key that verified the token: a
+    /// single-use token's `jti` is remembered under it.
+    pub key: [u8; 32],
 }
 
 impl Attestation {
@@ -212,6 +215,7 @@ impl Attestation {
             device: jwt::string_claim(claims, "did").map(str::to_owned),
             ipk: jwt::string_claim(claims, "ipk").map(str::to_owned),
             claims: Arc::clone(claims),
+            key: verified.key,
         }))
     }
 
@@ -306,6 +310,9 @@ impl Attestation {
         let remaining = (claims.exp + self.leeway - now.as_secs_f64()).max(0.0);
         Ok(Some(Nonce {
             scope: SINGLE_USE_SCOPE.to_owned(),
+            // The jti is unique per attester key; a token is remembered
+            // under the key that signed it, whatever app key comes with it.
+            credential: crate::authn::certificate::hex(claims.key),
             value: jti.to_owned(),
             ttl: Duration::from_secs(remaining.ceil() as u64 + 1),
         }))

@@ -3,8 +3,11 @@
 //! and the usage counters to bump.
 //!
 //! The *primary* tag is the app's (`{a:<app>}`); a request without an app
-//! uses its user's tag, else its address's, else `{anon}`. Nonces and usage
-//! go to the primary group. Limits by subject:
+//! uses its user's tag, else its address's, else `{anon}`. Usage goes to
+//! the primary group. A nonce goes to its credential's group
+//! (`keys::nonce_tag`), never to the primary: the app, user and address
+//! are what the client presents with the credential, and a replay may
+//! present others. Limits by subject:
 //!
 //! | key        | with the subject                | without it (anonymous / missing)          |
 //! |------------|---------------------------------|-------------------------------------------|
@@ -55,6 +58,11 @@ pub struct Nonce {
     /// What kind of nonce (`dpop`, `attestation`, `signature`): nonces of
     /// different kinds never collide.
     pub scope: String,
+    /// The key that vouches for the nonce: the DPoP proof's key thumbprint,
+    /// the signature's key, the app token's attester key. The nonce is
+    /// remembered under it (its hash tag and key), and under nothing else
+    /// the request carries.
+    pub credential: String,
     pub value: String,
     pub ttl: Duration,
 }
@@ -76,11 +84,21 @@ pub struct Request<'a> {
 }
 
 /// A built admission and, parallel to each group's `limits`, the plan limit
-/// (and calendar window) each op checks.
+/// (and calendar window) each op checks; parallel to each group's
+/// `nonces`, the index of the [`Nonce`] in the request's list.
 #[derive(Debug)]
 pub struct Built<'p> {
     pub admission: Admission,
     pub limits: Vec<Vec<Counted<'p>>>,
+    pub nonces: Vec<Vec<usize>>,
+}
+
+impl Built<'_> {
+    /// The request's nonce behind `nonces[index]` of group `group` (what a
+    /// [`crate::store::Verdict::Replay`] names).
+    pub fn nonce_index(&self, group: usize, index: usize) -> Option<usize> {
+        self.nonces.get(group)?.get(index).copied()
+    }
 }
 
 /// One plan limit as counted for this request.
@@ -200,20 +218,29 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
     let mut built = Built {
         admission: Admission {
             now_us: request.now_us,
-            groups: Vec::with_capacity(1),
+            groups: Vec::with_capacity(1 + request.nonces.len()),
+            attempt: if request.nonces.is_empty() {
+                String::new()
+            } else {
+                attempt_id()
+            },
         },
-        limits: Vec::with_capacity(1),
+        limits: Vec::with_capacity(1 + request.nonces.len()),
+        nonces: Vec::with_capacity(1 + request.nonces.len()),
     };
     let primary_index = group_index(&mut built, primary);
 
-    for nonce in request.nonces {
+    for (i, nonce) in request.nonces.iter().enumerate() {
         let ttl_ms = u64::try_from(nonce.ttl.as_millis())
             .unwrap_or(u64::MAX)
-            .max(1);
-        built.admission.groups[primary_index].nonces.push(NonceOp {
-            key: keys::nonce(primary, &nonce.scope, &nonce.value),
+            .clamp(1, MAX_NONCE_TTL_MS);
+        let tag = keys::nonce_tag(&nonce.scope, &nonce.credential);
+        let g = group_index(&mut built, &tag);
+        built.admission.groups[g].nonces.push(NonceOp {
+            key: keys::nonce(&tag, &nonce.scope, &nonce.credential, &nonce.value),
             ttl_ms,
         });
+        built.nonces[g].push(i);
     }
 
     if let Some(plan) = request.plan {
@@ -289,8 +316,21 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
     if group.nonces.is_empty() && group.limits.is_empty() && group.usage.is_empty() {
         built.admission.groups.remove(primary_index);
         built.limits.remove(primary_index);
+        built.nonces.remove(primary_index);
     }
     Ok(built)
+}
+
+/// Longest a nonce is remembered (a year): the acceptance windows that set
+/// it are bounded far lower at compile time; this only keeps the
+/// arithmetic of every store in range whatever a caller passes.
+const MAX_NONCE_TTL_MS: u64 = 366 * 86_400_000;
+
+/// A random id for one admission, stored as the value of its nonces, so a
+/// store call that a client library retries after a lost reply finds its
+/// own nonces and is not mistaken for a replay (`docs/store.md`).
+fn attempt_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn group_index(built: &mut Built<'_>, tag: &str) -> usize {
@@ -302,6 +342,7 @@ fn group_index(built: &mut Built<'_>, tag: &str) -> usize {
         ..Group::default()
     });
     built.limits.push(Vec::new());
+    built.nonces.push(Vec::new());
     built.admission.groups.len() - 1
 }
 

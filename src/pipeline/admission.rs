@@ -167,11 +167,9 @@ pub(super) async fn check(
         }
         Verdict::Replay { group, index } => {
             let scope = built
-                .admission
-                .groups
-                .get(group)
-                .and_then(|_| nonce_scope(inputs.nonces, index))
-                .unwrap_or("nonce");
+                .nonce_index(group, index)
+                .and_then(|i| inputs.nonces.get(i))
+                .map_or("nonce", |n| n.scope.as_str());
             let deny = Deny::new(
                 Reason::ReplayDetected,
                 format!("this {scope} was already used; send a fresh credential"),
@@ -181,13 +179,20 @@ pub(super) async fn check(
             Err(deny)
         }
         Verdict::Exceeded => {
+            // Group by group: a group the store could not answer for has no
+            // states (another group's denial stands without them).
             let mut denied: Vec<(&str, u64)> = Vec::new();
-            for (c, s) in counted.iter().zip(states.iter()) {
-                if s.allowed {
-                    decision_metric(&c.limit.name, "allowed_but_not_consumed");
-                } else {
-                    decision_metric(&c.limit.name, "denied");
-                    denied.push((c.limit.name.as_str(), s.retry_after_us));
+            for (counted, states) in built.limits.iter().zip(outcome.limits.iter()) {
+                if counted.len() != states.len() {
+                    continue;
+                }
+                for (c, s) in counted.iter().zip(states.iter()) {
+                    if s.allowed {
+                        decision_metric(&c.limit.name, "allowed_but_not_consumed");
+                    } else {
+                        decision_metric(&c.limit.name, "denied");
+                        denied.push((c.limit.name.as_str(), s.retry_after_us));
+                    }
                 }
             }
             let retry_us = denied.iter().map(|(_, r)| *r).max().unwrap_or(1_000_000);
@@ -210,8 +215,6 @@ pub(super) async fn check(
     }
 }
 
-/// The scope of the `index`th nonce (nonces all live in the primary group,
-/// in input order).
 /// A 401 carries a challenge (RFC 9110 §15.5.2): the one of the credential
 /// that was replayed.
 fn replay_challenge(policy: &CompiledPolicy, scope: &str) -> String {
@@ -226,10 +229,6 @@ fn replay_challenge(policy: &CompiledPolicy, scope: &str) -> String {
             None => r#"App realm="tollgate""#.to_owned(),
         },
     }
-}
-
-fn nonce_scope(nonces: &[Nonce], index: usize) -> Option<&str> {
-    nonces.get(index).map(|n| n.scope.as_str())
 }
 
 /// `tollgate_quota_decisions_total{limit, outcome}` (a handle registered

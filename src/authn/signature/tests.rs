@@ -370,7 +370,9 @@ fn a_fresh_signature_with_a_nonce_verifies_and_yields_the_nonce() {
     let verified = verify_at(&p, &request, &app_keys(), NOW).unwrap().unwrap();
     let nonce = verified.nonce.unwrap();
     assert_eq!(nonce.scope, NONCE_SCOPE);
-    assert_eq!(nonce.value, "commuter-ios:n-1");
+    assert_eq!(nonce.value, "n-1");
+    // Remembered under the key that verified it (namespace and keyid).
+    assert_eq!(nonce.credential, "hmac:/commuter-ios");
     // Accepted until created + 5m: 290 s left, plus one.
     assert_eq!(nonce.ttl, Duration::from_secs(291));
 }
