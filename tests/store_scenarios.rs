@@ -966,6 +966,100 @@ async fn measure_commands_and_latency() {
     assert_eq!(inside, 8 * n + 1, "{stats:?}");
 }
 
+/// Redis's own time in `EVALSHA` (µs) summed over `nodes`
+/// (`INFO commandstats`, `usec`).
+fn evalsha_usec(nodes: &[&RedisServer]) -> u64 {
+    nodes
+        .iter()
+        .map(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut node.connection())
+                .unwrap();
+            info.lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+                .and_then(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// What a request's nonce costs now that it lives under its credential's
+/// hash tag: on one server nothing more (the one script call takes every
+/// group), on a Cluster one more `EVALSHA`, run concurrently with the
+/// app's. Printed for `docs/performance.md` (`--nocapture`); the counts
+/// are asserted, the times never are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_the_nonce_tag() {
+    let redis = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let single: Vec<&RedisServer> = vec![&redis];
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    let backends = [
+        ("redis", redis_store(&[redis.url()], false), &single),
+        ("cluster", redis_store(&cluster.urls(), true), &nodes),
+    ];
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: ps, rate: {requests: 100000, period: 1s, burst: 100000}},
+            {name: daily, quota: {requests: 10000000, reset: day}}]}]",
+    );
+    let t = at("2024-05-13T08:00:00Z");
+    let n = 2000u64;
+    for (name, store, nodes) in &backends {
+        for with_nonce in [false, true] {
+            Call::new(&p, "p", "m", t).send(store.as_ref()).await;
+            for node in nodes.iter() {
+                node.reset_stats();
+            }
+            let mut latencies = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let mut call = Call::new(&p, "p", "m", t + i);
+                if with_nonce {
+                    call.nonces = vec![Nonce {
+                        scope: "dpop".into(),
+                        credential: "jkt".into(),
+                        value: format!("{name}-jti-{i}"),
+                        ttl: Duration::from_secs(60),
+                    }];
+                }
+                let (admission, _) = call.admission();
+                let started = Instant::now();
+                let out = store.admit(&admission).await.unwrap();
+                latencies.push(started.elapsed());
+                assert_eq!(out.verdict, Verdict::Admitted);
+            }
+            let calls: u64 = nodes
+                .iter()
+                .map(|node| node.command_stats().get("evalsha").copied().unwrap_or(0))
+                .sum();
+            let usec = evalsha_usec(nodes);
+            latencies.sort();
+            let pct = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+            println!(
+                "{name}, {}: {:.2} EVALSHA per request, Redis {:.2} µs per request in EVALSHA; \
+                 store latency p50 {:?} p99 {:?}",
+                if with_nonce {
+                    "rate + quota + DPoP nonce"
+                } else {
+                    "rate + quota"
+                },
+                calls as f64 / n as f64,
+                usec as f64 / n as f64,
+                pct(0.5),
+                pct(0.99),
+            );
+            let expected = if with_nonce && *name == "cluster" {
+                2
+            } else {
+                1
+            };
+            assert_eq!(calls, expected * n, "{name}, nonce {with_nonce}");
+        }
+    }
+}
+
 // ------------------------------------------------------------ through decide
 
 mod through_decide {
