@@ -585,3 +585,173 @@ spec: {{ appId: app-b, apiKey: {{ secretRef: {{ name: keys, key: b }} }} }}
         assert_eq!(stack.upstream.count(), 2, "{store:?}");
     }
 }
+
+/// Sends `method path` over HTTP/2 (prior knowledge, plain text) to
+/// `addr` with `headers` and `body` in DATA frames, no `content-length`;
+/// returns the status and the `x-tollgate-reason`.
+async fn h2_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, Option<String>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{authority}{path}"));
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let (response, mut stream) = client
+        .send_request(request.body(()).unwrap(), body.is_empty())
+        .unwrap();
+    if !body.is_empty() {
+        stream
+            .send_data(bytes::Bytes::copy_from_slice(body), true)
+            .unwrap();
+    }
+    let response = response.await.unwrap();
+    let reason = response
+        .headers()
+        .get("x-tollgate-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), reason)
+}
+
+/// Item 6: over HTTP/2 a body needs no `content-length`. When Envoy does
+/// not send it to tollgate (no `with_request_body`), a `Content-Digest`
+/// cannot be checked: the request is refused, never verified as if its
+/// body were empty. With the body buffered it is checked as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_without_a_length_is_never_taken_for_empty() {
+    use tollgate::authn::signature::base::Message;
+    use tollgate::authn::signature::keys::SigningKey as SignatureKey;
+    use tollgate::authn::signature::{self, SignOptions, digest};
+
+    let hmac = "commuter-hmac-0123456789abcdefghij";
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: signed, namespace: e2e }}
+spec:
+  hosts: [sig.example]
+  transport: {{ requireHttps: false }}
+  app:
+    identify: {{ signatureKeyId: true }}
+    signature:
+      required: true
+      components: ["@method", "@authority", "@path", content-digest]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: keys, namespace: e2e }}
+stringData: {{ hmac: "{hmac}" }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: commuter, namespace: e2e }}
+spec:
+  appId: commuter-ios
+  signingKey: {{ secretRef: {{ name: keys, key: hmac }} }}
+"#
+    );
+    // Signed headers for a POST whose Content-Digest describes `claimed`.
+    let signed = |claimed: &[u8]| {
+        let mut headers = tollgate::request::Headers::new();
+        let field = digest::sha256_field(claimed);
+        headers.push("content-digest", field.clone());
+        let message = Message {
+            method: "POST",
+            scheme: "http",
+            authority: "sig.example".into(),
+            path: "/v1/rentals",
+            query: None,
+            headers: &headers,
+        };
+        let components: Vec<String> = ["@method", "@authority", "@path", "content-digest"]
+            .map(String::from)
+            .to_vec();
+        let fields = signature::sign(
+            &message,
+            &SignOptions {
+                label: "sig1",
+                components: &components,
+                created: support::idp::now() as i64,
+                expires: None,
+                nonce: Some(&mint::random_id()),
+                keyid: Some("commuter-ios"),
+                include_alg: true,
+            },
+            &SignatureKey::Hmac(hmac.as_bytes().to_vec()),
+        )
+        .unwrap();
+        vec![
+            ("content-digest".to_owned(), field),
+            ("signature-input".to_owned(), fields.signature_input),
+            ("signature".to_owned(), fields.signature),
+        ]
+    };
+    let body = br#"{"bike": 7, "price": 0}"#;
+
+    // Envoy without with_request_body: tollgate never sees the body. A
+    // digest of the empty body, with a body in DATA frames and no length.
+    let stack = Stack::start(&policy);
+    let addr = stack.envoy.http_addr();
+    let (status, reason) = h2_request(
+        addr,
+        "POST",
+        "sig.example",
+        "/v1/rentals",
+        &signed(b""),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, reason.as_deref()),
+        (401, Some("signature_invalid"))
+    );
+    assert_eq!(stack.upstream.count(), 0);
+    drop(stack);
+
+    // Envoy buffering the body: the digest is checked against it.
+    let stack = Stack::builder(&policy).request_body(64 * 1024).start();
+    let addr = stack.envoy.http_addr();
+    let (status, _) = h2_request(
+        addr,
+        "POST",
+        "sig.example",
+        "/v1/rentals",
+        &signed(body),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, reason) = h2_request(
+        addr,
+        "POST",
+        "sig.example",
+        "/v1/rentals",
+        &signed(b""),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, reason.as_deref()),
+        (401, Some("signature_invalid"))
+    );
+    // An empty HTTP/2 body declared with content-length: 0 is empty.
+    let mut empty = signed(b"");
+    empty.push(("content-length".to_owned(), "0".to_owned()));
+    let (status, _) = h2_request(addr, "POST", "sig.example", "/v1/rentals", &empty, b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.upstream.count(), 2);
+}

@@ -354,7 +354,7 @@ impl SignaturePolicy {
         }
         // RFC 9530: a covered Content-Digest must describe this body.
         if covered.iter().any(|c| c == "\"content-digest\"") {
-            digest::check(&request.headers, request.body.as_ref())
+            digest::check(&request.headers, request.body.as_ref(), &request.protocol)
                 .map_err(|e| SignatureError::Digest(label(), e))?;
         }
         // Remember the nonce until the signature can no longer be accepted:
