@@ -10,6 +10,7 @@ mod support;
 use std::sync::Arc;
 
 use support::idp::{compile, outcome, request};
+use tollgate::authn::mint;
 use tollgate::authn::signature::base::Message;
 use tollgate::authn::signature::keys::SigningKey;
 use tollgate::authn::signature::{self, SignOptions};
@@ -106,4 +107,87 @@ spec:
         let again = decide(&snapshot, &store, &from(ip)).await;
         assert_eq!(outcome(&again), "replay_detected", "from {ip}");
     }
+}
+
+/// An HS256 app token from the attestation service with `claims`.
+fn app_token(claims: serde_json::Value) -> String {
+    let mut body = serde_json::json!({ "exp": support::idp::now() + 60.0 });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+        body.extend(extra.clone());
+    }
+    mint::sign_hmac(jsonwebtoken::Algorithm::HS256, &ATTESTER, None, &body).unwrap()
+}
+
+const ATTESTER: [u8; 32] = [7; 32];
+const API_KEY: &str = "tg_commuter_7Hq2Xv0Zk9TmE4yPp1LwRa8s";
+
+/// The attestation secret, an app with an API key, and `spec.app` as given.
+fn app_policy(app: &str, extra: &str) -> Snapshot {
+    use base64::Engine;
+    let secret = base64::engine::general_purpose::STANDARD.encode(ATTESTER);
+    compile(&format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: t }}
+spec:
+  hosts: [api.example]
+{app}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: keys, namespace: t }}
+stringData: {{ attester: "{secret}", apikey: "{API_KEY}" }}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AppRegistration
+metadata: {{ name: commuter, namespace: t }}
+spec:
+  appId: commuter-ios
+  apiKey: {{ secretRef: {{ name: keys, key: apikey }} }}
+{extra}"#
+    ))
+}
+
+/// Item 6: a configured `tokenClaim` names the app in every verified app
+/// token. A token without it, or with a non-string value, is
+/// `attestation_invalid`: it cannot vouch for the app the API key names.
+#[tokio::test]
+async fn a_token_claim_that_is_missing_or_not_a_string_is_refused() {
+    let snapshot = app_policy(
+        r#"  app:
+    identify: { apiKey: { header: x-api-key }, tokenClaim: app_id }
+    attestation:
+      keys: { secretRef: { name: keys, key: attester }, encoding: base64 }"#,
+        "",
+    );
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let send = |claims: serde_json::Value| {
+        let token = app_token(claims);
+        let request = request(
+            "api.example",
+            "/v1/bikes",
+            &[("x-api-key", API_KEY), ("approov-token", &token)],
+        );
+        let store = Arc::clone(&store);
+        let snapshot = &snapshot;
+        async move { outcome(&decide(snapshot, &store, &request).await) }
+    };
+    assert_eq!(
+        send(serde_json::json!({ "app_id": "commuter-ios" })).await,
+        "allow"
+    );
+    assert_eq!(send(serde_json::json!({})).await, "attestation_invalid");
+    assert_eq!(
+        send(serde_json::json!({ "app_id": 7 })).await,
+        "attestation_invalid"
+    );
+    assert_eq!(
+        send(serde_json::json!({ "app_id": null })).await,
+        "attestation_invalid"
+    );
+    assert_eq!(
+        send(serde_json::json!({ "app_id": "other-app" })).await,
+        "app_unknown"
+    );
 }
