@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::admission::Ipv6Prefix;
 use crate::origin::TrustedOrigin;
 use crate::pipeline::{DefaultDecision, Settings};
 use crate::policy::duration::parse_duration;
@@ -113,6 +114,16 @@ pub struct DecisionArgs {
     /// What a request no policy matches gets.
     #[arg(long, env = "TOLLGATE_DEFAULT_DECISION", value_enum, default_value_t = DefaultDecisionArg::Deny)]
     pub default_decision: DefaultDecisionArg,
+
+    /// Limits count an IPv6 client by its network of this many bits (32 to
+    /// 128): one subscriber usually holds a whole /64.
+    #[arg(
+        long,
+        env = "TOLLGATE_IPV6_LIMIT_PREFIX",
+        default_value_t = 64,
+        value_name = "BITS"
+    )]
+    pub ipv6_limit_prefix: u8,
 }
 
 /// `--trusted-origin`.
@@ -144,6 +155,8 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--drain-timeout must be at most {}s", MAX_DRAIN_TIMEOUT.as_secs())]
     DrainTimeout,
+    #[error("--ipv6-limit-prefix: {0}")]
+    Ipv6Prefix(String),
 }
 
 impl ServeConfig {
@@ -184,6 +197,8 @@ impl DecisionArgs {
                 DefaultDecisionArg::Deny => DefaultDecision::Deny,
                 DefaultDecisionArg::Allow => DefaultDecision::Allow,
             },
+            ipv6_limit_prefix: Ipv6Prefix::new(self.ipv6_limit_prefix)
+                .map_err(ConfigError::Ipv6Prefix)?,
             // Only `tollgate check` turns the decision trace on.
             trace: false,
         })
@@ -287,6 +302,13 @@ mod tests {
         assert_eq!(ephemeral.validate(), Ok(()));
         let long = parse(&["--policy-file", "p", "--drain-timeout", "1h"]);
         assert_eq!(long.validate(), Err(ConfigError::DrainTimeout));
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "16"]);
+        assert!(matches!(prefix.validate(), Err(ConfigError::Ipv6Prefix(_))));
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "56"]);
+        assert_eq!(
+            prefix.decision.settings().unwrap().ipv6_limit_prefix.bits(),
+            56
+        );
         assert!(
             Cli::try_parse_from(["serve", "--drain-timeout", "soon"]).is_err(),
             "durations are parsed"

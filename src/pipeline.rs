@@ -49,6 +49,8 @@ pub struct Settings {
     /// Refuse host matching: only the context extension selects a policy.
     pub require_policy_extension: bool,
     pub default_decision: DefaultDecision,
+    /// How limits count IPv6 clients (default: per /64).
+    pub ipv6_limit_prefix: crate::limits::admission::Ipv6Prefix,
     /// Record a note per stage in [`Decision::trace`]. Only `tollgate check`
     /// (and tests) read the trace; the server leaves it off, so no note is
     /// formatted on its hot path. Verdicts and identities do not depend on it.

@@ -755,3 +755,96 @@ spec:
     assert_eq!(status, 200);
     assert_eq!(stack.upstream.count(), 2);
 }
+
+/// Item 6: a client address written IPv4-mapped (`::ffff:203.0.113.5`,
+/// as a dual-stack proxy may put in `X-Forwarded-For`) is the IPv4 address
+/// for `allowCidrs`/`denyCidrs` and `ip` limits; a rule written as an
+/// IPv4-mapped network means its IPv4 network. IPv6 clients are limited
+/// per /64 (the `--ipv6-limit-prefix` default), so rotating through one's
+/// own /64 does not buy a fresh limit.
+#[test]
+fn client_addresses_are_canonical_and_ipv6_limits_key_on_the_prefix() {
+    const POLICY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: deny, namespace: e2e }
+spec:
+  hosts: [deny.example]
+  transport: { requireHttps: false, denyCidrs: [203.0.113.0/24] }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: allow, namespace: e2e }
+spec:
+  hosts: [allow.example]
+  transport: { requireHttps: false, allowCidrs: [198.51.100.0/24] }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: mapped-rule, namespace: e2e }
+spec:
+  hosts: [mapped-rule.example]
+  transport: { requireHttps: false, denyCidrs: ["::ffff:203.0.113.0/120"] }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: limited, namespace: e2e }
+spec:
+  hosts: [limited.example]
+  transport: { requireHttps: false }
+  defaultPlan: anon
+  plans:
+    - name: anon
+      limits: [{ name: per-ip, key: ip, rate: { requests: 1, period: 1h } }]
+"#;
+    // The client's X-Forwarded-For entry is the one before the address
+    // the test Envoy appends: two trusted hops.
+    let stack = Stack::builder(POLICY)
+        .tollgate_args(&["--trusted-origin", "forwarded", "--trusted-hops", "2"])
+        .start();
+    let from = |host: &str, client: &str| {
+        stack
+            .get("/")
+            .host(host)
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_denied(
+        &from("deny.example", "::ffff:203.0.113.5"),
+        403,
+        "ip_denied",
+    );
+    assert_eq!(from("allow.example", "::ffff:198.51.100.7").status, 200);
+    assert_denied(
+        &from("mapped-rule.example", "203.0.113.9"),
+        403,
+        "ip_denied",
+    );
+    assert_denied(
+        &from("mapped-rule.example", "::ffff:203.0.113.9"),
+        403,
+        "ip_denied",
+    );
+
+    assert_eq!(from("limited.example", "2001:db8:1:2::1").status, 200);
+    assert_denied(
+        &from("limited.example", "2001:db8:1:2::ffff"),
+        429,
+        "quota_exceeded",
+    );
+    assert_denied(
+        &from("limited.example", "2001:db8:1:2:abcd::7"),
+        429,
+        "quota_exceeded",
+    );
+    assert_eq!(from("limited.example", "2001:db8:1:3::1").status, 200);
+    // IPv4 clients are still limited per address.
+    assert_eq!(from("limited.example", "192.0.2.1").status, 200);
+    assert_eq!(from("limited.example", "192.0.2.2").status, 200);
+    assert_denied(
+        &from("limited.example", "::ffff:192.0.2.2"),
+        429,
+        "quota_exceeded",
+    );
+    assert_eq!(stack.upstream.count(), 5);
+}

@@ -33,6 +33,57 @@ use crate::store::{
     Admission, Group, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
 };
 
+/// How limits count an IPv6 client: by its network of this prefix length.
+/// One subscriber is usually given a whole /64 (RFC 6177, and SLAAC needs
+/// one per link), so counting single addresses would let a client take a
+/// fresh limit with every address it picks from its own /64. IPv4
+/// addresses are counted one by one. `--ipv6-limit-prefix`, default 64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Prefix(u8);
+
+impl Ipv6Prefix {
+    /// A /64: one subscriber's LAN.
+    pub const DEFAULT: Self = Self(64);
+    /// The widest accepted: a /32 is a whole provider's allocation.
+    pub const WIDEST: u8 = 32;
+
+    /// A prefix of `len` bits (from [`Self::WIDEST`] to 128).
+    pub fn new(len: u8) -> Result<Self, String> {
+        if (Self::WIDEST..=128).contains(&len) {
+            Ok(Self(len))
+        } else {
+            Err(format!(
+                "an IPv6 prefix length for limits is {} to 128 bits, got {len}",
+                Self::WIDEST
+            ))
+        }
+    }
+
+    /// The prefix length in bits.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The address limits count for client `ip`: an IPv4 address as it is,
+    /// an IPv6 address cut to its network (`2001:db8:1:2::` for any address
+    /// of `2001:db8:1:2::/64`).
+    pub fn network_of(self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.0)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+}
+
+impl Default for Ipv6Prefix {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// Who a request is, as far as limits care.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Subject<'a> {
@@ -44,7 +95,8 @@ pub struct Subject<'a> {
     /// the digest of `user`: it names the user's counters.
     pub user_digest: Option<&'a str>,
     pub device: Option<&'a str>,
-    /// The client address from the trusted origin.
+    /// The client address from the trusted origin, as limits count it
+    /// ([`Ipv6Prefix::network_of`]).
     pub ip: Option<IpAddr>,
 }
 

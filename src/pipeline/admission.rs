@@ -65,7 +65,10 @@ pub(super) async fn check(
             user: inputs.user.map(|u| (u.issuer.as_str(), u.subject.as_str())),
             user_digest: inputs.user.and_then(|u| u.store_digest.as_deref()),
             device: inputs.app.and_then(|a| a.device.as_deref()),
-            ip: inputs.origin.client_ip,
+            ip: inputs
+                .origin
+                .client_ip
+                .map(|ip| deps.settings.ipv6_limit_prefix.network_of(ip)),
         },
         cost,
         nonces: inputs.nonces,

@@ -544,7 +544,7 @@ fn cidrs(list: &[String], field: &str, errors: &mut Vec<FieldError>) -> Vec<IpNe
             .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             // trunc(): `10.1.2.3/8` means `10.0.0.0/8`.
-            Ok(net) => out.push(net.trunc()),
+            Ok(net) => out.push(canonical_net(net.trunc())),
             Err(_) => errors.push(FieldError::new(
                 format!("{field}[{i}]"),
                 format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8, 2001:db8::/32) or an address"),
@@ -552,6 +552,20 @@ fn cidrs(list: &[String], field: &str, errors: &mut Vec<FieldError>) -> Vec<IpNe
         }
     }
     out
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:203.0.113.0/120`, within
+/// `::ffff:0:0/96`) as the IPv4 network it maps (`203.0.113.0/24`): client
+/// addresses are compared in canonical form (`origin::Origin::client_ip`),
+/// so the rule means what its author wrote.
+fn canonical_net(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+        (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 /// A host as the host index stores it: lower-case DNS name (or dotted IPv4
