@@ -37,3 +37,14 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+
+/// How many cases a property test of untrusted input runs: `default` (CI's
+/// short run), or `TOLLGATE_FUZZ_CASES` for a long one (`docs/security.md`,
+/// "Fuzzing").
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("TOLLGATE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
