@@ -848,3 +848,60 @@ spec:
     );
     assert_eq!(stack.upstream.count(), 5);
 }
+
+/// Item 6: a bound header sent more than once is hashed over all its
+/// values — the field lines' values joined with `, ` in order (RFC 9110
+/// §5.3), what a recipient that combines them sees — so a second line the
+/// upstream may read cannot ride along with a token bound to the first.
+#[test]
+fn repeated_bound_headers_are_hashed_over_every_value() {
+    let secret = base64::engine::general_purpose::STANDARD.encode(ATTESTER_SECRET);
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: bound, namespace: e2e }}
+spec:
+  hosts: [bound.example]
+  transport: {{ requireHttps: false }}
+  app:
+    required: false
+    attestation:
+      keys: {{ secretRef: {{ name: attester, key: secret }}, encoding: base64 }}
+      binding: {{ headers: [x-session] }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: attester, namespace: e2e }}
+stringData: {{ secret: "{secret}" }}
+"#
+    );
+    let stack = Stack::start(&policy);
+    let token = |bound: &str| {
+        let claims = AppClaims {
+            exp: support::idp::now() + 60.0,
+            bound_values: vec![bound.to_owned()],
+            device: None,
+            extra: Map::new(),
+        };
+        mint::sign_hmac(Algorithm::HS256, &ATTESTER_SECRET, None, &claims.to_json()).unwrap()
+    };
+    let send = |token: &str, sessions: &[&str]| {
+        let mut request = stack
+            .get("/v1/bikes")
+            .host("bound.example")
+            .header("approov-token", token);
+        for session in sessions {
+            request = request.header("x-session", session);
+        }
+        request.send()
+    };
+    assert_eq!(send(&token("s1"), &["s1"]).status, 200);
+    let response = send(&token("s1"), &["s1", "s2"]);
+    assert_denied(&response, 401, "token_binding_mismatch");
+    let response = send(&token("s1"), &["s2", "s1"]);
+    assert_denied(&response, 401, "token_binding_mismatch");
+    // A token bound to both lines, in order, passes.
+    assert_eq!(send(&token("s1, s2"), &["s1", "s2"]).status, 200);
+    assert_eq!(stack.upstream.count(), 2);
+}

@@ -9,14 +9,16 @@
 //!   `4708683205.891912`); `maxLifetime` bounds how far ahead it may lie.
 //! - Token binding: the `pay` claim is the standard base64 (padded) SHA-256
 //!   of the bound headers' values concatenated in order; for
-//!   `authorization` the whole value including `Bearer `. A bound header
-//!   that is absent fails the binding (never the hash of an empty string).
-//!   Compared in constant time.
+//!   `authorization` the whole value including `Bearer `. A header sent
+//!   more than once counts as its lines' values joined with `, `. A bound
+//!   header that is absent fails the binding (never the hash of an empty
+//!   string). Compared in constant time.
 //! - Verified tokens are cached like user tokens ([`token_cache`]): a
 //!   repeat token skips the parse and the signature check, never the time
 //!   claims, `maxLifetime`, the issuer or the binding, which are checked
 //!   on every request against its own headers.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -332,6 +334,26 @@ pub fn binding_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
     STANDARD.encode(hash.finalize())
 }
 
+/// The value a binding hashes for header `name`: its one field line's
+/// value as sent, or — when the header is sent more than once — every
+/// line's value, in order, joined with `, ` (the combined field value of
+/// RFC 9110 §5.3, what a recipient that combines the lines reads). So a
+/// second line cannot ride along with a token bound to the first one, and
+/// a token bound to both passes. `None` when the header is absent.
+fn bound_value<'r>(request: &'r RequestContext, name: &'r str) -> Option<Cow<'r, str>> {
+    let mut lines = request.headers.get_all(name);
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = format!("{first}, {second}");
+    for line in lines {
+        joined.push_str(", ");
+        joined.push_str(line);
+    }
+    Some(Cow::Owned(joined))
+}
+
 /// Checks the binding claim against this request's headers.
 /// `authorization_sha256` must be the SHA-256 of this request's
 /// `Authorization` value (the user stage's, over the same header); it
@@ -359,10 +381,14 @@ fn check_binding(
             binding.claim
         )));
     };
-    let mut values = Vec::with_capacity(binding.headers.len());
+    let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(binding.headers.len());
+    let mut repeated = false;
     for name in &binding.headers {
-        match request.headers.get(name) {
-            Some(value) => values.push(value),
+        match bound_value(request, name) {
+            Some(value) => {
+                repeated |= matches!(value, Cow::Owned(_));
+                values.push(value);
+            }
             None => {
                 return Err(mismatch(format!(
                     "the app token is bound to the {name} header, which the request lacks"
@@ -371,8 +397,8 @@ fn check_binding(
         }
     }
     let expected = match (binding.headers.as_slice(), authorization_sha256) {
-        ([only], Some(digest)) if only == "authorization" => STANDARD.encode(digest),
-        _ => binding_hash(values),
+        ([only], Some(digest)) if only == "authorization" && !repeated => STANDARD.encode(digest),
+        _ => binding_hash(values.iter().map(|v| v.as_ref())),
     };
     if bool::from(expected.as_bytes().ct_eq(claimed.as_bytes())) {
         Ok(())
