@@ -191,3 +191,74 @@ async fn a_token_claim_that_is_missing_or_not_a_string_is_refused() {
         "app_unknown"
     );
 }
+
+/// Item 6: a key set is fetched again at least every `maxCacheAge` (one
+/// hour by default), so a key the IdP removed stops verifying within it;
+/// the IdP's `Cache-Control: max-age` may shorten that, never lengthen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_caching_is_capped_whatever_the_idp_says() {
+    use std::time::Duration;
+    use tollgate::authn::keys::{DEFAULT_MAX_CACHE_AGE, RemoteSource, check_url, remote_keys};
+
+    let key = mint::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1").unwrap();
+    let idp = support::idp::Idp::start(vec![key]);
+    let fetched_with = |cache_control: &'static str, cap: Duration| {
+        idp.set_cache_control(Some(cache_control));
+        let uri = check_url(&idp.jwks_uri()).unwrap();
+        let keys = remote_keys(RemoteSource::Jwks { uri }, cap);
+        async move {
+            assert!(keys.refresh().await, "the JWKS is fetched");
+            keys.refresh_interval()
+        }
+    };
+    let hour = DEFAULT_MAX_CACHE_AGE;
+    assert_eq!(hour, Duration::from_secs(3600));
+    assert_eq!(
+        fetched_with("public, max-age=86400", hour).await,
+        Some(hour)
+    );
+    assert_eq!(
+        fetched_with("max-age=600", hour).await,
+        Some(Duration::from_secs(600))
+    );
+    let half = Duration::from_secs(1800);
+    assert_eq!(fetched_with("max-age=86400", half).await, Some(half));
+
+    // The policy field, and its bounds.
+    let with = |jwks: &str| {
+        support::idp::try_compile(&format!(
+            r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: t }}
+spec:
+  user:
+    issuers:
+      - issuer: "{}"
+        audiences: [api]
+        jwks: {jwks}
+        algorithms: [ES256]
+"#,
+            idp.issuer()
+        ))
+    };
+    let uri = idp.jwks_uri();
+    assert!(with(&format!(r#"{{ uri: "{uri}", maxCacheAge: 10m }}"#)).is_ok());
+    for (jwks, expected) in [
+        (
+            format!(r#"{{ uri: "{uri}", maxCacheAge: 2d }}"#),
+            "maxCacheAge",
+        ),
+        (
+            format!(r#"{{ uri: "{uri}", maxCacheAge: 30s }}"#),
+            "maxCacheAge",
+        ),
+        (
+            r#"{ inline: { keys: [] }, maxCacheAge: 10m }"#.to_owned(),
+            "only applies to discovery and uri",
+        ),
+    ] {
+        let err = with(&jwks).unwrap_err();
+        assert!(err.contains(expected), "{jwks}: {err}");
+    }
+}

@@ -183,6 +183,12 @@ pub struct KeySource {
     /// How the Secret's value is encoded: `raw` (default), `base64` or `jwks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<KeyEncoding>,
+    /// With `discovery` or `uri`: the longest the fetched keys are used
+    /// before they are fetched again, so a key the IdP removed stops
+    /// verifying within it. `Cache-Control: max-age` may shorten it, never
+    /// lengthen it. Default 1h; 1m to 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cache_age: Option<DurationStr>,
 }
 
 /// How a secret key's bytes are encoded in the Secret.
