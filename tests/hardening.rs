@@ -262,3 +262,64 @@ spec:
         assert!(err.contains(expected), "{jwks}: {err}");
     }
 }
+
+/// Item 6: an app token policy may require an audience (`aud`) and a
+/// `typ` header, so a token the attester minted for another API, or a
+/// token of another kind signed with the same key, is refused.
+#[tokio::test]
+async fn app_tokens_may_require_an_audience_and_a_type() {
+    let snapshot = app_policy(
+        r#"  app:
+    identify: { apiKey: { header: x-api-key } }
+    attestation:
+      keys: { secretRef: { name: keys, key: attester }, encoding: base64 }
+      audiences: [bikes-api]
+      typ: approov+jwt"#,
+        "",
+    );
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let send = |typ: Option<&str>, claims: serde_json::Value| {
+        let mut body = serde_json::json!({ "exp": support::idp::now() + 60.0 });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+            body.extend(extra.clone());
+        }
+        let mut header = serde_json::json!({ "alg": "HS256" });
+        if let (Some(header), Some(typ)) = (header.as_object_mut(), typ) {
+            header.insert("typ".into(), typ.into());
+        }
+        let token = mint::sign_with(
+            &header,
+            &body,
+            &jsonwebtoken::EncodingKey::from_secret(&ATTESTER),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap();
+        let request = request(
+            "api.example",
+            "/v1/bikes",
+            &[("x-api-key", API_KEY), ("approov-token", &token)],
+        );
+        let store = Arc::clone(&store);
+        let snapshot = &snapshot;
+        async move { outcome(&decide(snapshot, &store, &request).await) }
+    };
+    let ours = serde_json::json!({ "aud": "bikes-api" });
+    assert_eq!(send(Some("approov+jwt"), ours.clone()).await, "allow");
+    assert_eq!(
+        send(Some("APPLICATION/Approov+JWT"), ours.clone()).await,
+        "allow"
+    );
+    let listed = serde_json::json!({ "aud": ["other", "bikes-api"] });
+    assert_eq!(send(Some("approov+jwt"), listed).await, "allow");
+    let other = serde_json::json!({ "aud": "other-api" });
+    assert_eq!(
+        send(Some("approov+jwt"), other).await,
+        "attestation_invalid"
+    );
+    assert_eq!(
+        send(Some("approov+jwt"), serde_json::json!({})).await,
+        "attestation_invalid"
+    );
+    assert_eq!(send(Some("JWT"), ours.clone()).await, "attestation_invalid");
+    assert_eq!(send(None, ours).await, "attestation_invalid");
+}

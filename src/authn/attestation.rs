@@ -54,6 +54,10 @@ pub struct Attestation {
     algorithms: Vec<Algorithm>,
     max_lifetime: f64,
     issuer: Option<String>,
+    /// Accepted `aud` values; empty: `aud` is not checked.
+    audiences: Vec<String>,
+    /// Required `typ` header, lower-case, without `application/`.
+    typ: Option<String>,
     binding: Option<Binding>,
     pub single_use: bool,
     leeway: f64,
@@ -150,6 +154,11 @@ impl Attestation {
                 .map_or(DEFAULT_MAX_LIFETIME, |d| d.get())
                 .as_secs_f64(),
             issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            typ: match spec.typ.as_deref().map(media_type) {
+                Some("") => return Err("typ: must not be empty".to_owned()),
+                typ => typ.map(str::to_ascii_lowercase),
+            },
             binding,
             single_use: spec.single_use,
             leeway: spec
@@ -207,6 +216,23 @@ impl Attestation {
             && jwt::string_claim(claims, "iss") != Some(expected.as_str())
         {
             return Err(invalid("the app token's issuer is not accepted".into()));
+        }
+        // RFC 7519 §4.1.3: a token for another audience is not for us.
+        if !self.audiences.is_empty() && !jwt::audience_matches(claims, &self.audiences) {
+            return Err(invalid(
+                "the app token is not issued for this API (aud)".into(),
+            ));
+        }
+        if let Some(expected) = &self.typ
+            && !verified
+                .typ
+                .as_deref()
+                .map(media_type)
+                .is_some_and(|typ| typ.eq_ignore_ascii_case(expected))
+        {
+            return Err(invalid(format!(
+                "the app token's typ header is not {expected}"
+            )));
         }
         if let Some(binding) = &self.binding {
             check_binding(binding, claims, request, authorization_sha256)?;
@@ -270,7 +296,7 @@ impl Attestation {
         let verified = Arc::new(Verified {
             issuer: 0,
             key: key.fingerprint,
-            typ: None,
+            typ: jwt.header.typ.clone(),
             claims: Arc::new(jwt.claims),
             ttl,
             subject_digest: None,
@@ -318,6 +344,16 @@ impl Attestation {
             value: jti.to_owned(),
             ttl: Duration::from_secs(remaining.ceil() as u64 + 1),
         }))
+    }
+}
+
+/// A JOSE `typ` value without `application/` (RFC 7515 §4.1.9 lets it be
+/// left out); compared case-insensitively.
+fn media_type(typ: &str) -> &str {
+    let typ = typ.trim();
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
     }
 }
 

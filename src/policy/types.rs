@@ -296,6 +296,15 @@ pub struct AttestationSpec {
     /// Required `iss`, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Accepted `aud` values, when set: the token passes when any of its
+    /// audiences is listed, so a token minted for another API cannot pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Required JOSE `typ` header (e.g. `approov+jwt`), when set; compared
+    /// case-insensitively, with or without `application/` (RFC 7515
+    /// §4.1.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
     /// Binding of the app token to other request headers (the `pay` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<BindingSpec>,
