@@ -229,7 +229,11 @@ async fn enforce(
         Some(user_policy) => {
             let user = user_policy.authenticate(request, origin, now).await;
             run.stage("user", &user, |u| match u {
-                Some(u) => format!("user {} from {}", u.subject, u.issuer),
+                Some(u) => format!(
+                    "user {} from {}",
+                    crate::field_value::escape_controls(&u.subject),
+                    u.issuer
+                ),
                 None => "no user token (optional)".to_owned(),
             });
             let user = user?;

@@ -905,3 +905,52 @@ stringData: {{ secret: "{secret}" }}
     assert_eq!(send(&token("s1, s2"), &["s1", "s2"]).status, 200);
     assert_eq!(stack.upstream.count(), 2);
 }
+
+/// Item 6: claim values reach tollgate's audit line and Envoy's access log
+/// (dynamic metadata) with their control characters escaped: a subject
+/// holding a line break cannot forge a log line.
+#[test]
+fn logs_escape_control_characters_in_claim_values() {
+    let idp = SigningKey::generate(Algorithm::ES256, "idp").unwrap();
+    let jwks = mint::jwks([&idp]);
+    let policy = format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: e2e }}
+spec:
+  hosts: [api.example]
+  transport: {{ requireHttps: false }}
+  user:
+    issuers:
+      - issuer: "https://id.example/"
+        audiences: [bikes-api]
+        jwks: {{ inline: {jwks} }}
+        algorithms: [ES256]
+"#
+    );
+    let stack = Stack::start(&policy);
+    let forged = "alice\n{\"level\":\"INFO\",\"message\":\"allowed\"}\u{1b}[2K";
+    let token = user_token(&idp, json!({ "sub": forged }));
+    let response = stack
+        .get("/v1/bikes")
+        .host("api.example")
+        .header("authorization", &format!("Bearer {token}"))
+        .send();
+    assert_denied(&response, 401, "user_token_invalid");
+    let escaped = r#"alice\n{"level":"INFO","message":"allowed"}\u{1b}[2K"#;
+    let entry = stack.envoy.access_log_entry(response.request_id());
+    assert_eq!(entry["tollgate"]["user"], escaped, "{entry}");
+    let audit = stack
+        .tollgate
+        .log_lines()
+        .into_iter()
+        .find(|line| support::tollgate::log_message(line) == Some("denied"))
+        .expect("an audit line");
+    assert_eq!(
+        support::tollgate::log_field(&audit, "user"),
+        Some(&json!(escaped)),
+        "{audit}"
+    );
+    assert!(!stack.tollgate.output().contains('\u{1b}'));
+}
