@@ -323,3 +323,102 @@ async fn app_tokens_may_require_an_audience_and_a_type() {
     assert_eq!(send(Some("JWT"), ours.clone()).await, "attestation_invalid");
     assert_eq!(send(None, ours).await, "attestation_invalid");
 }
+
+/// Item 6: durations and counts an operator writes are bounded when the
+/// policy loads — the policy is refused naming the field — so none can
+/// overflow later arithmetic or panic (a single-use app token's window was
+/// `maxLifetime + leeway` as an `f64` turned into a `Duration`).
+#[test]
+fn operator_values_are_bounded_at_load() {
+    let cases = [
+        (
+            r#"  app:
+    identify: { apiKey: { header: x-api-key } }
+    attestation:
+      keys: { secretRef: { name: keys, key: attester }, encoding: base64 }
+      singleUse: true
+      maxLifetime: 18446744073709551615s
+      leeway: 18446744073709551615s"#,
+            "longer than ten years",
+        ),
+        (
+            r#"  app:
+    identify: { apiKey: { header: x-api-key } }
+    attestation:
+      keys: { secretRef: { name: keys, key: attester }, encoding: base64 }
+      singleUse: true
+      maxLifetime: 100d"#,
+            "spec.app.attestation.maxLifetime: must be between 1s and 12h",
+        ),
+        (
+            r#"  app:
+    identify: { apiKey: { header: x-api-key } }
+    attestation:
+      keys: { secretRef: { name: keys, key: attester }, encoding: base64 }
+      leeway: 1d"#,
+            "spec.app.attestation.leeway: must be between 0ms and 10m",
+        ),
+        (
+            r#"  app:
+    identify: { apiKey: { header: x-api-key } }
+    signature: { maxAge: 3000d }"#,
+            "spec.app.signature.maxAge: must be between 1s and 1h",
+        ),
+        (
+            r#"  user:
+    issuers:
+      - issuer: https://id.example/
+        audiences: [api]
+        jwks: { uri: "https://id.example/jwks" }
+        algorithms: [ES256]
+        leeway: 2h"#,
+            "spec.user.issuers[0].leeway: must be between 0ms and 10m",
+        ),
+        (
+            "  replay: { window: 365d }",
+            "spec.replay.window: must be between 1s and 1d",
+        ),
+        (
+            r#"  defaultPlan: p
+  plans:
+    - name: p
+      limits: [{ name: q, quota: { requests: 18446744073709551615, reset: day } }]"#,
+            "spec.plans[0].limits[0].quota.requests: at most 2^53",
+        ),
+        (
+            r#"  defaultPlan: p
+  plans:
+    - name: p
+      limits: [{ name: r, rate: { requests: 1, period: 3650d, burst: 18446744073709551615 } }]"#,
+            "spec.plans[0].limits[0].rate.burst",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let yaml = format!(
+            r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: {{ name: api, namespace: t }}
+spec:
+  hosts: [api.example]
+{spec}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: keys, namespace: t }}
+stringData: {{ attester: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=" }}
+"#
+        );
+        let loaded = std::panic::catch_unwind(|| support::idp::try_compile(&yaml));
+        let Ok(result) = loaded else {
+            panic!("loading panicked: {spec}");
+        };
+        let err = result.expect_err(spec);
+        // The error names the field and says the range.
+        let (field, message) = expected.split_once(": ").unwrap_or(("", expected));
+        assert!(
+            err.contains(field) && err.contains(message),
+            "{spec}\n{err}"
+        );
+    }
+}

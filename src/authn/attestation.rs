@@ -35,6 +35,7 @@ use super::keys::{self, KeyProvider};
 use super::token_cache::{self, TokenCache, Verified};
 use crate::decision::Deny;
 use crate::limits::Nonce;
+use crate::policy::bounds;
 use crate::policy::compile::CompileContext;
 use crate::policy::types::AttestationSpec;
 use crate::reason::Reason;
@@ -143,16 +144,24 @@ impl Attestation {
                 })
             }
         };
+        let max_lifetime = spec
+            .max_lifetime
+            .as_ref()
+            .map_or(DEFAULT_MAX_LIFETIME, |d| d.get());
+        bounds::duration(
+            "maxLifetime",
+            max_lifetime,
+            Duration::from_secs(1),
+            bounds::MAX_APP_TOKEN_LIFETIME,
+        )?;
+        let leeway = spec.leeway.as_ref().map_or(Duration::ZERO, |d| d.get());
+        bounds::duration("leeway", leeway, Duration::ZERO, bounds::MAX_LEEWAY)?;
         Ok(Self {
             required: spec.required,
             header,
             keys: source.provider,
             algorithms,
-            max_lifetime: spec
-                .max_lifetime
-                .as_ref()
-                .map_or(DEFAULT_MAX_LIFETIME, |d| d.get())
-                .as_secs_f64(),
+            max_lifetime: max_lifetime.as_secs_f64(),
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.clone(),
             typ: match spec.typ.as_deref().map(media_type) {
@@ -161,11 +170,7 @@ impl Attestation {
             },
             binding,
             single_use: spec.single_use,
-            leeway: spec
-                .leeway
-                .as_ref()
-                .map_or(Duration::ZERO, |d| d.get())
-                .as_secs_f64(),
+            leeway: leeway.as_secs_f64(),
             cache: TokenCache::new(token_cache::DEFAULT_CAPACITY),
         })
     }

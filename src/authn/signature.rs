@@ -190,9 +190,12 @@ impl SignaturePolicy {
                 .push(component_identifier(name).map_err(|e| format!("components[{i}]: {e}"))?);
         }
         let max_age = spec.max_age.as_ref().map_or(DEFAULT_MAX_AGE, |d| d.get());
-        if max_age.is_zero() {
-            return Err("maxAge: must be more than 0s".into());
-        }
+        crate::policy::bounds::duration(
+            "maxAge",
+            max_age,
+            Duration::from_secs(1),
+            crate::policy::bounds::MAX_SIGNATURE_AGE,
+        )?;
         Ok(Self {
             required: spec.required,
             algorithms,

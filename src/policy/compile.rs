@@ -439,14 +439,18 @@ pub fn compile_policy(
 
     let window = match &spec.replay.window {
         None => Duration::from_secs(300),
-        Some(w) if w.get().is_zero() => {
-            errors.push(FieldError::new(
-                "spec.replay.window",
-                "must be more than 0s",
-            ));
-            Duration::ZERO
-        }
-        Some(w) => w.get(),
+        Some(w) => match super::bounds::duration(
+            "window",
+            w.get(),
+            Duration::from_secs(1),
+            super::bounds::MAX_REPLAY_WINDOW,
+        ) {
+            Ok(()) => w.get(),
+            Err(message) => {
+                errors.push(split_field("spec.replay", &message));
+                Duration::ZERO
+            }
+        },
     };
 
     // A remembered nonce is only useful while its credential could still

@@ -222,7 +222,7 @@ fn transport_plan_and_replay_errors() {
     );
     assert_error(
         "  replay: { window: 0s }",
-        "spec.replay.window: must be more than 0s",
+        "spec.replay.window: must be between 1s and 1d",
     );
 }
 
