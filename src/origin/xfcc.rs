@@ -38,14 +38,17 @@ pub(super) fn client(request: &RequestContext) -> ForwardedClient {
     if value.len() > MAX_XFCC_BYTES {
         return ForwardedClient::default();
     }
-    let Some(element) = split_unquoted(value, ',').pop() else {
+    let Some(element) = split_unquoted(value, ',').and_then(|mut elements| elements.pop()) else {
+        return ForwardedClient::default();
+    };
+    let Some(pairs) = split_unquoted(element, ';') else {
         return ForwardedClient::default();
     };
     let mut client = ForwardedClient::default();
     let mut uri = None;
     let mut dns = None;
     let mut subject = None;
-    for pair in split_unquoted(element, ';') {
+    for pair in pairs {
         let Some((key, raw)) = pair.split_once('=') else {
             continue;
         };
@@ -67,7 +70,10 @@ pub(super) fn client(request: &RequestContext) -> ForwardedClient {
 /// escapes the next character: Envoy writes a `"` within a value as `\"`,
 /// so a certificate subject holding `",URI=…` stays one value and cannot
 /// end its quotes to add a key or an element of the client's choosing.
-fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+/// `None` when a quote is left open: a client-written element with an
+/// unclosed quote would otherwise swallow the trusted proxy's element
+/// appended after it, so the whole header is refused.
+fn split_unquoted(text: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let mut quoted = false;
     let mut escaped = false;
@@ -87,8 +93,11 @@ fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted {
+        return None;
+    }
     parts.push(&text[start..]);
-    parts
+    Some(parts)
 }
 
 /// A value without its surrounding quotes and with its backslash escapes
@@ -214,6 +223,10 @@ mod tests {
             ForwardedClient::default()
         );
         assert_eq!(client(&request(&[r#"Cert="%zz""#])).certificate, None);
+        // A quote left open by a client-written element would swallow the
+        // trusted proxy's element after it: nothing is read.
+        let open = r#"URI="spiffe://evil/app,By=spiffe://mesh;URI=spiffe://bikes/app"#;
+        assert_eq!(client(&request(&[open])), ForwardedClient::default());
         let huge = format!("URI={}", "a".repeat(MAX_XFCC_BYTES));
         assert_eq!(client(&request(&[&huge])), ForwardedClient::default());
     }
