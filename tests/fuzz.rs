@@ -7,7 +7,7 @@
 //! CI runs a short pass (the counts below). A long run:
 //!
 //! ```sh
-//! TOLLGATE_FUZZ_CASES=1000000 cargo nextest run --release --test fuzz --no-capture
+//! TOLLGATE_FUZZ_CASES=1000000 cargo test --release --test fuzz
 //! ```
 //!
 //! `TOLLGATE_FUZZ_CASES` sets the cases of every target. The same targets
