@@ -225,34 +225,7 @@ async fn enforce(
     }
 
     let now = deps.clock.now();
-    let user = match &policy.user {
-        Some(user_policy) => {
-            let user = user_policy.authenticate(request, origin, now).await;
-            run.stage("user", &user, |u| match u {
-                Some(u) => format!(
-                    "user {} from {}",
-                    crate::field_value::escape_controls(&u.subject),
-                    u.issuer
-                ),
-                None => "no user token (optional)".to_owned(),
-            });
-            let user = user?;
-            if let Some(u) = &user {
-                run.identity.user = Some(u.subject.clone());
-                run.identity.issuer = Some(u.issuer.clone());
-            }
-            user
-        }
-        None => {
-            run.note(
-                "user",
-                StepOutcome::Skip,
-                || "policy has no user authentication",
-            );
-            None
-        }
-    };
-
+    let user = user_stage(policy, request, origin, now, run).await?;
     // Nonces the authentication stages collected (DPoP jti, single-use app
     // token jti, signature nonce), remembered by the admission stage.
     let mut nonces: Vec<crate::limits::Nonce> = Vec::new();
@@ -261,55 +234,12 @@ async fn enforce(
             .and_then(|u| u.dpop.as_ref())
             .map(|p| p.nonce.clone()),
     );
-    let app = match &policy.app {
-        Some(app_policy) => {
-            let app = app_policy
-                .authenticate(
-                    request,
-                    origin,
-                    user.as_ref(),
-                    &snapshot.apps,
-                    &policy.id,
-                    now,
-                )
-                .await;
-            run.stage("app", &app, |outcome| {
-                let mut note = match &outcome.app {
-                    Some(a) => format!("app {}", a.app_id),
-                    None => "no app credential (optional)".to_owned(),
-                };
-                if let Some(s) = outcome.app.as_ref().and_then(|a| a.signature.as_ref()) {
-                    note.push_str(&format!(
-                        "; signature {} ({}) verified",
-                        s.label,
-                        s.algorithm.name()
-                    ));
-                }
-                note
-            });
-            let outcome = app?;
+    let app = match app_stage(policy, snapshot, request, origin, user.as_ref(), now, run).await? {
+        Some(outcome) => {
             nonces.extend(outcome.nonces);
-            let app = outcome.app;
-            if let Some(a) = &app {
-                run.identity.app = Some(a.app_id.clone());
-                // The app's plan when this policy defines it, else `defaultPlan`.
-                run.identity.plan = policy
-                    .plans
-                    .resolve(a.plan.as_deref())
-                    .map(|p| p.name.clone())
-                    .or_else(|| a.plan.clone());
-                run.identity.device = a.device.clone();
-            }
-            app
+            outcome.app
         }
-        None => {
-            run.note(
-                "app",
-                StepOutcome::Skip,
-                || "policy has no app authentication",
-            );
-            None
-        }
+        None => None,
     };
 
     if let Some(require) = route.and_then(|r| r.require.as_ref()) {
@@ -324,7 +254,7 @@ async fn enforce(
         run.identity.plan = policy.plans.default_plan().map(|p| p.name.clone());
     }
     // What goes upstream is decided before admission: a value that cannot
-    // be sent (`respond::is_header_safe`) denies the request before it
+    // be sent (`field_value::is_header_safe`) denies the request before it
     // consumes quota or remembers a nonce.
     let allow = respond::allow(policy, request, &run.identity, user.as_ref());
     if allow.is_err() {
@@ -347,4 +277,87 @@ async fn enforce(
     .await?;
     allow.response_headers.extend(rate_headers);
     Ok(allow)
+}
+
+/// Stage 5: the user, when the policy authenticates users.
+async fn user_stage(
+    policy: &CompiledPolicy,
+    request: &RequestContext,
+    origin: &origin::Origin,
+    now: std::time::Duration,
+    run: &mut Run,
+) -> Result<Option<crate::authn::user::UserIdentity>, Deny> {
+    let Some(user_policy) = &policy.user else {
+        run.note(
+            "user",
+            StepOutcome::Skip,
+            || "policy has no user authentication",
+        );
+        return Ok(None);
+    };
+    let user = user_policy.authenticate(request, origin, now).await;
+    run.stage("user", &user, |u| match u {
+        Some(u) => format!(
+            "user {} from {}",
+            crate::field_value::escape_controls(&u.subject),
+            u.issuer
+        ),
+        None => "no user token (optional)".to_owned(),
+    });
+    let user = user?;
+    if let Some(u) = &user {
+        run.identity.user = Some(u.subject.clone());
+        run.identity.issuer = Some(u.issuer.clone());
+    }
+    Ok(user)
+}
+
+/// Stage 6: the app, when the policy identifies apps (`None` when it does
+/// not); records the app, its plan and its device in the identity.
+async fn app_stage(
+    policy: &CompiledPolicy,
+    snapshot: &Snapshot,
+    request: &RequestContext,
+    origin: &origin::Origin,
+    user: Option<&crate::authn::user::UserIdentity>,
+    now: std::time::Duration,
+    run: &mut Run,
+) -> Result<Option<crate::authn::app::AppOutcome>, Deny> {
+    let Some(app_policy) = &policy.app else {
+        run.note(
+            "app",
+            StepOutcome::Skip,
+            || "policy has no app authentication",
+        );
+        return Ok(None);
+    };
+    let app = app_policy
+        .authenticate(request, origin, user, &snapshot.apps, &policy.id, now)
+        .await;
+    run.stage("app", &app, |outcome| {
+        let mut note = match &outcome.app {
+            Some(a) => format!("app {}", a.app_id),
+            None => "no app credential (optional)".to_owned(),
+        };
+        if let Some(s) = outcome.app.as_ref().and_then(|a| a.signature.as_ref()) {
+            note.push_str(&format!(
+                "; signature {} ({}) verified",
+                s.label,
+                s.algorithm.name()
+            ));
+        }
+        note
+    });
+    let outcome = app?;
+    if let Some(a) = &outcome.app {
+        run.identity.app = Some(a.app_id.clone());
+        // The app's plan when this policy defines it, else `defaultPlan`.
+        run.identity.plan = policy
+            .plans
+            .resolve(a.plan.as_deref())
+            .map(|p| p.name.clone())
+            .or_else(|| a.plan.clone());
+        run.identity.device = a.device.clone();
+    }
+    Ok(Some(outcome))
 }
