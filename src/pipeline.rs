@@ -196,33 +196,10 @@ async fn enforce(
     });
     result?;
 
-    let route = route::select(policy, request);
-    if let Some(route) = route {
-        run.identity.route = Some(route.name.clone());
-        if route.deny {
-            let deny = Deny::new(
-                Reason::RuleDenied,
-                format!("route {} denies all requests", route.name),
-            );
-            run.note("route", StepOutcome::Deny, || deny.detail.clone());
-            return Err(deny);
-        }
-        if route.public {
-            run.note("route", StepOutcome::Pass, || {
-                format!("route {} is public: no credentials, no quota", route.name)
-            });
-            return respond::allow(policy, request, &run.identity, None);
-        }
-        run.note("route", StepOutcome::Pass, || {
-            format!("route {}", route.name)
-        });
-    } else {
-        run.note(
-            "route",
-            StepOutcome::Pass,
-            || "no route refinement matched; policy defaults apply",
-        );
-    }
+    let route = match route_stage(policy, request, run)? {
+        RouteStep::Public => return respond::allow(policy, request, &run.identity, None),
+        RouteStep::Continue(route) => route,
+    };
 
     let now = deps.clock.now();
     let user = user_stage(policy, request, origin, now, run).await?;
@@ -277,6 +254,50 @@ async fn enforce(
     .await?;
     allow.response_headers.extend(rate_headers);
     Ok(allow)
+}
+
+/// What the route stage decided.
+enum RouteStep<'p> {
+    /// A public route: no credentials, no quota.
+    Public,
+    /// Go on, under this route (or the policy's defaults).
+    Continue(Option<&'p crate::policy::snapshot::Route>),
+}
+
+/// Stage 4: the first matching route; a `deny` route denies, a public one
+/// ends the checks.
+fn route_stage<'p>(
+    policy: &'p CompiledPolicy,
+    request: &RequestContext,
+    run: &mut Run,
+) -> Result<RouteStep<'p>, Deny> {
+    let Some(route) = route::select(policy, request) else {
+        run.note(
+            "route",
+            StepOutcome::Pass,
+            || "no route refinement matched; policy defaults apply",
+        );
+        return Ok(RouteStep::Continue(None));
+    };
+    run.identity.route = Some(route.name.clone());
+    if route.deny {
+        let deny = Deny::new(
+            Reason::RuleDenied,
+            format!("route {} denies all requests", route.name),
+        );
+        run.note("route", StepOutcome::Deny, || deny.detail.clone());
+        return Err(deny);
+    }
+    if route.public {
+        run.note("route", StepOutcome::Pass, || {
+            format!("route {} is public: no credentials, no quota", route.name)
+        });
+        return Ok(RouteStep::Public);
+    }
+    run.note("route", StepOutcome::Pass, || {
+        format!("route {}", route.name)
+    });
+    Ok(RouteStep::Continue(Some(route)))
 }
 
 /// Stage 5: the user, when the policy authenticates users.
