@@ -437,59 +437,8 @@ pub fn compile_policy(
 
     let routes = routes(spec, &mut errors);
 
-    let window = match &spec.replay.window {
-        None => Duration::from_secs(300),
-        Some(w) => match super::bounds::duration(
-            "window",
-            w.get(),
-            Duration::from_secs(1),
-            super::bounds::MAX_REPLAY_WINDOW,
-        ) {
-            Ok(()) => w.get(),
-            Err(message) => {
-                errors.push(split_field("spec.replay", &message));
-                Duration::ZERO
-            }
-        },
-    };
-
-    // A remembered nonce is only useful while its credential could still
-    // be accepted; a credential accepted for longer than the replay window
-    // promises would outlive the promise (DESIGN: compile error).
-    let mut windows = Vec::new();
-    if let Some(user) = &user
-        && user.dpop().mode != super::types::Requirement::Disabled
-    {
-        windows.push(("spec.user.dpop.maxAge", user.dpop().acceptance_window()));
-    }
-    if let Some(app) = &app {
-        windows.extend(app.acceptance_windows());
-    }
-    for (field, accepted) in windows {
-        if !window.is_zero() && accepted > window {
-            errors.push(FieldError::new(
-                field,
-                format!(
-                    "{}s exceeds spec.replay.window ({}s): a credential must not stay acceptable longer than its nonce is remembered",
-                    accepted.as_secs(),
-                    window.as_secs()
-                ),
-            ));
-        }
-    }
-
-    let mut upstream_headers = Vec::new();
-    for (name, value) in &spec.response.upstream_headers {
-        let field = format!("spec.response.upstreamHeaders.{name}");
-        if let Err(message) = check_upstream_header(name) {
-            errors.push(FieldError::new(field, message));
-            continue;
-        }
-        match Template::parse(value) {
-            Ok(template) => upstream_headers.push((name.clone(), template)),
-            Err(message) => errors.push(FieldError::new(field, message)),
-        }
-    }
+    let window = replay_window(spec, user.as_ref(), app.as_ref(), &mut errors);
+    let upstream_headers = upstream_headers(spec, &mut errors);
 
     let (Some(plans), true) = (plans, errors.is_empty()) else {
         return Err(errors);
@@ -514,6 +463,74 @@ pub fn compile_policy(
         },
         on_store_error: spec.on_store_error,
     })
+}
+
+/// `spec.replay.window` (default 5m, 1s to 1d), checked to cover every
+/// acceptance window of the policy's credentials: a remembered nonce is
+/// only useful while its credential could still be accepted, and a
+/// credential accepted for longer than the window promises would outlive
+/// the promise (DESIGN: compile error).
+fn replay_window(
+    spec: &ApiPolicySpec,
+    user: Option<&UserPolicy>,
+    app: Option<&AppPolicy>,
+    errors: &mut Vec<FieldError>,
+) -> Duration {
+    let window = match &spec.replay.window {
+        None => Duration::from_secs(300),
+        Some(w) => match super::bounds::duration(
+            "window",
+            w.get(),
+            Duration::from_secs(1),
+            super::bounds::MAX_REPLAY_WINDOW,
+        ) {
+            Ok(()) => w.get(),
+            Err(message) => {
+                errors.push(split_field("spec.replay", &message));
+                return Duration::ZERO;
+            }
+        },
+    };
+    let mut windows = Vec::new();
+    if let Some(user) = user
+        && user.dpop().mode != super::types::Requirement::Disabled
+    {
+        windows.push(("spec.user.dpop.maxAge", user.dpop().acceptance_window()));
+    }
+    if let Some(app) = app {
+        windows.extend(app.acceptance_windows());
+    }
+    for (field, accepted) in windows {
+        if accepted > window {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "{}s exceeds spec.replay.window ({}s): a credential must not stay acceptable longer than its nonce is remembered",
+                    accepted.as_secs(),
+                    window.as_secs()
+                ),
+            ));
+        }
+    }
+    window
+}
+
+/// `spec.response.upstreamHeaders`: valid names (`check_upstream_header`)
+/// and templates.
+fn upstream_headers(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<(String, Template)> {
+    let mut out = Vec::new();
+    for (name, value) in &spec.response.upstream_headers {
+        let field = format!("spec.response.upstreamHeaders.{name}");
+        if let Err(message) = check_upstream_header(name) {
+            errors.push(FieldError::new(field, message));
+            continue;
+        }
+        match Template::parse(value) {
+            Ok(template) => out.push((name.clone(), template)),
+            Err(message) => errors.push(FieldError::new(field, message)),
+        }
+    }
+    out
 }
 
 /// Turns `plans[0].limits[1].rate: …` into a field error under `prefix`
