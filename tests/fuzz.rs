@@ -10,8 +10,9 @@
 //! TOLLGATE_FUZZ_CASES=1000000 cargo test --release --test fuzz
 //! ```
 //!
-//! `TOLLGATE_FUZZ_CASES` sets the cases of every target;
-//! `docs/security.md` says what ran and what it found.
+//! `TOLLGATE_FUZZ_CASES` sets the cases of every target. The same targets
+//! run coverage-guided under libFuzzer from `fuzz/` (`cargo +nightly fuzz
+//! run <target>`); `docs/security.md` says what ran and what it found.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,11 +1,11 @@
-//! Fuzz targets for every parser of untrusted input, driven by
-//! `tests/fuzz.rs` (proptest, in the normal test suite; a short run in CI,
-//! `TOLLGATE_FUZZ_CASES` for a long one). Each target takes arbitrary
-//! bytes — so a coverage-guided driver (cargo-fuzz) could call it as it
-//! is — never panics on them, and asserts what a user relies on about its
-//! parser (the properties in each function's doc). Only the public API is
-//! used: these are the calls the gRPC adapter and the decision core make
-//! with what a client sends.
+//! Fuzz targets for every parser of untrusted input, shared by two
+//! drivers: `tests/fuzz.rs` (proptest, in the normal test suite; a short
+//! run in CI, `TOLLGATE_FUZZ_CASES` for a long one) and `fuzz/`
+//! (libFuzzer through cargo-fuzz on nightly, coverage-guided, for long
+//! runs). Each target takes arbitrary bytes, never panics on them, and
+//! asserts what a user relies on about its parser (the properties in each
+//! function's doc). Only the public API is used: these are the calls the
+//! gRPC adapter and the decision core make with what a client sends.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
