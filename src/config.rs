@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::admission::Ipv6Prefix;
 use crate::origin::TrustedOrigin;
 use crate::pipeline::{DefaultDecision, Settings};
 use crate::policy::duration::parse_duration;
@@ -366,6 +367,16 @@ pub struct DecisionArgs {
     /// What a request no policy matches gets.
     #[arg(long, env = "TOLLGATE_DEFAULT_DECISION", value_enum, default_value_t = DefaultDecisionArg::Deny)]
     pub default_decision: DefaultDecisionArg,
+
+    /// Limits count an IPv6 client by its network of this many bits (32 to
+    /// 128): one subscriber usually holds a whole /64.
+    #[arg(
+        long,
+        env = "TOLLGATE_IPV6_LIMIT_PREFIX",
+        default_value_t = 64,
+        value_name = "BITS"
+    )]
+    pub ipv6_limit_prefix: u8,
 }
 
 /// `--trusted-origin`.
@@ -425,7 +436,25 @@ pub enum ConfigError {
     MetricsClientCaWithoutMetricsAddr,
     #[error("{0}")]
     Identity(#[from] IdentityError),
+    #[error("--ipv6-limit-prefix: {0}")]
+    Ipv6Prefix(String),
+    #[error("--store-timeout must be between 1ms and {}s", MAX_STORE_TIMEOUT.as_secs())]
+    StoreTimeout,
+    #[error(
+        "--usage-retention-days and --user-usage-retention-days must be at most {MAX_RETENTION_DAYS}"
+    )]
+    Retention,
+    #[error("--metrics-app-labels must be at most {MAX_APP_LABELS}")]
+    AppLabels,
 }
+
+/// Longest `--store-timeout`: a store call longer than this is an outage,
+/// and Envoy's ext_authz timeout gives up far earlier.
+pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest usage retention (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3660;
+/// Most per-app metric labels (each is a Prometheus series per outcome).
+pub const MAX_APP_LABELS: usize = 100_000;
 
 impl ServeConfig {
     /// Checks what clap cannot: call once at start-up, before binding.
@@ -457,6 +486,19 @@ impl ServeConfig {
         if self.drain_timeout > MAX_DRAIN_TIMEOUT {
             return Err(ConfigError::DrainTimeout);
         }
+        let store = &self.store;
+        if store.store_timeout < Duration::from_millis(1) || store.store_timeout > MAX_STORE_TIMEOUT
+        {
+            return Err(ConfigError::StoreTimeout);
+        }
+        if store.usage_retention_days > MAX_RETENTION_DAYS
+            || store.user_usage_retention_days > MAX_RETENTION_DAYS
+        {
+            return Err(ConfigError::Retention);
+        }
+        if self.metrics_app_labels > MAX_APP_LABELS {
+            return Err(ConfigError::AppLabels);
+        }
         Ok(())
     }
 }
@@ -482,6 +524,8 @@ impl DecisionArgs {
                 DefaultDecisionArg::Deny => DefaultDecision::Deny,
                 DefaultDecisionArg::Allow => DefaultDecision::Allow,
             },
+            ipv6_limit_prefix: Ipv6Prefix::new(self.ipv6_limit_prefix)
+                .map_err(ConfigError::Ipv6Prefix)?,
             // Only `tollgate check` turns the decision trace on.
             trace: false,
         })
@@ -637,6 +681,26 @@ mod tests {
         assert_eq!(ephemeral.validate(), Ok(()));
         let long = parse(&["--policy-file", "p", "--drain-timeout", "1h"]);
         assert_eq!(long.validate(), Err(ConfigError::DrainTimeout));
+        for (args, error) in [
+            (["--store-timeout", "0ms"], ConfigError::StoreTimeout),
+            (["--store-timeout", "1h"], ConfigError::StoreTimeout),
+            (["--usage-retention-days", "100000"], ConfigError::Retention),
+            (
+                ["--user-usage-retention-days", "4000000000"],
+                ConfigError::Retention,
+            ),
+            (["--metrics-app-labels", "99999999"], ConfigError::AppLabels),
+        ] {
+            let config = parse(&["--policy-file", "p", args[0], args[1]]);
+            assert_eq!(config.validate(), Err(error), "{args:?}");
+        }
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "16"]);
+        assert!(matches!(prefix.validate(), Err(ConfigError::Ipv6Prefix(_))));
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "56"]);
+        assert_eq!(
+            prefix.decision.settings().unwrap().ipv6_limit_prefix.bits(),
+            56
+        );
         assert!(
             Cli::try_parse_from(["serve", "--drain-timeout", "soon"]).is_err(),
             "durations are parsed"

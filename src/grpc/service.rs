@@ -23,6 +23,7 @@ use super::pb::{CheckRequest, CheckResponse};
 use super::response::WireResponse;
 use super::{request, response};
 use crate::decision::{ChallengeParams, Decision, Deny, Identity, Step, StepOutcome, Verdict};
+use crate::field_value::escape_controls;
 use crate::pipeline::{self, Deps};
 use crate::policy::snapshot::SharedSnapshot;
 use crate::reason::Reason;
@@ -140,10 +141,14 @@ impl CheckService {
 
 /// One structured line per denial (and per dry-run denial): request id,
 /// policy, app, user subject and reason. Details are client-safe by
-/// contract (`Deny::detail`); credentials never reach this line.
+/// contract (`Deny::detail`); credentials never reach this line. Values
+/// that come from claims have their control characters escaped
+/// ([`escape_controls`]): in the text format a line break in a subject
+/// would start a forged log line.
 fn audit(request: &RequestContext, decision: &Decision) {
     let identity = &decision.identity;
-    let field = |value: &Option<String>| value.clone().unwrap_or_default();
+    let field =
+        |value: &Option<String>| escape_controls(value.as_deref().unwrap_or_default()).into_owned();
     if let Some(deny) = decision.denial() {
         tracing::info!(
             target: "tollgate::audit",
@@ -153,7 +158,7 @@ fn audit(request: &RequestContext, decision: &Decision) {
             user = %field(&identity.user),
             reason = deny.reason.code(),
             status = deny.public_reason().http_status(),
-            detail = %deny.detail,
+            detail = %escape_controls(&deny.detail),
             "denied"
         );
     } else if let Some(deny) = &decision.dry_run_denial {
@@ -164,7 +169,7 @@ fn audit(request: &RequestContext, decision: &Decision) {
             app = %field(&identity.app),
             user = %field(&identity.user),
             reason = deny.reason.code(),
-            detail = %deny.detail,
+            detail = %escape_controls(&deny.detail),
             "dry run: would deny"
         );
     } else {

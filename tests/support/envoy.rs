@@ -213,6 +213,7 @@ impl EnvoyConfig {
             "include_peer_certificate": true,
             "include_tls_session": true,
             "encode_raw_headers": true,
+            "validate_mutations": true,
         });
         if let Some(bytes) = self.request_body_bytes {
             ext_authz["with_request_body"] = json!({
