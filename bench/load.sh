@@ -12,8 +12,9 @@
 #   envoy   the same HTTP/1.1 request through one Envoy worker in front of
 #           nothing (direct_response), a null ext_authz server, the null
 #           server + one Redis EVALSHA, Envoy's jwt_authn (no cache, cache),
-#           and tollgate with the full policy and Redis: saturated, unloaded,
-#           and at a fixed open-loop rate;
+#           and tollgate with the full policy and Redis, in plaintext and
+#           over mutual TLS: saturated, unloaded, and at a fixed open-loop
+#           rate;
 #   grpc    Check driven directly over 1 and 4 HTTP/2 connections against
 #           tollgate and the null servers, then open loop at 70 %;
 #   tracing tollgate through Envoy with OpenTelemetry tracing off, at 1 %

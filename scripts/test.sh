@@ -32,7 +32,8 @@ generated="$(mktemp)"
 trap 'rm -f "$generated"' EXIT
 cargo run "${cargo_flags[@]}" --quiet --bin tollgate -- crds >"$generated"
 if ! diff -u deploy/crds/tollgate.dev.yaml "$generated" >&2; then
-  echo "deploy/crds/tollgate.dev.yaml is stale: regenerate it with \`cargo run -- crds -o deploy/crds/tollgate.dev.yaml\`" >&2
+  echo "deploy/crds/tollgate.dev.yaml is stale: regenerate it with \`cargo run -- crds -o deploy/crds/tollgate.dev.yaml\`" \
+    "and copy it into the Helm chart (cp deploy/crds/tollgate.dev.yaml charts/tollgate/crds/; tests/chart.rs compares them)" >&2
   exit 1
 fi
 

@@ -8,7 +8,10 @@
 //! | `/metrics` | Prometheus text format |
 //!
 //! The port carries no credentials and changes nothing; bind it where only
-//! the cluster can reach it.
+//! the cluster can reach it. With `--metrics-addr`, `/metrics` moves to a
+//! listener of its own ([`Serves::Metrics`]) and the admin port answers the
+//! probes only ([`Serves::Probes`]): kubelet probes need no certificate,
+//! while the metrics listener can require one (`--metrics-client-ca`).
 
 use axum::Router;
 use axum::extract::State;
@@ -27,13 +30,43 @@ pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// The admin router.
+/// Which paths a listener answers (others are 404).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    /// `/healthz`, `/readyz` and `/metrics`: the admin port alone.
+    All,
+    /// `/healthz` and `/readyz`: the admin port beside a metrics listener.
+    Probes,
+    /// `/metrics`: the metrics listener.
+    Metrics,
+}
+
+/// The admin router with every path.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    routes(state, Serves::All)
+}
+
+/// A router answering the paths `serves` names.
+pub fn routes(state: AdminState, serves: Serves) -> Router {
+    let mut router = Router::new();
+    if serves != Serves::Metrics {
+        router = router
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz));
+    }
+    router = match serves {
+        Serves::All | Serves::Metrics => router.route("/metrics", get(metrics)),
+        Serves::Probes => router.route("/metrics", get(metrics_elsewhere)),
+    };
+    router.with_state(state)
+}
+
+async fn metrics_elsewhere() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "metrics are served on the metrics listener (--metrics-addr)\n",
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

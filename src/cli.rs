@@ -38,7 +38,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve Envoy's ext_authz gRPC API (with gRPC health and reflection)
     /// and the admin HTTP port (/healthz, /readyz, /metrics).
-    Serve(crate::config::ServeConfig),
+    // Boxed: with its TLS and Kubernetes flags the configuration is twice
+    // the size of any other subcommand's.
+    Serve(Box<crate::config::ServeConfig>),
     /// Reconcile the ApiPolicy and AppRegistration custom resources: write
     /// their status conditions and events (leader-elected).
     Operator(operator::OperatorConfig),
@@ -60,12 +62,49 @@ impl Command {
     /// Runs the subcommand; the exit code is the process's.
     pub fn run(self) -> ExitCode {
         match self {
-            Command::Serve(config) => serve::main(config),
+            Command::Serve(config) => serve::main(*config),
             Command::Operator(config) => operator::main(config),
             Command::Check(args) => check::main(args),
             Command::Crds(args) => crds::main(args),
             Command::Usage(args) => usage::main(args),
             Command::Token(args) => token::main(args),
+        }
+    }
+}
+
+/// The shape of a long-running subcommand (`serve`, `operator`): logging
+/// set up from `log`, the configuration checked by `validate` (exit 2
+/// with the reason), then `run` on a multi-threaded runtime (exit 0 when
+/// it returns `Ok`, 1 with the reason logged otherwise).
+pub fn run_service<E: std::fmt::Display, F: std::future::Future<Output = anyhow::Result<()>>>(
+    name: &str,
+    log: &crate::config::LogArgs,
+    validate: impl FnOnce() -> Result<(), E>,
+    run: impl FnOnce() -> F,
+) -> ExitCode {
+    if let Err(error) = crate::telemetry::init(log.log_format, log.log_level.as_deref()) {
+        eprintln!("tollgate {name}: {error}");
+        return ExitCode::from(2);
+    }
+    if let Err(error) = validate() {
+        tracing::error!(%error, "invalid configuration");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tollgate {name} failed");
+            ExitCode::FAILURE
         }
     }
 }

@@ -4,17 +4,20 @@
 //! Tests build [`ServeConfig`] values directly (`ServeConfig::parse_from`
 //! or field by field). `Debug` is safe to log: the only secrets (Redis URLs
 //! with passwords) live in [`crate::store::StoreArgs`], whose URL type
-//! redacts them; any future secret flag must use a redacting type too.
+//! redacts them; TLS keys are given as paths and read by [`crate::tls`],
+//! never held here. Any future secret flag must use a redacting type too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::admission::Ipv6Prefix;
 use crate::origin::TrustedOrigin;
 use crate::pipeline::{DefaultDecision, Settings};
 use crate::policy::duration::parse_duration;
 use crate::policy::source::kubernetes::DEFAULT_SECRET_LABEL;
 use crate::telemetry::LogFormat;
+use crate::tls::{ClientIdentities, IdentityError, Role, TlsFiles, TlsSettings};
 
 /// Most trusted proxy hops accepted: more is a configuration mistake.
 pub const MAX_TRUSTED_HOPS: u8 = 16;
@@ -55,6 +58,17 @@ pub struct ServeConfig {
     #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
 
+    /// Serve /metrics on this address instead of the admin port, which
+    /// then answers /healthz and /readyz only: probes need no client
+    /// certificate while metrics can be restricted (`--metrics-client-ca`,
+    /// a NetworkPolicy). Logged as `metrics_addr`.
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// TLS and client certificates on the listeners.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     #[command(flatten)]
     pub log: LogArgs,
 
@@ -94,6 +108,145 @@ pub struct ServeConfig {
     /// The audit log: `--audit-user`, `--audit-allow-ratio`.
     #[command(flatten)]
     pub audit: crate::telemetry::audit::AuditArgs,
+}
+
+/// TLS on tollgate's own listeners
+/// (`docs/operations.md#tls-and-client-certificates`). Files are
+/// PEM and are reloaded when they change (a rotated Kubernetes Secret).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Certificate chain of the gRPC port (PEM, leaf first). With
+    /// `--grpc-tls-key`, the port serves TLS 1.3/1.2 only, HTTP/2 by ALPN.
+    #[arg(long, env = "TOLLGATE_GRPC_TLS_CERT", value_name = "PATH")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// Private key of the gRPC port's certificate (PEM: PKCS#8, PKCS#1 or
+    /// SEC1).
+    #[arg(long, env = "TOLLGATE_GRPC_TLS_KEY", value_name = "PATH")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) of the clients allowed to call `Check`: a
+    /// client certificate issued by one of them is required.
+    #[arg(long, env = "TOLLGATE_GRPC_CLIENT_CA", value_name = "PATH")]
+    pub grpc_client_ca: Option<PathBuf>,
+
+    /// Only clients whose certificate carries this SPIFFE ID (URI SAN).
+    /// Repeat for several; the variable takes a comma-separated list.
+    #[arg(
+        long = "grpc-client-spiffe-id",
+        env = "TOLLGATE_GRPC_CLIENT_SPIFFE_IDS",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub grpc_client_spiffe_ids: Vec<String>,
+
+    /// Only clients whose certificate carries this DNS name (DNS SAN).
+    /// Repeat for several; the variable takes a comma-separated list.
+    #[arg(
+        long = "grpc-client-dns-name",
+        env = "TOLLGATE_GRPC_CLIENT_DNS_NAMES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub grpc_client_dns_names: Vec<String>,
+
+    /// Certificate chain of the admin port (and of `--metrics-addr`).
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS_CERT", value_name = "PATH")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// Private key of the admin port's certificate.
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS_KEY", value_name = "PATH")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) of the scrapers allowed to read
+    /// `--metrics-addr` (needs it and the admin TLS flags).
+    #[arg(long, env = "TOLLGATE_METRICS_CLIENT_CA", value_name = "PATH")]
+    pub metrics_client_ca: Option<PathBuf>,
+}
+
+/// The TLS settings of each listener; `None` serves plaintext.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPlan {
+    pub grpc: Option<TlsSettings>,
+    pub admin: Option<TlsSettings>,
+    pub metrics: Option<TlsSettings>,
+}
+
+impl TlsArgs {
+    /// The settings these flags describe; `metrics_addr` says whether the
+    /// metrics listener exists.
+    pub fn plan(&self, metrics_addr: Option<SocketAddr>) -> Result<TlsPlan, ConfigError> {
+        let grpc = pair("grpc", &self.grpc_tls_cert, &self.grpc_tls_key)?;
+        let admin = pair("admin", &self.admin_tls_cert, &self.admin_tls_key)?;
+        let listed =
+            !self.grpc_client_spiffe_ids.is_empty() || !self.grpc_client_dns_names.is_empty();
+        if self.grpc_client_ca.is_some() && grpc.is_none() {
+            return Err(ConfigError::ClientCaWithoutTls("grpc"));
+        }
+        if listed && self.grpc_client_ca.is_none() {
+            return Err(ConfigError::IdentitiesWithoutClientCa);
+        }
+        if self.metrics_client_ca.is_some() {
+            if metrics_addr.is_none() {
+                return Err(ConfigError::MetricsClientCaWithoutMetricsAddr);
+            }
+            if admin.is_none() {
+                return Err(ConfigError::ClientCaWithoutTls("metrics"));
+            }
+        }
+        let clients =
+            ClientIdentities::new(&self.grpc_client_spiffe_ids, &self.grpc_client_dns_names)?;
+        let settings =
+            |role, (cert, key): (PathBuf, PathBuf), client_ca: &Option<PathBuf>, clients| {
+                TlsSettings {
+                    role,
+                    files: TlsFiles {
+                        cert,
+                        key,
+                        client_ca: client_ca.clone(),
+                    },
+                    clients,
+                }
+            };
+        Ok(TlsPlan {
+            grpc: grpc.map(|files| settings(Role::Grpc, files, &self.grpc_client_ca, clients)),
+            metrics: admin
+                .clone()
+                .filter(|_| metrics_addr.is_some())
+                .map(|files| {
+                    settings(
+                        Role::Metrics,
+                        files,
+                        &self.metrics_client_ca,
+                        ClientIdentities::default(),
+                    )
+                }),
+            // Probes cannot present a certificate: the admin port never
+            // asks for one.
+            admin: admin
+                .map(|files| settings(Role::Admin, files, &None, ClientIdentities::default())),
+        })
+    }
+}
+
+/// Both halves of a certificate pair, or neither.
+fn pair(
+    listener: &'static str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::HalfPair {
+            given: format!("--{listener}-tls-cert"),
+            missing: format!("--{listener}-tls-key"),
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfPair {
+            given: format!("--{listener}-tls-key"),
+            missing: format!("--{listener}-tls-cert"),
+        }),
+    }
 }
 
 /// How to reach and what to watch in the Kubernetes API (`serve
@@ -222,6 +375,16 @@ pub struct DecisionArgs {
     /// What a request no policy matches gets.
     #[arg(long, env = "TOLLGATE_DEFAULT_DECISION", value_enum, default_value_t = DefaultDecisionArg::Deny)]
     pub default_decision: DefaultDecisionArg,
+
+    /// Limits count an IPv6 client by its network of this many bits (32 to
+    /// 128): one subscriber usually holds a whole /64.
+    #[arg(
+        long,
+        env = "TOLLGATE_IPV6_LIMIT_PREFIX",
+        default_value_t = 64,
+        value_name = "BITS"
+    )]
+    pub ipv6_limit_prefix: u8,
 }
 
 /// `--trusted-origin`.
@@ -263,7 +426,7 @@ pub enum ConfigError {
     HopsWithoutForwarded,
     #[error("--trusted-hops must be between 1 and {MAX_TRUSTED_HOPS}, got {0}")]
     Hops(u8),
-    #[error("--grpc-addr and --admin-addr are both {0}")]
+    #[error("two listeners (--grpc-addr, --admin-addr, --metrics-addr) are both {0}")]
     SameAddress(SocketAddr),
     #[error("--drain-timeout must be at most {}s", MAX_DRAIN_TIMEOUT.as_secs())]
     DrainTimeout,
@@ -271,7 +434,39 @@ pub enum ConfigError {
     Tracing(String),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("{given} needs {missing}")]
+    HalfPair { given: String, missing: String },
+    #[error(
+        "a client CA for the {0} listener needs TLS on it (--{0}-tls-cert and --{0}-tls-key; the metrics listener uses the admin pair)"
+    )]
+    ClientCaWithoutTls(&'static str),
+    #[error("--grpc-client-spiffe-id and --grpc-client-dns-name need --grpc-client-ca")]
+    IdentitiesWithoutClientCa,
+    #[error(
+        "--metrics-client-ca needs --metrics-addr (a listener of its own, so probes need no certificate)"
+    )]
+    MetricsClientCaWithoutMetricsAddr,
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("--ipv6-limit-prefix: {0}")]
+    Ipv6Prefix(String),
+    #[error("--store-timeout must be between 1ms and {}s", MAX_STORE_TIMEOUT.as_secs())]
+    StoreTimeout,
+    #[error(
+        "--usage-retention-days and --user-usage-retention-days must be at most {MAX_RETENTION_DAYS}"
+    )]
+    Retention,
+    #[error("--metrics-app-labels must be at most {MAX_APP_LABELS}")]
+    AppLabels,
 }
+
+/// Longest `--store-timeout`: a store call longer than this is an outage,
+/// and Envoy's ext_authz timeout gives up far earlier.
+pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest usage retention (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3660;
+/// Most per-app metric labels (each is a Prometheus series per outcome).
+pub const MAX_APP_LABELS: usize = 100_000;
 
 impl ServeConfig {
     /// Checks what clap cannot: call once at start-up, before binding.
@@ -291,11 +486,30 @@ impl ServeConfig {
         }
         self.kube.validate()?;
         self.decision.settings()?;
-        if self.grpc_addr == self.admin_addr && self.grpc_addr.port() != 0 {
-            return Err(ConfigError::SameAddress(self.grpc_addr));
+        let fixed = |addr: &SocketAddr| addr.port() != 0;
+        let mut addrs = vec![self.grpc_addr, self.admin_addr];
+        addrs.extend(self.metrics_addr);
+        for (i, addr) in addrs.iter().enumerate() {
+            if fixed(addr) && addrs[..i].contains(addr) {
+                return Err(ConfigError::SameAddress(*addr));
+            }
         }
+        self.tls.plan(self.metrics_addr)?;
         if self.drain_timeout > MAX_DRAIN_TIMEOUT {
             return Err(ConfigError::DrainTimeout);
+        }
+        let store = &self.store;
+        if store.store_timeout < Duration::from_millis(1) || store.store_timeout > MAX_STORE_TIMEOUT
+        {
+            return Err(ConfigError::StoreTimeout);
+        }
+        if store.usage_retention_days > MAX_RETENTION_DAYS
+            || store.user_usage_retention_days > MAX_RETENTION_DAYS
+        {
+            return Err(ConfigError::Retention);
+        }
+        if self.metrics_app_labels > MAX_APP_LABELS {
+            return Err(ConfigError::AppLabels);
         }
         self.trace
             .settings(|name| std::env::var(name).ok())
@@ -326,6 +540,8 @@ impl DecisionArgs {
                 DefaultDecisionArg::Deny => DefaultDecision::Deny,
                 DefaultDecisionArg::Allow => DefaultDecision::Allow,
             },
+            ipv6_limit_prefix: Ipv6Prefix::new(self.ipv6_limit_prefix)
+                .map_err(ConfigError::Ipv6Prefix)?,
             // Only `tollgate check` turns the decision trace on.
             trace: false,
         })
@@ -481,9 +697,140 @@ mod tests {
         assert_eq!(ephemeral.validate(), Ok(()));
         let long = parse(&["--policy-file", "p", "--drain-timeout", "1h"]);
         assert_eq!(long.validate(), Err(ConfigError::DrainTimeout));
+        for (args, error) in [
+            (["--store-timeout", "0ms"], ConfigError::StoreTimeout),
+            (["--store-timeout", "1h"], ConfigError::StoreTimeout),
+            (["--usage-retention-days", "100000"], ConfigError::Retention),
+            (
+                ["--user-usage-retention-days", "4000000000"],
+                ConfigError::Retention,
+            ),
+            (["--metrics-app-labels", "99999999"], ConfigError::AppLabels),
+        ] {
+            let config = parse(&["--policy-file", "p", args[0], args[1]]);
+            assert_eq!(config.validate(), Err(error), "{args:?}");
+        }
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "16"]);
+        assert!(matches!(prefix.validate(), Err(ConfigError::Ipv6Prefix(_))));
+        let prefix = parse(&["--policy-file", "p", "--ipv6-limit-prefix", "56"]);
+        assert_eq!(
+            prefix.decision.settings().unwrap().ipv6_limit_prefix.bits(),
+            56
+        );
         assert!(
             Cli::try_parse_from(["serve", "--drain-timeout", "soon"]).is_err(),
             "durations are parsed"
+        );
+    }
+
+    #[test]
+    fn tls_flags_make_a_plan_per_listener() {
+        let config = parse(&[
+            "--policy-file",
+            "p",
+            "--grpc-tls-cert",
+            "/tls/grpc.crt",
+            "--grpc-tls-key",
+            "/tls/grpc.key",
+            "--grpc-client-ca",
+            "/tls/ca.crt",
+            "--grpc-client-spiffe-id",
+            "spiffe://cluster.local/ns/edge/sa/envoy",
+            "--grpc-client-dns-name",
+            "envoy.edge.svc,gateway.edge.svc",
+            "--admin-tls-cert",
+            "/tls/admin.crt",
+            "--admin-tls-key",
+            "/tls/admin.key",
+            "--metrics-addr",
+            "127.0.0.1:9091",
+            "--metrics-client-ca",
+            "/tls/scraper-ca.crt",
+        ]);
+        assert_eq!(config.validate(), Ok(()));
+        let plan = config.tls.plan(config.metrics_addr).unwrap();
+        let grpc = plan.grpc.unwrap();
+        assert_eq!(grpc.role, Role::Grpc);
+        assert_eq!(grpc.files.cert, PathBuf::from("/tls/grpc.crt"));
+        assert_eq!(grpc.files.client_ca, Some(PathBuf::from("/tls/ca.crt")));
+        assert_eq!(
+            grpc.clients,
+            ClientIdentities::new(
+                &["spiffe://cluster.local/ns/edge/sa/envoy".into()],
+                &["envoy.edge.svc".into(), "gateway.edge.svc".into()],
+            )
+            .unwrap()
+        );
+        let admin = plan.admin.unwrap();
+        assert_eq!(
+            admin.files.client_ca, None,
+            "probes never need a certificate"
+        );
+        let metrics = plan.metrics.unwrap();
+        assert_eq!(metrics.files.cert, PathBuf::from("/tls/admin.crt"));
+        assert_eq!(
+            metrics.files.client_ca,
+            Some(PathBuf::from("/tls/scraper-ca.crt"))
+        );
+
+        let plain = parse(&["--policy-file", "p"]);
+        assert_eq!(plain.tls.plan(None), Ok(TlsPlan::default()));
+        let metrics_only = parse(&["--policy-file", "p", "--metrics-addr", "127.0.0.1:0"]);
+        assert_eq!(metrics_only.validate(), Ok(()));
+        assert_eq!(
+            metrics_only.tls.plan(metrics_only.metrics_addr),
+            Ok(TlsPlan::default())
+        );
+    }
+
+    #[test]
+    fn tls_flags_that_cannot_work_are_refused() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["--policy-file", "p"];
+            all.extend_from_slice(args);
+            parse(&all).validate().unwrap_err()
+        };
+        assert_eq!(
+            refused(&["--grpc-tls-cert", "c"]),
+            ConfigError::HalfPair {
+                given: "--grpc-tls-cert".into(),
+                missing: "--grpc-tls-key".into()
+            }
+        );
+        assert_eq!(
+            refused(&["--admin-tls-key", "k"]),
+            ConfigError::HalfPair {
+                given: "--admin-tls-key".into(),
+                missing: "--admin-tls-cert".into()
+            }
+        );
+        assert_eq!(
+            refused(&["--grpc-client-ca", "ca"]),
+            ConfigError::ClientCaWithoutTls("grpc")
+        );
+        let tls = ["--grpc-tls-cert", "c", "--grpc-tls-key", "k"];
+        let mut ids = tls.to_vec();
+        ids.extend(["--grpc-client-spiffe-id", "spiffe://a/b"]);
+        assert_eq!(refused(&ids), ConfigError::IdentitiesWithoutClientCa);
+        let mut bad_id = tls.to_vec();
+        bad_id.extend(["--grpc-client-ca", "ca", "--grpc-client-spiffe-id", "envoy"]);
+        assert!(matches!(refused(&bad_id), ConfigError::Identity(_)));
+        assert_eq!(
+            refused(&["--metrics-client-ca", "ca"]),
+            ConfigError::MetricsClientCaWithoutMetricsAddr
+        );
+        assert_eq!(
+            refused(&["--metrics-client-ca", "ca", "--metrics-addr", "127.0.0.1:0"]),
+            ConfigError::ClientCaWithoutTls("metrics")
+        );
+        assert_eq!(
+            refused(&[
+                "--admin-addr",
+                "127.0.0.1:9090",
+                "--metrics-addr",
+                "127.0.0.1:9090"
+            ]),
+            ConfigError::SameAddress("127.0.0.1:9090".parse().unwrap())
         );
     }
 }

@@ -17,8 +17,10 @@
 //! custom resources, leader-elected).
 //!
 //! Around it: [`server`] (binds and runs the listeners), [`admin`]
-//! (health, readiness, metrics), [`telemetry`], [`shutdown`], [`config`]
-//! and [`cli`] (the subcommands).
+//! (health, readiness, metrics), [`tls`] (TLS and client certificates on
+//! tollgate's own ports), [`telemetry`], [`shutdown`], [`config`] and
+//! [`cli`] (the subcommands); [`field_value`] says which values are fit
+//! for a header or a log line.
 
 pub mod admin;
 pub mod authn;
@@ -28,6 +30,7 @@ pub mod compile_context;
 pub mod config;
 pub mod decision;
 pub mod encoding;
+pub mod field_value;
 pub mod grpc;
 pub mod limits;
 pub mod operator;
@@ -40,3 +43,15 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+
+/// How many cases a property test of untrusted input runs: `default` (CI's
+/// short run), or `TOLLGATE_FUZZ_CASES` for a long one (`docs/security.md`,
+/// "Fuzzing").
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("TOLLGATE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

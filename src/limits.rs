@@ -219,6 +219,12 @@ fn compile_limit(field: &str, spec: &LimitSpec) -> Result<Limit, String> {
             if quota.requests == 0 {
                 return Err(format!("{field}.quota.requests: must be at least 1"));
             }
+            if quota.requests > crate::policy::bounds::MAX_QUOTA_REQUESTS {
+                return Err(format!(
+                    "{field}.quota.requests: at most 2^53 ({})",
+                    crate::policy::bounds::MAX_QUOTA_REQUESTS
+                ));
+            }
             let zone = quota.time_zone.as_deref().unwrap_or("UTC");
             LimitKind::Quota(
                 Calendar::new(quota.requests, quota.reset, zone)

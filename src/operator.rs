@@ -138,8 +138,9 @@ pub async fn run(
 /// What the operator knows between iterations.
 #[derive(Default)]
 struct State {
-    /// The latest report of every object.
-    report: Option<Report>,
+    /// The latest report of every object (shared: reconciles read it
+    /// while a new one may arrive).
+    report: Option<Arc<Report>>,
     /// Custom resources as the API server holds them.
     observed: HashMap<ObjectRef, Observed>,
     queue: Queue,
@@ -180,7 +181,7 @@ impl State {
         for object in changed {
             self.queue.mark(object);
         }
-        self.report = Some(report);
+        self.report = Some(Arc::new(report));
     }
 
     fn mark_all(&mut self) {
@@ -193,7 +194,7 @@ impl State {
     /// Reconciles the objects that are due, at most [`BATCH`], while this
     /// replica leads.
     async fn reconcile_due(&mut self, ctx: &Context, leader: &watch::Receiver<bool>) {
-        let Some(report) = self.report.clone().map(Arc::new) else {
+        let Some(report) = self.report.clone() else {
             return;
         };
         let mut due = self.queue.take_due(Instant::now());

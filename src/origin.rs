@@ -30,6 +30,10 @@ pub enum TrustedOrigin {
 /// The request as seen from outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
+    /// The client's address, canonical: an IPv4-mapped IPv6 address
+    /// (`::ffff:203.0.113.5`, RFC 4291 §2.5.5.2, what a dual-stack socket
+    /// or proxy may report) is the IPv4 address it maps, so IPv4 address
+    /// rules and limits see one client as one address.
     pub client_ip: Option<IpAddr>,
     /// `https` or `http`.
     pub scheme: &'static str,
@@ -57,7 +61,7 @@ pub fn resolve(request: &RequestContext, trust: TrustedOrigin) -> Origin {
     let (host, port) = split_authority(&request.authority);
     match trust {
         TrustedOrigin::Envoy => Origin {
-            client_ip: request.peer_ip,
+            client_ip: request.peer_ip.map(|ip| ip.to_canonical()),
             scheme: if request.tls { "https" } else { "http" },
             host,
             port,
@@ -78,7 +82,8 @@ pub fn resolve(request: &RequestContext, trust: TrustedOrigin) -> Origin {
                 .len()
                 .checked_sub(hops)
                 .and_then(|i| forwarded.get(i))
-                .and_then(|ip| ip.parse().ok());
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical());
             let proto: Vec<&str> = request
                 .headers
                 .get_all("x-forwarded-proto")
@@ -163,6 +168,19 @@ mod tests {
         assert_eq!(origin.client_ip, Some("6.6.6.6".parse().unwrap()));
         let origin = resolve(&req, TrustedOrigin::Forwarded { hops: 3 });
         assert_eq!(origin.client_ip, None, "fewer entries than hops: unknown");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        let mut req = request(&[("x-forwarded-for", "::ffff:198.51.100.7")], false);
+        req.peer_ip = Some("::ffff:10.0.0.9".parse().unwrap());
+        let origin = resolve(&req, TrustedOrigin::Envoy);
+        assert_eq!(origin.client_ip, Some("10.0.0.9".parse().unwrap()));
+        let origin = resolve(&req, TrustedOrigin::Forwarded { hops: 1 });
+        assert_eq!(origin.client_ip, Some("198.51.100.7".parse().unwrap()));
+        req.peer_ip = Some("2001:db8::1".parse().unwrap());
+        let origin = resolve(&req, TrustedOrigin::Envoy);
+        assert_eq!(origin.client_ip, Some("2001:db8::1".parse().unwrap()));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Settings {
     /// Refuse host matching: only the context extension selects a policy.
     pub require_policy_extension: bool,
     pub default_decision: DefaultDecision,
+    /// How limits count IPv6 clients (default: per /64).
+    pub ipv6_limit_prefix: crate::limits::admission::Ipv6Prefix,
     /// Record a note per stage in [`Decision::trace`]. Only `tollgate check`
     /// (and tests) read the trace; the server leaves it off, so no note is
     /// formatted on its hot path. Verdicts and identities do not depend on it.
@@ -143,7 +145,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
                     run.note("select", StepOutcome::Skip, || {
                         format!("{detail}; default allow")
                     });
-                    let allow = respond::anonymous_allow(request);
+                    let allow = respond::default_allow(snapshot, request);
                     run.finish(Verdict::Allow(allow))
                 }
             };
@@ -167,7 +169,7 @@ pub async fn decide(snapshot: &Snapshot, request: &RequestContext, deps: &Deps) 
                 });
             }
             decision.dry_run_denial = Some(deny);
-            decision.verdict = Verdict::Allow(respond::anonymous_allow(request));
+            decision.verdict = Verdict::Allow(respond::dry_run_allow(policy, request));
         }
         Err(mut deny) => {
             if !policy.response.disclose_reasons && deny.reason.is_attestation_detail() {
@@ -195,59 +197,13 @@ async fn enforce(
     });
     result?;
 
-    let route = route::select(policy, request);
-    if let Some(route) = route {
-        run.identity.route = Some(route.name.clone());
-        if route.deny {
-            let deny = Deny::new(
-                Reason::RuleDenied,
-                format!("route {} denies all requests", route.name),
-            );
-            run.note("route", StepOutcome::Deny, || deny.detail.clone());
-            return Err(deny);
-        }
-        if route.public {
-            run.note("route", StepOutcome::Pass, || {
-                format!("route {} is public: no credentials, no quota", route.name)
-            });
-            return Ok(respond::allow(policy, request, &run.identity, None));
-        }
-        run.note("route", StepOutcome::Pass, || {
-            format!("route {}", route.name)
-        });
-    } else {
-        run.note(
-            "route",
-            StepOutcome::Pass,
-            || "no route refinement matched; policy defaults apply",
-        );
-    }
-
-    let now = deps.clock.now();
-    let user = match &policy.user {
-        Some(user_policy) => {
-            let user = user_policy.authenticate(request, origin, now).await;
-            run.stage("user", &user, |u| match u {
-                Some(u) => format!("user {} from {}", u.subject, u.issuer),
-                None => "no user token (optional)".to_owned(),
-            });
-            let user = user?;
-            if let Some(u) = &user {
-                run.identity.user = Some(u.subject.clone());
-                run.identity.issuer = Some(u.issuer.clone());
-            }
-            user
-        }
-        None => {
-            run.note(
-                "user",
-                StepOutcome::Skip,
-                || "policy has no user authentication",
-            );
-            None
-        }
+    let route = match route_stage(policy, request, run)? {
+        RouteStep::Public => return respond::allow(policy, request, &run.identity, None),
+        RouteStep::Continue(route) => route,
     };
 
+    let now = deps.clock.now();
+    let user = user_stage(policy, request, origin, now, run).await?;
     // Nonces the authentication stages collected (DPoP jti, single-use app
     // token jti, signature nonce), remembered by the admission stage.
     let mut nonces: Vec<crate::limits::Nonce> = Vec::new();
@@ -256,55 +212,12 @@ async fn enforce(
             .and_then(|u| u.dpop.as_ref())
             .map(|p| p.nonce.clone()),
     );
-    let app = match &policy.app {
-        Some(app_policy) => {
-            let app = app_policy
-                .authenticate(
-                    request,
-                    origin,
-                    user.as_ref(),
-                    &snapshot.apps,
-                    &policy.id,
-                    now,
-                )
-                .await;
-            run.stage("app", &app, |outcome| {
-                let mut note = match &outcome.app {
-                    Some(a) => format!("app {}", a.app_id),
-                    None => "no app credential (optional)".to_owned(),
-                };
-                if let Some(s) = outcome.app.as_ref().and_then(|a| a.signature.as_ref()) {
-                    note.push_str(&format!(
-                        "; signature {} ({}) verified",
-                        s.label,
-                        s.algorithm.name()
-                    ));
-                }
-                note
-            });
-            let outcome = app?;
+    let app = match app_stage(policy, snapshot, request, origin, user.as_ref(), now, run).await? {
+        Some(outcome) => {
             nonces.extend(outcome.nonces);
-            let app = outcome.app;
-            if let Some(a) = &app {
-                run.identity.app = Some(a.app_id.clone());
-                // The app's plan when this policy defines it, else `defaultPlan`.
-                run.identity.plan = policy
-                    .plans
-                    .resolve(a.plan.as_deref())
-                    .map(|p| p.name.clone())
-                    .or_else(|| a.plan.clone());
-                run.identity.device = a.device.clone();
-            }
-            app
+            outcome.app
         }
-        None => {
-            run.note(
-                "app",
-                StepOutcome::Skip,
-                || "policy has no app authentication",
-            );
-            None
-        }
+        None => None,
     };
 
     if let Some(require) = route.and_then(|r| r.require.as_ref()) {
@@ -312,6 +225,20 @@ async fn enforce(
         run.stage("scope", &result, |()| "route requirements met".to_owned());
         result?;
     }
+
+    // The plan of a request without an app (or whose app has none):
+    // `defaultPlan`.
+    if run.identity.plan.is_none() {
+        run.identity.plan = policy.plans.default_plan().map(|p| p.name.clone());
+    }
+    // What goes upstream is decided before admission: a value that cannot
+    // be sent (`field_value::is_header_safe`) denies the request before it
+    // consumes quota or remembers a nonce.
+    let allow = respond::allow(policy, request, &run.identity, user.as_ref());
+    if allow.is_err() {
+        run.stage("respond", &allow, |_| String::new());
+    }
+    let mut allow = allow?;
 
     let rate_headers = admission::check(
         policy,
@@ -326,8 +253,133 @@ async fn enforce(
         run,
     )
     .await?;
-
-    let mut allow = respond::allow(policy, request, &run.identity, user.as_ref());
     allow.response_headers.extend(rate_headers);
     Ok(allow)
+}
+
+/// What the route stage decided.
+enum RouteStep<'p> {
+    /// A public route: no credentials, no quota.
+    Public,
+    /// Go on, under this route (or the policy's defaults).
+    Continue(Option<&'p crate::policy::snapshot::Route>),
+}
+
+/// Stage 4: the first matching route; a `deny` route denies, a public one
+/// ends the checks.
+fn route_stage<'p>(
+    policy: &'p CompiledPolicy,
+    request: &RequestContext,
+    run: &mut Run,
+) -> Result<RouteStep<'p>, Deny> {
+    let Some(route) = route::select(policy, request) else {
+        run.note(
+            "route",
+            StepOutcome::Pass,
+            || "no route refinement matched; policy defaults apply",
+        );
+        return Ok(RouteStep::Continue(None));
+    };
+    run.identity.route = Some(route.name.clone());
+    if route.deny {
+        let deny = Deny::new(
+            Reason::RuleDenied,
+            format!("route {} denies all requests", route.name),
+        );
+        run.note("route", StepOutcome::Deny, || deny.detail.clone());
+        return Err(deny);
+    }
+    if route.public {
+        run.note("route", StepOutcome::Pass, || {
+            format!("route {} is public: no credentials, no quota", route.name)
+        });
+        return Ok(RouteStep::Public);
+    }
+    run.note("route", StepOutcome::Pass, || {
+        format!("route {}", route.name)
+    });
+    Ok(RouteStep::Continue(Some(route)))
+}
+
+/// Stage 5: the user, when the policy authenticates users.
+async fn user_stage(
+    policy: &CompiledPolicy,
+    request: &RequestContext,
+    origin: &origin::Origin,
+    now: std::time::Duration,
+    run: &mut Run,
+) -> Result<Option<crate::authn::user::UserIdentity>, Deny> {
+    let Some(user_policy) = &policy.user else {
+        run.note(
+            "user",
+            StepOutcome::Skip,
+            || "policy has no user authentication",
+        );
+        return Ok(None);
+    };
+    let user = user_policy.authenticate(request, origin, now).await;
+    run.stage("user", &user, |u| match u {
+        Some(u) => format!(
+            "user {} from {}",
+            crate::field_value::escape_controls(&u.subject),
+            u.issuer
+        ),
+        None => "no user token (optional)".to_owned(),
+    });
+    let user = user?;
+    if let Some(u) = &user {
+        run.identity.user = Some(u.subject.clone());
+        run.identity.issuer = Some(u.issuer.clone());
+    }
+    Ok(user)
+}
+
+/// Stage 6: the app, when the policy identifies apps (`None` when it does
+/// not); records the app, its plan and its device in the identity.
+async fn app_stage(
+    policy: &CompiledPolicy,
+    snapshot: &Snapshot,
+    request: &RequestContext,
+    origin: &origin::Origin,
+    user: Option<&crate::authn::user::UserIdentity>,
+    now: std::time::Duration,
+    run: &mut Run,
+) -> Result<Option<crate::authn::app::AppOutcome>, Deny> {
+    let Some(app_policy) = &policy.app else {
+        run.note(
+            "app",
+            StepOutcome::Skip,
+            || "policy has no app authentication",
+        );
+        return Ok(None);
+    };
+    let app = app_policy
+        .authenticate(request, origin, user, &snapshot.apps, &policy.id, now)
+        .await;
+    run.stage("app", &app, |outcome| {
+        let mut note = match &outcome.app {
+            Some(a) => format!("app {}", a.app_id),
+            None => "no app credential (optional)".to_owned(),
+        };
+        if let Some(s) = outcome.app.as_ref().and_then(|a| a.signature.as_ref()) {
+            note.push_str(&format!(
+                "; signature {} ({}) verified",
+                s.label,
+                s.algorithm.name()
+            ));
+        }
+        note
+    });
+    let outcome = app?;
+    if let Some(a) = &outcome.app {
+        run.identity.app = Some(a.app_id.clone());
+        // The app's plan when this policy defines it, else `defaultPlan`.
+        run.identity.plan = policy
+            .plans
+            .resolve(a.plan.as_deref())
+            .map(|p| p.name.clone())
+            .or_else(|| a.plan.clone());
+        run.identity.device = a.device.clone();
+    }
+    Ok(Some(outcome))
 }

@@ -25,6 +25,10 @@ pub struct RequestContext {
     pub scheme: String,
     /// The `:authority` (or `Host`), as sent.
     pub authority: String,
+    /// The downstream HTTP version as Envoy reported it (`HTTP/1.0`,
+    /// `HTTP/1.1`, `HTTP/2`, `HTTP/3`); empty when unknown. Over HTTP/2 and
+    /// HTTP/3 a body needs no `content-length`.
+    pub protocol: String,
     /// The path without the query string, undecoded.
     pub path: String,
     /// The query string without `?`, if the target had one.

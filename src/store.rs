@@ -64,6 +64,12 @@ pub struct Admission {
     /// The decision time in µs since the Unix epoch (the replica clock).
     pub now_us: u64,
     pub groups: Vec<Group>,
+    /// A random id of this admission (empty when it has no nonce), stored
+    /// as the value of its nonces: a nonce holding it was stored by this
+    /// very admission — an earlier attempt of the same call that a client
+    /// library retried after a lost reply — so its group was applied, and
+    /// the retry is not a replay.
+    pub attempt: String,
 }
 
 impl Admission {

@@ -141,4 +141,17 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time to decide one Check call"
     );
+    metrics::describe_counter!(
+        crate::tls::HANDSHAKES_TOTAL,
+        "TLS handshakes on tollgate's listeners by listener and result (accepted, or why refused)"
+    );
+    metrics::describe_counter!(
+        crate::tls::RELOADS_TOTAL,
+        "TLS certificate file changes applied (success) or refused (error), by listener"
+    );
+    metrics::describe_gauge!(
+        crate::tls::CERTIFICATE_EXPIRY,
+        metrics::Unit::Seconds,
+        "When the serving TLS certificate expires (notAfter, Unix time), by listener"
+    );
 }

@@ -112,6 +112,14 @@ spec:
 
 const ATTESTED: &str = r#"    identify:
       apiKey: { header: x-api-key }
+    attestation:
+      keys: { secretRef: { name: attester, key: secret }, encoding: base64 }
+      maxLifetime: 10m
+      binding: { claim: pay, headers: [authorization] }"#;
+
+/// [`ATTESTED`] with the app named by the token's `app_id` claim as well.
+const TOKEN_CLAIM: &str = r#"    identify:
+      apiKey: { header: x-api-key }
       tokenClaim: app_id
     attestation:
       keys: { secretRef: { name: attester, key: secret }, encoding: base64 }
@@ -412,7 +420,7 @@ async fn a_cached_app_token_stays_bound_to_its_user_token() {
 
 #[tokio::test]
 async fn the_token_claim_identifies_the_app_and_must_agree() {
-    let s = snapshot();
+    let s = compile(&policies(TOKEN_CLAIM, true));
     let token = app_token(60.0, Some(AUTH), json!({"app_id": "commuter-ios"}));
     let d = run(&s, &[("approov-token", &token), ("authorization", AUTH)]).await;
     assert_eq!(outcome(&d), "allow");
@@ -441,6 +449,18 @@ async fn the_token_claim_identifies_the_app_and_must_agree() {
     let unknown = app_token(60.0, Some(AUTH), json!({"app_id": "nobody"}));
     let d = run(&s, &[("approov-token", &unknown), ("authorization", AUTH)]).await;
     assert_eq!(outcome(&d), "app_unknown");
+    // A token without the claim cannot vouch for the key's app.
+    let unnamed = app_token(60.0, Some(AUTH), json!({}));
+    let d = run(
+        &s,
+        &[
+            ("x-api-key", COMMUTER_KEY),
+            ("approov-token", &unnamed),
+            ("authorization", AUTH),
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&d), "attestation_invalid");
 }
 
 #[tokio::test]

@@ -403,12 +403,16 @@ fn shipped_envoy_examples_pass_envoys_validation() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert!(examples.len() >= 2, "front-proxy.yaml and sidecar.yaml");
+    assert!(
+        examples.len() >= 3,
+        "front-proxy.yaml, front-proxy-mtls.yaml and sidecar.yaml"
+    );
     for example in examples {
         let relative = example.strip_prefix(support::repo_root()).unwrap();
         // Validate the file as shipped, only its certificate paths changed.
         let mut bootstrap = envoy::read_example(relative.to_str().unwrap());
         envoy::replace_tls_files(&mut bootstrap, &files);
+        envoy::localize_sds(&mut bootstrap, dir.path(), &files);
         let path = dir.path().join("validate.json");
         std::fs::write(&path, serde_json::to_vec(&bootstrap).unwrap()).unwrap();
         let output = std::process::Command::new(envoy::binary())

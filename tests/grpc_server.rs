@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,13 +22,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate::clock::SystemClock;
-use tollgate::grpc::pb::envoy::config::core::v3::{
-    Address, HeaderMap, HeaderValue, SocketAddress, address,
-};
-use tollgate::grpc::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use tollgate::grpc::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use tollgate::grpc::pb::{
-    AttributeContext, AuthorizationClient, CheckRequest, CheckResponse, DeniedHttpResponse,
-    HttpResponse, OkHttpResponse,
+    AuthorizationClient, CheckRequest, CheckResponse, DeniedHttpResponse, HttpResponse,
+    OkHttpResponse,
 };
 use tollgate::pipeline::{Deps, Settings};
 use tollgate::policy::{compile, document};
@@ -154,53 +152,7 @@ impl Drop for TestServer {
     }
 }
 
-/// A CheckRequest as Envoy sends it; `tls` adds the evidence Envoy gives
-/// for a TLS listener (the destination principal).
-fn envoy_request(host: &str, target: &str, headers: &[(&str, &str)], tls: bool) -> CheckRequest {
-    let mut map: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    map.insert(":authority".into(), host.into());
-    map.insert(":path".into(), target.into());
-    map.insert(":method".into(), "GET".into());
-    map.insert("x-request-id".into(), "test-request-1".into());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "198.51.100.20".into(),
-                        port_specifier: None,
-                    })),
-                }),
-                ..Default::default()
-            }),
-            destination: Some(Peer {
-                principal: if tls {
-                    "api.bikes.example".into()
-                } else {
-                    String::new()
-                },
-                ..Default::default()
-            }),
-            request: Some(Request {
-                time: None,
-                http: Some(HttpRequest {
-                    id: "42".into(),
-                    method: "GET".into(),
-                    headers: map,
-                    path: target.into(),
-                    host: host.into(),
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
+use support::check::request as envoy_request;
 
 fn ok(response: &CheckResponse) -> &OkHttpResponse {
     match &response.http_response {

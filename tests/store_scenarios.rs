@@ -255,6 +255,7 @@ async fn nonces_refuse_replays(store: &dyn Store, app: &str) {
     let t = at("2024-05-04T08:00:00Z");
     let nonce = |scope: &str, value: &str| Nonce {
         scope: scope.to_owned(),
+        credential: "key-1".to_owned(),
         value: value.to_owned(),
         ttl: Duration::from_secs(300),
     };
@@ -280,6 +281,71 @@ async fn nonces_refuse_replays(store: &dyn Store, app: &str) {
     assert!(matches!(out.verdict, Verdict::Replay { .. }));
     call.nonces = vec![nonce("dpop", "jti-3")];
     assert_eq!(call.send(store).await.verdict, Verdict::Admitted);
+    // A nonce belongs to its credential, not to the app, user or address
+    // that came with it: sent by another app, or anonymously, it is still
+    // a replay; the same value of another credential is fresh.
+    let other_app = format!("{app}-other");
+    let mut replayed = Call::new(&p, "p", &other_app, t);
+    replayed.now = call.now;
+    replayed.nonces = vec![nonce("dpop", "jti-3")];
+    assert!(matches!(
+        replayed.send(store).await.verdict,
+        Verdict::Replay { .. }
+    ));
+    replayed.app = None;
+    replayed.ip = Some("203.0.113.50".parse().unwrap());
+    assert!(matches!(
+        replayed.send(store).await.verdict,
+        Verdict::Replay { .. }
+    ));
+    replayed.nonces[0].credential = "key-2".to_owned();
+    assert_eq!(replayed.send(store).await.verdict, Verdict::Admitted);
+}
+
+/// A store call that a client library re-sends after losing the reply (a
+/// Redis Cluster client retries on a dropped connection) finds the nonce
+/// its first attempt stored: that is the same admission, admitted once and
+/// consumed once, never a replay. Another admission with the nonce is.
+async fn a_retried_call_is_not_a_replay(store: &dyn Store, app: &str) {
+    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 5, reset: day}}]}]");
+    let t = at("2024-05-04T09:00:00Z");
+    let mut call = Call::new(&p, "p", app, t);
+    call.nonces = vec![Nonce {
+        scope: "dpop".into(),
+        credential: format!("{app}-key"),
+        value: "jti-1".into(),
+        ttl: Duration::from_secs(300),
+    }];
+    let (admission, _) = call.admission();
+    assert_eq!(
+        store.admit(&admission).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    // The nonce's call again, as a client library re-sends it (on a
+    // Cluster that call is the nonce's group alone; on one server the
+    // call held every group): admitted, nothing consumed twice.
+    let retried = Admission {
+        groups: admission
+            .groups
+            .iter()
+            .filter(|g| !g.nonces.is_empty())
+            .cloned()
+            .collect(),
+        ..admission.clone()
+    };
+    let again = store.admit(&retried).await.unwrap();
+    assert_eq!(again.verdict, Verdict::Admitted, "{again:?}");
+    // A new admission with the same nonce is a replay…
+    let replay = call.send(store).await;
+    assert!(
+        matches!(replay.verdict, Verdict::Replay { .. }),
+        "{replay:?}"
+    );
+    // …and the quota counted the first call once: 5 − 1 − this one = 3.
+    call.nonces.clear();
+    let out = call.send(store).await;
+    assert_eq!(out.verdict, Verdict::Admitted);
+    assert_eq!(states(&out)[0].remaining, 3);
 }
 
 /// A limit keyed by IP lives under its own hash tag: when it denies, what
@@ -436,6 +502,7 @@ async fn run_suite(backend: Backend) {
     month_boundary_resets(backend.store.as_ref(), &format!("{tag}-month")).await;
     dst_day_in_new_york(backend.store.as_ref(), &format!("{tag}-dst")).await;
     nonces_refuse_replays(backend.store.as_ref(), &format!("{tag}-nonce")).await;
+    a_retried_call_is_not_a_replay(backend.store.as_ref(), &format!("{tag}-retry")).await;
     cross_tag_deny_refunds(backend.store.as_ref(), &format!("{tag}-cross")).await;
     usage_is_metered(backend.store.as_ref(), &format!("{tag}-usage")).await;
     refunded_requests_are_not_metered(backend.store.as_ref(), &format!("{tag}-refund")).await;
@@ -489,6 +556,67 @@ async fn scenarios_on_redis_cluster() {
         })
         .count();
     assert!(spread >= 2, "keys landed on {spread} of 3 primaries");
+}
+
+/// On a Cluster a request's hash tags are separate calls. A definite answer
+/// from one — a replay, a limit exceeded — stands when another fails (here
+/// a key of the user's tag holding the wrong type makes its script fail):
+/// the request is denied, never an error that `onStoreError: allow` would
+/// turn into an allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_denial_stands_when_another_group_fails() {
+    let cluster = RedisCluster::start(3);
+    let store = redis_store(&cluster.urls(), true);
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: daily, key: app, quota: {requests: 1, reset: day}},
+            {name: per-user, key: user, rate: {requests: 10, period: 1s}}]}]",
+    );
+    let t = at("2024-05-20T08:00:00Z");
+    let mut call = Call::new(&p, "p", "broken", t);
+    call.user = Some(("https://id.example/", "bob"));
+    call.nonces = vec![Nonce {
+        scope: "dpop".into(),
+        credential: "jkt".into(),
+        value: "jti-1".into(),
+        ttl: Duration::from_secs(60),
+    }];
+    let (admission, _) = call.admission();
+    assert_eq!(admission.groups.len(), 3, "app, user and nonce tags");
+    assert_eq!(
+        store.admit(&admission).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+
+    // Break the user's group: its rate key now holds a hash.
+    let user_key = admission
+        .groups
+        .iter()
+        .find(|g| g.tag.starts_with("{u:"))
+        .map(|g| g.limits[0].key.clone())
+        .unwrap();
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    let _: i64 = on_owner(&nodes, redis::cmd("DEL").arg(&user_key));
+    let _: i64 = on_owner(&nodes, redis::cmd("HSET").arg(&user_key).arg("f").arg("v"));
+    call.nonces.clear();
+    let (broken, _) = call.admission();
+    // Without a definite answer elsewhere, the failure is an error…
+    call.now = at("2024-05-21T08:00:00Z");
+    let (only_error, _) = call.admission();
+    assert!(
+        store.admit(&only_error).await.is_err(),
+        "a failing group is an error"
+    );
+    // …but the app's exceeded quota stands…
+    let out = store.admit(&broken).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Exceeded, "{out:?}");
+    // …and so does a replayed nonce.
+    let replay = Admission {
+        attempt: "another".into(),
+        ..admission
+    };
+    let out = store.admit(&replay).await.unwrap();
+    assert!(matches!(out.verdict, Verdict::Replay { .. }), "{out:?}");
 }
 
 // ------------------------------------------------------ what Redis holds
@@ -779,6 +907,7 @@ async fn measure_commands_and_latency() {
         call.user = Some(("https://id.example/", "u"));
         call.nonces = vec![Nonce {
             scope: "dpop".into(),
+            credential: "jkt".into(),
             value: format!("jti-{i}"),
             ttl: Duration::from_secs(60),
         }];
@@ -815,7 +944,7 @@ async fn measure_commands_and_latency() {
     );
     println!("commandstats: {stats:?}");
     assert_eq!(client_calls, n, "one EVALSHA per request");
-    // Inside the script, per request: the nonce (EXISTS, SET PX), the rate
+    // Inside the script, per request: the nonce (GET, SET PX), the rate
     // (GET, SET PX), the quota (GET, then INCRBY: the warm-up created the
     // day's counter) and one HINCRBY per usage hash. The only EXPIRE is
     // the user hash's, made by the first measured request; the app hash
@@ -831,10 +960,104 @@ async fn measure_commands_and_latency() {
             calls("expire"),
             calls("pexpire"),
         ),
-        (n, 2 * n, 2 * n, n, 2 * n, 1, 0),
+        (0, 3 * n, 2 * n, n, 2 * n, 1, 0),
         "{stats:?}"
     );
     assert_eq!(inside, 8 * n + 1, "{stats:?}");
+}
+
+/// Redis's own time in `EVALSHA` (µs) summed over `nodes`
+/// (`INFO commandstats`, `usec`).
+fn evalsha_usec(nodes: &[&RedisServer]) -> u64 {
+    nodes
+        .iter()
+        .map(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut node.connection())
+                .unwrap();
+            info.lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+                .and_then(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// What a request's nonce costs now that it lives under its credential's
+/// hash tag: on one server nothing more (the one script call takes every
+/// group), on a Cluster one more `EVALSHA`, run concurrently with the
+/// app's. Printed for `docs/performance.md` (`--nocapture`); the counts
+/// are asserted, the times never are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_the_nonce_tag() {
+    let redis = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let single: Vec<&RedisServer> = vec![&redis];
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    let backends = [
+        ("redis", redis_store(&[redis.url()], false), &single),
+        ("cluster", redis_store(&cluster.urls(), true), &nodes),
+    ];
+    let p = plans(
+        "plans: [{name: p, limits: [
+            {name: ps, rate: {requests: 100000, period: 1s, burst: 100000}},
+            {name: daily, quota: {requests: 10000000, reset: day}}]}]",
+    );
+    let t = at("2024-05-13T08:00:00Z");
+    let n = 2000u64;
+    for (name, store, nodes) in &backends {
+        for with_nonce in [false, true] {
+            Call::new(&p, "p", "m", t).send(store.as_ref()).await;
+            for node in nodes.iter() {
+                node.reset_stats();
+            }
+            let mut latencies = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let mut call = Call::new(&p, "p", "m", t + i);
+                if with_nonce {
+                    call.nonces = vec![Nonce {
+                        scope: "dpop".into(),
+                        credential: "jkt".into(),
+                        value: format!("{name}-jti-{i}"),
+                        ttl: Duration::from_secs(60),
+                    }];
+                }
+                let (admission, _) = call.admission();
+                let started = Instant::now();
+                let out = store.admit(&admission).await.unwrap();
+                latencies.push(started.elapsed());
+                assert_eq!(out.verdict, Verdict::Admitted);
+            }
+            let calls: u64 = nodes
+                .iter()
+                .map(|node| node.command_stats().get("evalsha").copied().unwrap_or(0))
+                .sum();
+            let usec = evalsha_usec(nodes);
+            latencies.sort();
+            let pct = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+            println!(
+                "{name}, {}: {:.2} EVALSHA per request, Redis {:.2} µs per request in EVALSHA; \
+                 store latency p50 {:?} p99 {:?}",
+                if with_nonce {
+                    "rate + quota + DPoP nonce"
+                } else {
+                    "rate + quota"
+                },
+                calls as f64 / n as f64,
+                usec as f64 / n as f64,
+                pct(0.5),
+                pct(0.99),
+            );
+            let expected = if with_nonce && *name == "cluster" {
+                2
+            } else {
+                1
+            };
+            assert_eq!(calls, expected * n, "{name}, nonce {with_nonce}");
+        }
+    }
 }
 
 // ------------------------------------------------------------ through decide

@@ -40,17 +40,32 @@ pub struct Listener {
     pub filter: Filter,
 }
 
-/// Renders the bootstrap: `clusters` are (name, gRPC server address).
-pub fn bootstrap(
-    listeners: &[Listener],
-    clusters: &[(&'static str, SocketAddr)],
-    fixture: &Fixture,
-) -> Value {
+/// An authorization server's cluster.
+pub struct Cluster {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    /// The cluster's `transport_socket` (TLS to the server), if any.
+    pub tls: Option<Value>,
+}
+
+impl Cluster {
+    /// A plaintext cluster.
+    pub fn plain(name: &'static str, addr: SocketAddr) -> Self {
+        Self {
+            name,
+            addr,
+            tls: None,
+        }
+    }
+}
+
+/// Renders the bootstrap.
+pub fn bootstrap(listeners: &[Listener], clusters: &[Cluster], fixture: &Fixture) -> Value {
     json!({
         "admin": { "address": socket_address("127.0.0.1", 0) },
         "static_resources": {
             "listeners": listeners.iter().map(|l| listener(l, fixture)).collect::<Vec<_>>(),
-            "clusters": clusters.iter().map(|(name, addr)| grpc_cluster(name, *addr)).collect::<Vec<_>>(),
+            "clusters": clusters.iter().map(grpc_cluster).collect::<Vec<_>>(),
         }
     })
 }
@@ -59,8 +74,9 @@ fn socket_address(ip: &str, port: u16) -> Value {
     json!({ "socket_address": { "address": ip, "port_value": port } })
 }
 
-fn grpc_cluster(name: &str, addr: SocketAddr) -> Value {
-    json!({
+fn grpc_cluster(cluster: &Cluster) -> Value {
+    let (name, addr) = (cluster.name, cluster.addr);
+    let mut value = json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -76,7 +92,11 @@ fn grpc_cluster(name: &str, addr: SocketAddr) -> Value {
                 "address": socket_address(&addr.ip().to_string(), addr.port())
             }}]}]
         }
-    })
+    });
+    if let Some(tls) = &cluster.tls {
+        value["transport_socket"] = tls.clone();
+    }
+    value
 }
 
 fn listener(listener: &Listener, fixture: &Fixture) -> Value {

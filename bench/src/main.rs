@@ -6,7 +6,8 @@
 //!   front of: nothing (direct response, the ceiling), a null ext_authz
 //!   server, the null server making one Redis `EVALSHA` per check (the
 //!   floor), Envoy's own `jwt_authn` verifying the same two tokens (without
-//!   and with its cache), and tollgate with the full policy and Redis.
+//!   and with its cache), and tollgate with the full policy and Redis, over
+//!   plaintext and over mutual TLS (the cost of TLS on tollgate's port).
 //!   Saturated (closed loop), unloaded (one connection) and at a fixed
 //!   open-loop rate of half the null+Redis saturation;
 //! - `grpc` — `Check` driven directly (no Envoy) over 1 and 4 HTTP/2
@@ -28,7 +29,8 @@
 //! benches), [`procs`] (child processes, CPU time, Redis), [`envoy`]
 //! (bootstrap), [`check`] (the `CheckRequest`, the null servers' answer),
 //! [`null`] (null servers), [`loadgen`] (closed/open-loop generator),
-//! [`run`] (the scenarios and the report).
+//! [`tls`] (the TLS scenario's certificates), [`run`] (the scenarios and
+//! the report).
 
 #[path = "../../benches/support/fixtures.rs"]
 mod fixtures;
@@ -40,6 +42,7 @@ mod loadgen;
 mod null;
 mod procs;
 mod run;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

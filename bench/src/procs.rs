@@ -365,23 +365,14 @@ pub struct Tollgate {
 }
 
 impl Tollgate {
-    /// `threads`: tokio worker threads (`TOKIO_WORKER_THREADS`).
+    /// `threads`: tokio worker threads (`TOKIO_WORKER_THREADS`);
+    /// `extra`: further `serve` flags (TLS).
     pub fn start(
         binary: &Path,
         policy: &[PathBuf],
         redis: Option<&str>,
         threads: std::num::NonZeroUsize,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(binary, policy, redis, threads, &[])
-    }
-
-    /// [`Tollgate::start`] with extra `serve` arguments.
-    pub fn start_with(
-        binary: &Path,
-        policy: &[PathBuf],
-        redis: Option<&str>,
-        threads: std::num::NonZeroUsize,
-        extra_args: &[String],
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
@@ -400,7 +391,7 @@ impl Tollgate {
         if let Some(url) = redis {
             command.args(["--redis", url]);
         }
-        command.args(extra_args);
+        command.args(extra);
         for (name, _) in std::env::vars_os() {
             let name_text = name.to_string_lossy();
             if name_text.starts_with("TOLLGATE_") || name_text.starts_with("OTEL_") {

@@ -18,7 +18,7 @@ use tokio::runtime::Runtime;
 
 use crate::Options;
 use crate::check;
-use crate::envoy::{self, Envoy, Filter, Listener};
+use crate::envoy::{self, Cluster, Envoy, Filter, Listener};
 use crate::fixtures::{self, Fixture};
 use crate::loadgen::{self, Caller, GrpcCaller, HttpCaller, Sample};
 use crate::procs::{self, Proc, Redis, Tollgate};
@@ -388,6 +388,16 @@ fn start_tollgate(
     policy: &[PathBuf],
     redis: Option<&str>,
 ) -> anyhow::Result<Tollgate> {
+    start_tollgate_with(options, policy, redis, &[])
+}
+
+/// [`start_tollgate`] with further `serve` flags.
+fn start_tollgate_with(
+    options: &Options,
+    policy: &[PathBuf],
+    redis: Option<&str>,
+    extra: &[String],
+) -> anyhow::Result<Tollgate> {
     let binary = options.tollgate_binary();
     if !binary.is_file() {
         bail!(
@@ -395,7 +405,7 @@ fn start_tollgate(
             binary.display()
         );
     }
-    let tollgate = Tollgate::start(&binary, policy, redis, options.server_threads)?;
+    let tollgate = Tollgate::start(&binary, policy, redis, options.server_threads, extra)?;
     // Ready once the snapshot is loaded.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -461,6 +471,11 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
 
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    // The same tollgate over mutual TLS: certificate, client CA and the
+    // SPIFFE ID allow-list, as deploy/envoy/front-proxy-mtls.yaml uses it.
+    let tls = crate::tls::Files::generate(dir.path())?;
+    let tollgate_tls =
+        start_tollgate_with(options, &policy, Some(&redis.url()), &tls.tollgate_args())?;
     let (null, null_addr) = start_null(options, None, false)?;
     let (null_bare, null_bare_addr) = start_null(options, None, true)?;
     let (null_redis, null_redis_addr) = start_null(options, Some(&redis.url()), false)?;
@@ -472,15 +487,21 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
         ("jwt", Filter::JwtAuthn { cache: false }),
         ("jwt_cache", Filter::JwtAuthn { cache: true }),
         ("tollgate", Filter::ExtAuthz("tollgate")),
+        ("tollgate_tls", Filter::ExtAuthz("tollgate_tls")),
     ]
     .map(|(name, filter)| Listener { name, filter });
     let bootstrap = envoy::bootstrap(
         &listeners,
         &[
-            ("null_bare", null_bare_addr),
-            ("null", null_addr),
-            ("null_redis", null_redis_addr),
-            ("tollgate", tollgate.grpc),
+            Cluster::plain("null_bare", null_bare_addr),
+            Cluster::plain("null", null_addr),
+            Cluster::plain("null_redis", null_redis_addr),
+            Cluster::plain("tollgate", tollgate.grpc),
+            Cluster {
+                name: "tollgate_tls",
+                addr: tollgate_tls.grpc,
+                tls: Some(tls.transport_socket()),
+            },
         ],
         &fixture,
     );
@@ -527,6 +548,11 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
             listener: "tollgate",
             title: "4 Envoy + tollgate (full policy, Redis)",
             server: watched("server", &tollgate.proc),
+        },
+        Scenario {
+            listener: "tollgate_tls",
+            title: "4t Envoy + tollgate over mutual TLS (full policy, Redis)",
+            server: watched("server", &tollgate_tls.proc),
         },
     ];
     let watch_list = |scenario: &Scenario| -> Vec<Watched> {
@@ -615,7 +641,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     }
     print_envoy(&rows, options.connections, open_rate)?;
     drop(envoy);
-    drop((null, null_bare, null_redis, tollgate));
+    drop((null, null_bare, null_redis, tollgate, tollgate_tls));
     Ok(())
 }
 
@@ -649,7 +675,7 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
             args.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
             args.extend(["--otlp-sampler-ratio".to_owned(), ratio.to_owned()]);
         }
-        let tollgate = Tollgate::start_with(
+        let tollgate = Tollgate::start(
             &binary,
             &policy,
             Some(&redis.url()),
@@ -839,6 +865,7 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         );
     }
     let tollgate = row(rows, "tollgate")?;
+    print_tls_cost(tollgate, row(rows, "tollgate_tls")?);
     println!("\n### Ratios of tollgate (4) to the others (saturated req/s)\n");
     for r in rows.iter().filter(|r| r.listener != "tollgate") {
         println!(
@@ -941,6 +968,35 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         "",
     );
     Ok(())
+}
+
+/// What mutual TLS on tollgate's port costs: 4t against 4, same run.
+fn print_tls_cost(plain: &EnvoyRow, tls: &EnvoyRow) {
+    let cpu = |r: &EnvoyRow, label: &str| r.saturated.cpu_us(label).unwrap_or_default();
+    let open_p = |r: &EnvoyRow, p: f64| r.open.as_ref().map_or(0.0, |o| o.sample.percentile_ms(p));
+    println!("\n### The cost of mutual TLS on tollgate's port (4t against 4)\n");
+    println!(
+        "- saturated req/s: {:.2}× ({:.0} vs {:.0})",
+        tls.saturated.sample.rate() / plain.saturated.sample.rate().max(1e-9),
+        tls.saturated.sample.rate(),
+        plain.saturated.sample.rate()
+    );
+    println!(
+        "- CPU µs per request, saturated: Envoy {:+.1} ({:.1} vs {:.1}), tollgate {:+.1} ({:.1} vs {:.1})",
+        cpu(tls, "envoy") - cpu(plain, "envoy"),
+        cpu(tls, "envoy"),
+        cpu(plain, "envoy"),
+        cpu(tls, "server") - cpu(plain, "server"),
+        cpu(tls, "server"),
+        cpu(plain, "server"),
+    );
+    println!(
+        "- unloaded p50 {:+.3} ms, p99 {:+.3} ms; open loop p50 {:+.3} ms, p99 {:+.3} ms",
+        tls.unloaded.sample.percentile_ms(50.0) - plain.unloaded.sample.percentile_ms(50.0),
+        tls.unloaded.sample.percentile_ms(99.0) - plain.unloaded.sample.percentile_ms(99.0),
+        open_p(tls, 50.0) - open_p(plain, 50.0),
+        open_p(tls, 99.0) - open_p(plain, 99.0),
+    );
 }
 
 /// Prints one target line: met or missed, never a failure.

@@ -178,6 +178,9 @@ impl AppPolicy {
             .map_err(|deny| self.challenge(deny))
     }
 
+    /// The steps of app authentication, in order: the credentials that
+    /// identify (API key, certificate), the attestation token, the request
+    /// signature, the token's app claim, then the registration's rules.
     async fn identify(
         &self,
         request: &RequestContext,
@@ -187,7 +190,78 @@ impl AppPolicy {
         now: std::time::Duration,
         authorization_sha256: Option<&[u8; 32]>,
     ) -> Result<AppOutcome, Deny> {
-        // 1. The API key.
+        let (namespace, _) = split_policy(policy);
+        // 1–2. The API key and the client certificate.
+        let presented = self.presented(request, origin, apps)?;
+        if self.required && presented.app.is_none() && !presented.any_credential {
+            return Err(Deny::new(
+                Reason::AppCredentialMissing,
+                "this API requires an app credential",
+            ));
+        }
+        // 3. The attestation token; a single-use one leaves its jti.
+        let claims = match &self.attestation {
+            Some(attestation) => {
+                attestation
+                    .verify(request, now, authorization_sha256)
+                    .await?
+            }
+            None => None,
+        };
+        let mut nonces = Vec::new();
+        if let (Some(attestation), Some(claims)) = (&self.attestation, &claims)
+            && let Some(nonce) = attestation.single_use_nonce(claims, now)?
+        {
+            nonces.push(nonce);
+        }
+        // 3b. The request signature (RFC 9421), with the app's signingKey or
+        // the attestation's installation key.
+        let verified =
+            self.verify_signature(request, origin, apps, namespace, claims.as_ref(), now)?;
+        let mut found = self.signing_app(presented.app, verified.as_ref())?;
+        nonces.extend(verified.as_ref().and_then(|v| v.nonce.clone()));
+        // 4. The app id claim of the verified attestation token.
+        if let Some(claims) = &claims {
+            found = self.claimed_app(found, claims, apps, namespace)?;
+        }
+
+        let Some(index) = found else {
+            if !self.required {
+                return Ok(AppOutcome { app: None, nonces });
+            }
+            return Err(if self.client_certificate && presented.certificate {
+                Deny::new(
+                    Reason::AppUnknown,
+                    "the client certificate is not registered",
+                )
+            } else {
+                Deny::new(
+                    Reason::AppCredentialMissing,
+                    "no credential identifies the app",
+                )
+            });
+        };
+        let app = registered(apps, index, policy)?;
+        Ok(AppOutcome {
+            app: Some(AppIdentity {
+                app_id: app.app_id.clone(),
+                plan: app.plan.clone(),
+                device: claims.as_ref().and_then(|c| c.device.clone()),
+                attestation: claims,
+                signature: verified,
+            }),
+            nonces,
+        })
+    }
+
+    /// Steps 1–2: the app the API key and the client certificate name (they
+    /// must agree), and whether any app credential was presented at all.
+    fn presented(
+        &self,
+        request: &RequestContext,
+        origin: &Origin,
+        apps: &AppIndex,
+    ) -> Result<Presented, Deny> {
         let mut key_app = None;
         let mut key_present = false;
         if let Some(header) = &self.api_key_header {
@@ -206,9 +280,7 @@ impl AppPolicy {
                 })?);
             }
         }
-        // 2. The client certificate.
-        let cert_presented =
-            origin.client_certificate.is_some() || origin.client_principal.is_some();
+        let certificate = origin.client_certificate.is_some() || origin.client_principal.is_some();
         let cert_app = if self.client_certificate {
             apps.by_certificate(origin)
         } else {
@@ -222,133 +294,107 @@ impl AppPolicy {
                 "the API key and the client certificate belong to different apps",
             ));
         }
-        let mut found = key_app.or(cert_app);
-
-        // 3. The attestation token.
         let attestation_sent = self
             .attestation
             .as_ref()
             .is_some_and(|a| request.headers.get(&a.header).is_some());
         let signature_sent = self.signature_key_id && SignaturePolicy::is_signed(request);
-        let any_credential = key_present
-            || attestation_sent
-            || signature_sent
-            || (self.client_certificate && cert_presented);
-        if self.required && found.is_none() && !any_credential {
+        Ok(Presented {
+            app: key_app.or(cert_app),
+            any_credential: key_present
+                || attestation_sent
+                || signature_sent
+                || (self.client_certificate && certificate),
+            certificate,
+        })
+    }
+
+    /// Step 3b: the request's signature, verified with the keys this
+    /// request may use (`Ok(None)`: unsigned, and signatures are optional).
+    fn verify_signature(
+        &self,
+        request: &RequestContext,
+        origin: &Origin,
+        apps: &AppIndex,
+        namespace: &str,
+        claims: Option<&AttestationClaims>,
+        now: std::time::Duration,
+    ) -> Result<Option<signature::Verified>, Deny> {
+        let Some(policy) = &self.signature else {
+            return Ok(None);
+        };
+        let keys = SignatureKeys {
+            apps,
+            namespace,
+            ipk: claims.and_then(|c| c.ipk.as_deref()),
+        };
+        let message = Message::from_request(request, origin);
+        policy
+            .verify(request, &message, &keys, now)
+            .map_err(|e| e.deny())
+    }
+
+    /// The app after the signature: an HMAC signature made with another
+    /// app's key than the one identified is refused; with
+    /// `identify.signatureKeyId` the signing app is the app.
+    fn signing_app(
+        &self,
+        found: Option<usize>,
+        verified: Option<&signature::Verified>,
+    ) -> Result<Option<usize>, Deny> {
+        let Some(Signer::App(signer)) = verified.map(|v| v.signer) else {
+            return Ok(found);
+        };
+        if found.is_some_and(|f| f != signer) {
             return Err(Deny::new(
-                Reason::AppCredentialMissing,
-                "this API requires an app credential",
+                Reason::SignatureInvalid,
+                "the request is signed with the key of a different app than the one identified",
             ));
         }
-        let claims = match &self.attestation {
-            Some(attestation) => {
-                attestation
-                    .verify(request, now, authorization_sha256)
-                    .await?
-            }
-            None => None,
+        Ok(if self.signature_key_id {
+            Some(signer)
+        } else {
+            found
+        })
+    }
+
+    /// Step 4: with `identify.tokenClaim`, the verified app token names its
+    /// app in that claim, a string. A token without it (or with another
+    /// type) is refused rather than ignored: it cannot vouch for the app
+    /// another credential names, and a token issued to some other app
+    /// family must not pass for this one.
+    fn claimed_app(
+        &self,
+        found: Option<usize>,
+        claims: &AttestationClaims,
+        apps: &AppIndex,
+        namespace: &str,
+    ) -> Result<Option<usize>, Deny> {
+        let Some(claim) = &self.token_claim else {
+            return Ok(found);
         };
-        let mut nonces = Vec::new();
-        if let (Some(attestation), Some(claims)) = (&self.attestation, &claims)
-            && let Some(nonce) = attestation.single_use_nonce(claims, now)?
-        {
-            nonces.push(nonce);
-        }
-
-        // 3b. The request signature (RFC 9421), with the app's signingKey
-        // or the attestation's installation key.
-        let (namespace, _) = split_policy(policy);
-        let verified = match &self.signature {
-            Some(policy) => {
-                let keys = SignatureKeys {
-                    apps,
-                    namespace,
-                    ipk: claims.as_ref().and_then(|c| c.ipk.as_deref()),
-                };
-                let message = Message::from_request(request, origin);
-                policy
-                    .verify(request, &message, &keys, now)
-                    .map_err(|e| e.deny())?
-            }
-            None => None,
+        let Some(app_id) = claims.claims.get(claim).and_then(|v| v.as_str()) else {
+            return Err(Deny::new(
+                Reason::AttestationInvalid,
+                format!("the app token has no string {claim} claim naming its app"),
+            ));
         };
-        if let Some(Signer::App(signer)) = verified.as_ref().map(|v| v.signer) {
-            if found.is_some_and(|f| f != signer) {
-                return Err(Deny::new(
-                    Reason::SignatureInvalid,
-                    "the request is signed with the key of a different app than the one identified",
-                ));
-            }
-            if self.signature_key_id {
-                found = Some(signer);
-            }
-        }
-        nonces.extend(verified.as_ref().and_then(|v| v.nonce.clone()));
-
-        // 4. The app id claim of the verified attestation token.
-        if let (Some(claim), Some(claims)) = (&self.token_claim, &claims)
-            && let Some(app_id) = claims.claims.get(claim).and_then(|v| v.as_str())
-        {
-            let claimed = *apps
-                .by_id
-                .get(&(namespace.to_owned(), app_id.to_owned()))
-                .ok_or_else(|| {
-                    Deny::new(
-                        Reason::AppUnknown,
-                        "the app named by the app token is not registered",
-                    )
-                })?;
-            if found.is_some_and(|f| f != claimed) {
-                return Err(Deny::new(
-                    Reason::AttestationInvalid,
-                    "the app token was issued to a different app than the one identified",
-                ));
-            }
-            found = Some(claimed);
-        }
-
-        let Some(index) = found else {
-            if !self.required {
-                return Ok(AppOutcome { app: None, nonces });
-            }
-            return Err(if self.client_certificate && cert_presented {
+        let claimed = *apps
+            .by_id
+            .get(&(namespace.to_owned(), app_id.to_owned()))
+            .ok_or_else(|| {
                 Deny::new(
                     Reason::AppUnknown,
-                    "the client certificate is not registered",
+                    "the app named by the app token is not registered",
                 )
-            } else {
-                Deny::new(
-                    Reason::AppCredentialMissing,
-                    "no credential identifies the app",
-                )
-            });
-        };
-        let app = &apps.apps[index];
-        if app.disabled {
+            })?;
+        if found.is_some_and(|f| f != claimed) {
             return Err(Deny::new(
-                Reason::AppDisabled,
-                format!("app {} is disabled", app.app_id),
+                Reason::AttestationInvalid,
+                "the app token was issued to a different app than the one identified",
             ));
         }
-        let (namespace, name) = split_policy(policy);
-        if app.namespace != namespace
-            || !(app.policies.is_empty() || app.policies.iter().any(|p| p == name))
-        {
-            return Err(Deny::new(
-                Reason::AppNotAllowed,
-                format!("app {} is not registered for this API", app.app_id),
-            ));
-        }
-        Ok(AppOutcome {
-            app: Some(AppIdentity {
-                app_id: app.app_id.clone(),
-                plan: app.plan.clone(),
-                device: claims.as_ref().and_then(|c| c.device.clone()),
-                attestation: claims,
-                signature: verified,
-            }),
-            nonces,
-        })
+        Ok(Some(claimed))
     }
 
     /// Adds the `App` challenge (naming the header the client should send)
@@ -390,6 +436,43 @@ impl signature::KeySource for SignatureKeys<'_> {
     fn install_key(&self) -> Option<&str> {
         self.ipk
     }
+
+    fn keyid_scope(&self) -> &str {
+        self.namespace
+    }
+}
+
+/// What steps 1–2 found.
+struct Presented {
+    /// The app the API key or the client certificate names.
+    app: Option<usize>,
+    /// Some app credential was sent (a key, a token, a signature or a
+    /// certificate), registered or not.
+    any_credential: bool,
+    /// The client presented a certificate.
+    certificate: bool,
+}
+
+/// The registration's own rules: a disabled app is `app_disabled`, an app
+/// of another namespace or not listed for this policy `app_not_allowed`.
+fn registered<'a>(apps: &'a AppIndex, index: usize, policy: &PolicyId) -> Result<&'a App, Deny> {
+    let app = &apps.apps[index];
+    if app.disabled {
+        return Err(Deny::new(
+            Reason::AppDisabled,
+            format!("app {} is disabled", app.app_id),
+        ));
+    }
+    let (namespace, name) = split_policy(policy);
+    if app.namespace != namespace
+        || !(app.policies.is_empty() || app.policies.iter().any(|p| p == name))
+    {
+        return Err(Deny::new(
+            Reason::AppNotAllowed,
+            format!("app {} is not registered for this API", app.app_id),
+        ));
+    }
+    Ok(app)
 }
 
 fn split_policy(policy: &PolicyId) -> (&str, &str) {

@@ -9,14 +9,16 @@
 //!   `4708683205.891912`); `maxLifetime` bounds how far ahead it may lie.
 //! - Token binding: the `pay` claim is the standard base64 (padded) SHA-256
 //!   of the bound headers' values concatenated in order; for
-//!   `authorization` the whole value including `Bearer `. A bound header
-//!   that is absent fails the binding (never the hash of an empty string).
-//!   Compared in constant time.
+//!   `authorization` the whole value including `Bearer `. A header sent
+//!   more than once counts as its lines' values joined with `, `. A bound
+//!   header that is absent fails the binding (never the hash of an empty
+//!   string). Compared in constant time.
 //! - Verified tokens are cached like user tokens ([`token_cache`]): a
 //!   repeat token skips the parse and the signature check, never the time
 //!   claims, `maxLifetime`, the issuer or the binding, which are checked
 //!   on every request against its own headers.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use super::token_cache::{self, TokenCache, Verified};
 use crate::compile_context::CompileContext;
 use crate::decision::Deny;
 use crate::limits::Nonce;
+use crate::policy::bounds;
 use crate::policy::types::AttestationSpec;
 use crate::reason::Reason;
 use crate::request::RequestContext;
@@ -52,6 +55,10 @@ pub struct Attestation {
     algorithms: Vec<Algorithm>,
     max_lifetime: f64,
     issuer: Option<String>,
+    /// Accepted `aud` values; empty: `aud` is not checked.
+    audiences: Vec<String>,
+    /// Required `typ` header, lower-case, without `application/`.
+    typ: Option<String>,
     binding: Option<Binding>,
     pub single_use: bool,
     leeway: f64,
@@ -82,6 +89,9 @@ pub struct AttestationClaims {
     pub device: Option<String>,
     /// `ipk`: the installation public key (used by message signing).
     pub ipk: Option<String>,
+    /// The fingerprint of the attester key that verified the token: a
+    /// single-use token's `jti` is remembered under it.
+    pub key: [u8; 32],
 }
 
 impl Attestation {
@@ -134,24 +144,33 @@ impl Attestation {
                 })
             }
         };
+        let max_lifetime = spec
+            .max_lifetime
+            .as_ref()
+            .map_or(DEFAULT_MAX_LIFETIME, |d| d.get());
+        bounds::duration(
+            "maxLifetime",
+            max_lifetime,
+            Duration::from_secs(1),
+            bounds::MAX_APP_TOKEN_LIFETIME,
+        )?;
+        let leeway = spec.leeway.as_ref().map_or(Duration::ZERO, |d| d.get());
+        bounds::duration("leeway", leeway, Duration::ZERO, bounds::MAX_LEEWAY)?;
         Ok(Self {
             required: spec.required,
             header,
             keys: source.provider,
             algorithms,
-            max_lifetime: spec
-                .max_lifetime
-                .as_ref()
-                .map_or(DEFAULT_MAX_LIFETIME, |d| d.get())
-                .as_secs_f64(),
+            max_lifetime: max_lifetime.as_secs_f64(),
             issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            typ: match spec.typ.as_deref().map(media_type) {
+                Some("") => return Err("typ: must not be empty".to_owned()),
+                typ => typ.map(str::to_ascii_lowercase),
+            },
             binding,
             single_use: spec.single_use,
-            leeway: spec
-                .leeway
-                .as_ref()
-                .map_or(Duration::ZERO, |d| d.get())
-                .as_secs_f64(),
+            leeway: leeway.as_secs_f64(),
             cache: TokenCache::new(token_cache::DEFAULT_CAPACITY),
         })
     }
@@ -203,6 +222,23 @@ impl Attestation {
         {
             return Err(invalid("the app token's issuer is not accepted".into()));
         }
+        // RFC 7519 §4.1.3: a token for another audience is not for us.
+        if !self.audiences.is_empty() && !jwt::audience_matches(claims, &self.audiences) {
+            return Err(invalid(
+                "the app token is not issued for this API (aud)".into(),
+            ));
+        }
+        if let Some(expected) = &self.typ
+            && !verified
+                .typ
+                .as_deref()
+                .map(media_type)
+                .is_some_and(|typ| typ.eq_ignore_ascii_case(expected))
+        {
+            return Err(invalid(format!(
+                "the app token's typ header is not {expected}"
+            )));
+        }
         if let Some(binding) = &self.binding {
             check_binding(binding, claims, request, authorization_sha256)?;
         }
@@ -212,6 +248,7 @@ impl Attestation {
             device: jwt::string_claim(claims, "did").map(str::to_owned),
             ipk: jwt::string_claim(claims, "ipk").map(str::to_owned),
             claims: Arc::clone(claims),
+            key: verified.key,
         }))
     }
 
@@ -264,7 +301,7 @@ impl Attestation {
         let verified = Arc::new(Verified {
             issuer: 0,
             key: key.fingerprint,
-            typ: None,
+            typ: jwt.header.typ.clone(),
             claims: Arc::new(jwt.claims),
             ttl,
             subject_digest: None,
@@ -306,9 +343,22 @@ impl Attestation {
         let remaining = (claims.exp + self.leeway - now.as_secs_f64()).max(0.0);
         Ok(Some(Nonce {
             scope: SINGLE_USE_SCOPE.to_owned(),
+            // The jti is unique per attester key; a token is remembered
+            // under the key that signed it, whatever app key comes with it.
+            credential: crate::authn::certificate::hex(claims.key),
             value: jti.to_owned(),
             ttl: Duration::from_secs(remaining.ceil() as u64 + 1),
         }))
+    }
+}
+
+/// A JOSE `typ` value without `application/` (RFC 7515 §4.1.9 lets it be
+/// left out); compared case-insensitively.
+fn media_type(typ: &str) -> &str {
+    let typ = typ.trim();
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
     }
 }
 
@@ -323,6 +373,26 @@ pub fn binding_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
         hash.update(value.as_bytes());
     }
     STANDARD.encode(hash.finalize())
+}
+
+/// The value a binding hashes for header `name`: its one field line's
+/// value as sent, or — when the header is sent more than once — every
+/// line's value, in order, joined with `, ` (the combined field value of
+/// RFC 9110 §5.3, what a recipient that combines the lines reads). So a
+/// second line cannot ride along with a token bound to the first one, and
+/// a token bound to both passes. `None` when the header is absent.
+fn bound_value<'r>(request: &'r RequestContext, name: &'r str) -> Option<Cow<'r, str>> {
+    let mut lines = request.headers.get_all(name);
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = format!("{first}, {second}");
+    for line in lines {
+        joined.push_str(", ");
+        joined.push_str(line);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// Checks the binding claim against this request's headers.
@@ -352,10 +422,14 @@ fn check_binding(
             binding.claim
         )));
     };
-    let mut values = Vec::with_capacity(binding.headers.len());
+    let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(binding.headers.len());
+    let mut repeated = false;
     for name in &binding.headers {
-        match request.headers.get(name) {
-            Some(value) => values.push(value),
+        match bound_value(request, name) {
+            Some(value) => {
+                repeated |= matches!(value, Cow::Owned(_));
+                values.push(value);
+            }
             None => {
                 return Err(mismatch(format!(
                     "the app token is bound to the {name} header, which the request lacks"
@@ -364,8 +438,8 @@ fn check_binding(
         }
     }
     let expected = match (binding.headers.as_slice(), authorization_sha256) {
-        ([only], Some(digest)) if only == "authorization" => STANDARD.encode(digest),
-        _ => binding_hash(values),
+        ([only], Some(digest)) if only == "authorization" && !repeated => STANDARD.encode(digest),
+        _ => binding_hash(values.iter().map(|v| v.as_ref())),
     };
     if bool::from(expected.as_bytes().ct_eq(claimed.as_bytes())) {
         Ok(())

@@ -83,7 +83,7 @@ pub enum Scheme {
 pub struct Proof {
     /// RFC 7638 thumbprint of the proof's key (base64url SHA-256).
     pub jkt: String,
-    /// The `jti`, scoped by the thumbprint, to be remembered until the
+    /// The `jti`, under the key's thumbprint, to be remembered until the
     /// proof's acceptance window ends.
     pub nonce: Nonce,
 }
@@ -372,9 +372,12 @@ impl DpopPolicy {
         let remaining = (iat + max_age - now_secs).max(0.0);
         let ttl = Duration::from_secs(remaining.ceil() as u64 + 1);
         Ok(Proof {
+            // The jti belongs to the proof's key (RFC 9449 §11.1: "per
+            // key"), and is remembered under it alone.
             nonce: Nonce {
                 scope: NONCE_SCOPE.to_owned(),
-                value: format!("{jkt}:{jti}"),
+                credential: jkt.clone(),
+                value: jti.to_owned(),
                 ttl,
             },
             jkt,

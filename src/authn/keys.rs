@@ -10,9 +10,13 @@
 //! registry holds weak references; a key set (and its refresh task) goes
 //! away with the last policy that uses it.
 //!
-//! Rules (issue 3):
-//! - background refresh every `Cache-Control: max-age`, clamped to
-//!   [`MIN_REFRESH`, `MAX_REFRESH`] ([`DEFAULT_REFRESH`] without one);
+//! Rules (issue 3, issue 17):
+//! - background refresh every `Cache-Control: max-age`, at least
+//!   [`MIN_REFRESH`] and at most the source's `maxCacheAge`
+//!   ([`DEFAULT_MAX_CACHE_AGE`], one hour, unless the policy says
+//!   otherwise), [`DEFAULT_REFRESH`] without one ([`refresh_interval`]):
+//!   a key the IdP removes stops verifying within the cap, whatever the
+//!   IdP's caching headers say — they may shorten it, never lengthen it;
 //!   failures retry with backoff up to [`MAX_RETRY`];
 //! - a token with an unknown `kid` triggers one refetch, at most once per
 //!   key set every [`KID_REFETCH_INTERVAL`], so random kids cannot make
@@ -38,8 +42,18 @@ use crate::policy::types::{KeyEncoding, KeySource};
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// Shortest refresh interval, whatever `max-age` says.
 pub const MIN_REFRESH: Duration = Duration::from_secs(60);
-/// Longest refresh interval, whatever `max-age` says.
-pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// How long fetched keys are used at most before they are fetched again,
+/// when the policy does not set `maxCacheAge`.
+pub const DEFAULT_MAX_CACHE_AGE: Duration = Duration::from_secs(3600);
+/// The longest `maxCacheAge` a policy may set.
+pub const MAX_CACHE_AGE_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
+/// When fetched keys are fetched again: the response's `max-age`
+/// ([`DEFAULT_REFRESH`] without one), never later than `cap` (the
+/// source's `maxCacheAge`), never sooner than [`MIN_REFRESH`].
+pub fn refresh_interval(max_age: Option<Duration>, cap: Duration) -> Duration {
+    max_age.unwrap_or(DEFAULT_REFRESH).min(cap).max(MIN_REFRESH)
+}
 /// Longest wait between retries after failed fetches.
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
 /// At most one unknown-`kid` refetch per key set in this interval.
@@ -116,8 +130,22 @@ pub fn compile_source(
     if source.encoding.is_some() && source.secret_ref.is_none() {
         return Err("encoding: only applies to secretRef".to_owned());
     }
+    let max_cache_age = match &source.max_cache_age {
+        None => DEFAULT_MAX_CACHE_AGE,
+        Some(_) if !source.discovery && source.uri.is_none() => {
+            return Err("maxCacheAge: only applies to discovery and uri".to_owned());
+        }
+        Some(age) if !(MIN_REFRESH..=MAX_CACHE_AGE_LIMIT).contains(&age.get()) => {
+            return Err(format!(
+                "maxCacheAge: {age} is outside {}s to {}h",
+                MIN_REFRESH.as_secs(),
+                MAX_CACHE_AGE_LIMIT.as_secs() / 3600
+            ));
+        }
+        Some(age) => age.get(),
+    };
     let remote_source = |remote: RemoteSource| CompiledSource {
-        provider: KeyProvider::Remote(remote_keys(remote)),
+        provider: KeyProvider::Remote(remote_keys(remote, max_cache_age)),
         from_secret: false,
     };
     if source.discovery {
@@ -267,14 +295,15 @@ fn is_loopback(url: &Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The shared remote key set for `source`: the one already in use, or a
-/// new one whose first fetch starts at once when a runtime is running.
-pub fn remote_keys(source: RemoteSource) -> Arc<RemoteKeys> {
+/// The shared remote key set for `source`, fetched again at least every
+/// `max_cache_age`: the one already in use, or a new one whose first fetch
+/// starts at once when a runtime is running.
+pub fn remote_keys(source: RemoteSource, max_cache_age: Duration) -> Arc<RemoteKeys> {
     static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<RemoteKeys>>>> = OnceLock::new();
     let registry = REGISTRY.get_or_init(Default::default);
     let mut map = registry.lock().unwrap_or_else(|e| e.into_inner());
     map.retain(|_, weak| weak.strong_count() > 0);
-    let key = source.registry_key();
+    let key = format!("{} max-cache-age {max_cache_age:?}", source.registry_key());
     if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
         return existing;
     }
@@ -283,7 +312,7 @@ pub fn remote_keys(source: RemoteSource) -> Arc<RemoteKeys> {
     for outcome in ["success", "failure"] {
         metrics::counter!("tollgate_jwks_fetches_total", "outcome" => outcome).increment(0);
     }
-    let keys = Arc::new(RemoteKeys::new(source));
+    let keys = Arc::new(RemoteKeys::new(source, max_cache_age));
     keys.start_refresher();
     map.insert(key, Arc::downgrade(&keys));
     keys
@@ -293,6 +322,8 @@ pub fn remote_keys(source: RemoteSource) -> Arc<RemoteKeys> {
 #[derive(Debug)]
 pub struct RemoteKeys {
     source: RemoteSource,
+    /// The longest the fetched keys are used before the next fetch.
+    max_cache_age: Duration,
     client: reqwest::Client,
     state: Mutex<State>,
     /// Single flight: one fetch at a time; waiters reuse its result.
@@ -313,7 +344,7 @@ struct State {
 }
 
 impl RemoteKeys {
-    fn new(source: RemoteSource) -> Self {
+    fn new(source: RemoteSource, max_cache_age: Duration) -> Self {
         let client = reqwest::Client::builder()
             .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(2))
@@ -331,6 +362,7 @@ impl RemoteKeys {
             .unwrap_or_default();
         Self {
             source,
+            max_cache_age,
             client,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
@@ -349,6 +381,12 @@ impl RemoteKeys {
     /// Completed fetch attempts (for tests and metrics).
     pub fn fetch_attempts(&self) -> u64 {
         self.lock().attempts
+    }
+
+    /// When the keys are fetched again after the last good fetch
+    /// ([`refresh_interval`]); `None` before one.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        self.lock().refresh_after
     }
 
     // A std Mutex is fine: it is never held across an await.
@@ -450,11 +488,7 @@ impl RemoteKeys {
                 state.keys = Some(Arc::new(set));
                 state.last_error = None;
                 state.consecutive_failures = 0;
-                state.refresh_after = Some(
-                    max_age
-                        .unwrap_or(DEFAULT_REFRESH)
-                        .clamp(MIN_REFRESH, MAX_REFRESH),
-                );
+                state.refresh_after = Some(refresh_interval(max_age, self.max_cache_age));
                 true
             }
             Err(error) => {
@@ -638,6 +672,18 @@ mod tests {
             nest("jwks", "Secret m/x not found"),
             "jwks: Secret m/x not found"
         );
+    }
+
+    #[test]
+    fn cache_control_shortens_the_cache_age_but_never_lengthens_it() {
+        let hour = DEFAULT_MAX_CACHE_AGE;
+        let secs = Duration::from_secs;
+        assert_eq!(refresh_interval(Some(secs(86_400)), hour), hour);
+        assert_eq!(refresh_interval(Some(secs(600)), hour), secs(600));
+        assert_eq!(refresh_interval(None, hour), DEFAULT_REFRESH);
+        assert_eq!(refresh_interval(Some(Duration::ZERO), hour), MIN_REFRESH);
+        assert_eq!(refresh_interval(Some(secs(86_400)), secs(1800)), secs(1800));
+        assert_eq!(refresh_interval(None, secs(120)), secs(120));
     }
 
     #[test]

@@ -54,6 +54,12 @@ impl CompiledApp {
         let mut errors = Vec::new();
         if spec.app_id.is_empty() {
             errors.push(FieldError::new("spec.appId", "must not be empty"));
+        } else if !crate::field_value::is_header_safe(&spec.app_id) {
+            // Sent upstream as x-tollgate-app and used in log lines.
+            errors.push(FieldError::new(
+                "spec.appId",
+                "must not contain control characters or leading or trailing whitespace",
+            ));
         }
         let api_key = spec.api_key.as_ref().and_then(|key_ref| {
             ctx.secret(&key_ref.secret_ref.name, &key_ref.secret_ref.key)

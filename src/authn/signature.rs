@@ -72,6 +72,11 @@ pub trait KeySource {
     fn hmac(&self, keyid: &str) -> Option<(usize, &[u8])>;
     /// The verified attestation token's `ipk` claim, if any.
     fn install_key(&self) -> Option<&str>;
+    /// Where `keyid`s are looked up (the policy's namespace): with the
+    /// `keyid` it names the HMAC key a nonce belongs to.
+    fn keyid_scope(&self) -> &str {
+        ""
+    }
 }
 
 /// Compiled `spec.app.signature`.
@@ -185,9 +190,12 @@ impl SignaturePolicy {
                 .push(component_identifier(name).map_err(|e| format!("components[{i}]: {e}"))?);
         }
         let max_age = spec.max_age.as_ref().map_or(DEFAULT_MAX_AGE, |d| d.get());
-        if max_age.is_zero() {
-            return Err("maxAge: must be more than 0s".into());
-        }
+        crate::policy::bounds::duration(
+            "maxAge",
+            max_age,
+            Duration::from_secs(1),
+            crate::policy::bounds::MAX_SIGNATURE_AGE,
+        )?;
         Ok(Self {
             required: spec.required,
             algorithms,
@@ -240,7 +248,7 @@ impl SignaturePolicy {
                 first_error.get_or_insert(SignatureError::Unmatched(input.label.clone()));
                 continue;
             };
-            let (key, signer) = match self.key_for(input, keys) {
+            let (key, signer, credential) = match self.key_for(input, keys) {
                 Ok(Some(found)) => found,
                 Ok(None) => continue,
                 Err(e) => {
@@ -248,6 +256,7 @@ impl SignaturePolicy {
                     continue;
                 }
             };
+            let signer = (signer, credential.as_str());
             match self.check_one(request, message, input, signature, &key, signer, now) {
                 Ok(verified) => return Ok(Some(verified)),
                 Err(e) => {
@@ -261,11 +270,13 @@ impl SignaturePolicy {
     /// The key of one signature, by where it comes from: the `install`
     /// label → the attestation's `ipk`; a `keyid` → that app's secret.
     /// `Ok(None)`: a signature for someone else (unknown key).
+    /// The key's credential id (what its nonces are remembered under):
+    /// `hmac:<namespace>/<keyid>`, or `ipk:<ipk>` for the installation key.
     fn key_for<'k>(
         &self,
         input: &SignatureInput,
         keys: &'k dyn KeySource,
-    ) -> Result<Option<(VerifyingKey<'k>, Signer)>, SignatureError> {
+    ) -> Result<Option<(VerifyingKey<'k>, Signer, String)>, SignatureError> {
         if input.label == INSTALL_LABEL {
             let Some(ipk) = keys.install_key() else {
                 return Err(SignatureError::InstallKey(
@@ -275,17 +286,19 @@ impl SignaturePolicy {
             };
             let key = keys::install_key(ipk)
                 .map_err(|e| SignatureError::InstallKey(input.label.clone(), e))?;
-            return Ok(Some((key, Signer::Install)));
+            return Ok(Some((key, Signer::Install, format!("ipk:{ipk}"))));
         }
         let Some(keyid) = input.keyid.as_deref() else {
             return Ok(None);
         };
-        Ok(keys
-            .hmac(keyid)
-            .map(|(app, secret)| (VerifyingKey::Hmac(secret), Signer::App(app))))
+        Ok(keys.hmac(keyid).map(|(app, secret)| {
+            let credential = format!("hmac:{}/{keyid}", keys.keyid_scope());
+            (VerifyingKey::Hmac(secret), Signer::App(app), credential)
+        }))
     }
 
     /// Every check of one signature (RFC 9421 §3.2), cheapest first.
+    /// `signer`: which key verified it, and that key's credential id.
     #[allow(clippy::too_many_arguments)]
     fn check_one(
         &self,
@@ -294,7 +307,7 @@ impl SignaturePolicy {
         input: &SignatureInput,
         signature: &[u8],
         key: &VerifyingKey<'_>,
-        signer: Signer,
+        (signer, credential): (Signer, &str),
         now: Duration,
     ) -> Result<Verified, SignatureError> {
         let label = || input.label.clone();
@@ -344,7 +357,7 @@ impl SignaturePolicy {
         }
         // RFC 9530: a covered Content-Digest must describe this body.
         if covered.iter().any(|c| c == "\"content-digest\"") {
-            digest::check(&request.headers, request.body.as_ref())
+            digest::check(&request.headers, request.body.as_ref(), &request.protocol)
                 .map_err(|e| SignatureError::Digest(label(), e))?;
         }
         // Remember the nonce until the signature can no longer be accepted:
@@ -354,15 +367,17 @@ impl SignaturePolicy {
             end = end.min(expires as f64);
         }
         let ttl = Duration::from_secs((end - now_secs).max(0.0).ceil() as u64 + 1);
-        let scope_key = input.keyid.as_deref().unwrap_or(&input.label);
         Ok(Verified {
             label: input.label.clone(),
             keyid: input.keyid.clone(),
             algorithm,
             signer,
+            // The nonce belongs to the key that verified the signature,
+            // whatever else the request carries.
             nonce: nonce.map(|n| Nonce {
                 scope: NONCE_SCOPE.to_owned(),
-                value: format!("{scope_key}:{n}"),
+                credential: credential.to_owned(),
+                value: n.to_owned(),
                 ttl,
             }),
         })

@@ -147,15 +147,21 @@ impl UserPolicy {
                     format!("{alg:?} needs a secretRef key (HMAC keys come only from Secrets)"),
                 ));
             }
+            let leeway = issuer_spec
+                .leeway
+                .as_ref()
+                .map_or(DEFAULT_LEEWAY, |l| l.get());
+            crate::policy::bounds::duration(
+                &format!("issuers[{i}].leeway"),
+                leeway,
+                Duration::ZERO,
+                crate::policy::bounds::MAX_LEEWAY,
+            )?;
             issuers.push(Issuer {
                 issuer: issuer_spec.issuer.clone(),
                 audiences: issuer_spec.audiences.clone(),
                 algorithms,
-                leeway: issuer_spec
-                    .leeway
-                    .as_ref()
-                    .map_or(DEFAULT_LEEWAY, |l| l.get())
-                    .as_secs_f64(),
+                leeway: leeway.as_secs_f64(),
                 keys: source.provider,
             });
         }

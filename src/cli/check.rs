@@ -173,6 +173,9 @@ pub fn build_request(args: &CheckArgs) -> Result<RequestContext, String> {
         tls: args.tls || scheme == "https",
         scheme,
         authority,
+        // The request is described as HTTP/1.1 sends it: without a
+        // `content-length` it has no body (RFC 9112 §6.3).
+        protocol: "HTTP/1.1".to_owned(),
         headers,
         peer_ip: args.source_ip,
         context_extensions,

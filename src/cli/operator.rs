@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -93,36 +94,19 @@ impl OperatorConfig {
 /// Runs the operator; 0 after a clean shutdown, 1 when it could not start,
 /// 2 for an unusable configuration.
 pub fn main(config: OperatorConfig) -> ExitCode {
-    if let Err(error) = telemetry::init(config.log.log_format, config.log.log_level.as_deref()) {
-        eprintln!("tollgate operator: {error}");
-        return ExitCode::from(2);
-    }
-    if let Err(error) = config.validate() {
-        tracing::error!(%error, "invalid configuration");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error, "tollgate operator failed");
-            ExitCode::FAILURE
-        }
-    }
+    super::run_service(
+        "operator",
+        &config.log,
+        || config.validate(),
+        || run(config.clone()),
+    )
 }
 
-async fn run(config: OperatorConfig) -> Result<(), String> {
+async fn run(config: OperatorConfig) -> anyhow::Result<()> {
     let metrics = telemetry::prometheus();
-    let client = kubernetes::client(config.kube.kubeconfig.as_deref()).await?;
+    let client = kubernetes::client(config.kube.kubeconfig.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let lease_namespace = config
         .lease
         .lease_namespace
@@ -147,15 +131,10 @@ async fn run(config: OperatorConfig) -> Result<(), String> {
             retry_period: config.lease.retry_period,
         },
     };
-    let listener = TcpListener::bind(config.admin_addr).await.map_err(|e| {
-        format!(
-            "cannot bind the admin listener on {}: {e}",
-            config.admin_addr
-        )
-    })?;
-    let admin_addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot bind the admin listener on {}", config.admin_addr))?;
+    let admin_addr = listener.local_addr()?;
     let readiness = Readiness::new(false);
     readiness.set_listening();
     let (stop_admin, admin_stop) = oneshot::channel::<()>();

@@ -1,5 +1,5 @@
-//! `tollgate serve`: configuration → telemetry → policies → store → bind →
-//! [`crate::server::run`] until SIGTERM/SIGINT.
+//! `tollgate serve`: configuration → telemetry → policies → TLS files →
+//! store → bind → [`crate::server::run`] until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,38 +13,20 @@ use crate::config::ServeConfig;
 use crate::pipeline::Deps;
 use crate::policy::snapshot::Snapshot;
 use crate::policy::source::{self, FileSource, kubernetes};
-use crate::server::{self, Listeners, Readiness, ServerState};
+use crate::server::{self, Listeners, Readiness, ServerState, TlsListeners};
+use crate::tls::ServerTls;
 use crate::{shutdown, telemetry};
 
 /// Runs the server; exit status 0 after a clean shutdown, 1 when start-up
 /// or serving failed (the reason is logged), 2 for an unusable
 /// configuration.
 pub fn main(config: ServeConfig) -> ExitCode {
-    if let Err(error) = telemetry::init(config.log.log_format, config.log.log_level.as_deref()) {
-        eprintln!("tollgate serve: {error}");
-        return ExitCode::from(2);
-    }
-    if let Err(error) = config.validate() {
-        tracing::error!(%error, "invalid configuration");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "tollgate serve failed");
-            ExitCode::FAILURE
-        }
-    }
+    super::run_service(
+        "serve",
+        &config.log,
+        || config.validate(),
+        || run(config.clone()),
+    )
 }
 
 /// Everything after validation, inside the runtime.
@@ -53,6 +35,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // Installed first, so start-up metrics (the policy version) land in it.
     let metrics = telemetry::prometheus();
     let (snapshot, readiness, policies) = PolicySource::start(&config).await?;
+    let tls = load_tls(&config)?;
     let store = config.store.build().context("cannot set up the store")?;
     let deps = Deps {
         store,
@@ -75,7 +58,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let listeners = Listeners::bind(config.grpc_addr, config.admin_addr).await?;
+    let listeners =
+        Listeners::bind_all(config.grpc_addr, config.admin_addr, config.metrics_addr).await?;
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (stop_watcher, watcher_stop) = oneshot::channel::<()>();
@@ -104,6 +88,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     state.readiness = readiness;
     state.metrics = Some(metrics);
     state.drain_timeout = config.drain_timeout;
+    state.tls = tls;
     state.app_labels = std::sync::Arc::new(crate::telemetry::app_labels::AppLabels::new(
         config.metrics_app_labels,
     ));
@@ -121,6 +106,36 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing.flush().await;
     }
     Ok(served?)
+}
+
+/// Reads and checks every listener's certificate files: a missing file, a
+/// key that does not match its certificate or an unusable CA stops the
+/// start-up with the path and the reason.
+fn load_tls(config: &ServeConfig) -> anyhow::Result<TlsListeners> {
+    let plan = config.tls.plan(config.metrics_addr)?;
+    let load = |settings: Option<crate::tls::TlsSettings>| -> anyhow::Result<Option<ServerTls>> {
+        let Some(settings) = settings else {
+            return Ok(None);
+        };
+        let role = settings.role.label();
+        let tls = ServerTls::load(settings)
+            .with_context(|| format!("cannot serve TLS on the {role} listener"))?;
+        let serving = tls.serving();
+        tracing::info!(
+            listener = role,
+            serial = %serving.leaf.serial,
+            not_after = ?serving.leaf.not_after.map(|t| t.to_string()),
+            client_certificates = if tls.requires_client_certificate() { "required" } else { "not requested" },
+            "TLS certificate loaded"
+        );
+        Ok(Some(tls))
+    };
+    Ok(TlsListeners {
+        grpc: load(plan.grpc)?,
+        admin: load(plan.admin)?,
+        metrics: load(plan.metrics)?,
+        reload_interval: None,
+    })
 }
 
 /// Where the policies come from, and what keeps them current.

@@ -115,6 +115,7 @@ fn read_http(mut http: HttpRequest, request: &mut RequestContext) {
     request.method = std::mem::take(&mut http.method);
     request.scheme = std::mem::take(&mut http.scheme);
     request.authority = std::mem::take(&mut http.host);
+    request.protocol = std::mem::take(&mut http.protocol);
     read_headers(&mut http, request);
     if request.authority.is_empty()
         && let Some(host) = request.headers.get("host")
@@ -283,6 +284,7 @@ mod tests {
             path: "/v1/search?q=bikes".into(),
             host: "api.bikes.example".into(),
             scheme: "https".into(),
+            protocol: "HTTP/2".into(),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -327,6 +329,7 @@ mod tests {
         assert_eq!(request.id, "req-1");
         assert_eq!(request.method, "GET");
         assert_eq!(request.scheme, "https");
+        assert_eq!(request.protocol, "HTTP/2");
         assert_eq!(request.authority, "api.bikes.example");
         assert_eq!(request.path, "/v1/search");
         assert_eq!(request.query.as_deref(), Some("q=bikes"));

@@ -6,6 +6,8 @@
 //! that sets neither `append` nor `append_action`, which would let a
 //! client-sent copy of an identity header travel next to tollgate's.
 
+use std::borrow::Cow;
+
 use prost::Message;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -19,6 +21,7 @@ use super::pb::{
     CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
 };
 use crate::decision::{Allow, ChallengeParams, Decision, Deny, Identity, Verdict};
+use crate::field_value::escape_controls;
 use crate::reason::GrpcCode;
 
 /// Builds the `CheckResponse` for `decision`. `challenge` fills the
@@ -249,24 +252,33 @@ fn overwrite(key: String, value: String) -> HeaderValueOption {
 /// The metadata Envoy stores under `envoy.filters.http.ext_authz` for its
 /// access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:app)%`).
 /// Holds identifiers and the reason, never credentials. The logged reason is
-/// the precise one even when clients see a generic one.
+/// the precise one even when clients see a generic one. Identity values
+/// come from claims, so their control characters are escaped
+/// ([`escape_controls`]): a text access log format prints them as they
+/// are, and a subject holding a line break must not forge a log line.
 fn dynamic_metadata(identity: Identity, verdict: &Verdict, dry_run: Option<&Deny>) -> Metadata {
     let (decision_word, reason) = match verdict {
         Verdict::Allow(_) => ("allow", None),
         Verdict::Deny(deny) => ("deny", Some(deny.reason.code())),
     };
+    let claim = |value: Option<String>| {
+        value.map(|v| match escape_controls(&v) {
+            Cow::Borrowed(_) => v,
+            Cow::Owned(escaped) => escaped,
+        })
+    };
     // In key order (`Struct` is a sorted map).
     let entries = [
-        ("app", identity.app),
+        ("app", claim(identity.app)),
         ("decision", Some(decision_word.to_owned())),
-        ("device", identity.device),
+        ("device", claim(identity.device)),
         ("dry_run", dry_run.map(|d| d.reason.code().to_owned())),
-        ("issuer", identity.issuer),
-        ("plan", identity.plan),
-        ("policy", identity.policy),
+        ("issuer", claim(identity.issuer)),
+        ("plan", claim(identity.plan)),
+        ("policy", claim(identity.policy)),
         ("reason", reason.map(str::to_owned)),
-        ("route", identity.route),
-        ("user", identity.user),
+        ("route", claim(identity.route)),
+        ("user", claim(identity.user)),
     ];
     debug_assert!(entries.is_sorted_by_key(|(key, _)| *key));
     Metadata {

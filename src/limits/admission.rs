@@ -3,8 +3,11 @@
 //! and the usage counters to bump.
 //!
 //! The *primary* tag is the app's (`{a:<app>}`); a request without an app
-//! uses its user's tag, else its address's, else `{anon}`. Nonces and usage
-//! go to the primary group. Limits by subject:
+//! uses its user's tag, else its address's, else `{anon}`. Usage goes to
+//! the primary group. A nonce goes to its credential's group
+//! (`keys::nonce_tag`), never to the primary: the app, user and address
+//! are what the client presents with the credential, and a replay may
+//! present others. Limits by subject:
 //!
 //! | key        | with the subject                | without it (anonymous / missing)          |
 //! |------------|---------------------------------|-------------------------------------------|
@@ -30,6 +33,57 @@ use crate::store::{
     Admission, Group, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
 };
 
+/// How limits count an IPv6 client: by its network of this prefix length.
+/// One subscriber is usually given a whole /64 (RFC 6177, and SLAAC needs
+/// one per link), so counting single addresses would let a client take a
+/// fresh limit with every address it picks from its own /64. IPv4
+/// addresses are counted one by one. `--ipv6-limit-prefix`, default 64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Prefix(u8);
+
+impl Ipv6Prefix {
+    /// A /64: one subscriber's LAN.
+    pub const DEFAULT: Self = Self(64);
+    /// The widest accepted: a /32 is a whole provider's allocation.
+    pub const WIDEST: u8 = 32;
+
+    /// A prefix of `len` bits (from [`Self::WIDEST`] to 128).
+    pub fn new(len: u8) -> Result<Self, String> {
+        if (Self::WIDEST..=128).contains(&len) {
+            Ok(Self(len))
+        } else {
+            Err(format!(
+                "an IPv6 prefix length for limits is {} to 128 bits, got {len}",
+                Self::WIDEST
+            ))
+        }
+    }
+
+    /// The prefix length in bits.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The address limits count for client `ip`: an IPv4 address as it is,
+    /// an IPv6 address cut to its network (`2001:db8:1:2::` for any address
+    /// of `2001:db8:1:2::/64`).
+    pub fn network_of(self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.0)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+}
+
+impl Default for Ipv6Prefix {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// Who a request is, as far as limits care.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Subject<'a> {
@@ -41,7 +95,8 @@ pub struct Subject<'a> {
     /// the digest of `user`: it names the user's counters.
     pub user_digest: Option<&'a str>,
     pub device: Option<&'a str>,
-    /// The client address from the trusted origin.
+    /// The client address from the trusted origin, as limits count it
+    /// ([`Ipv6Prefix::network_of`]).
     pub ip: Option<IpAddr>,
 }
 
@@ -55,6 +110,11 @@ pub struct Nonce {
     /// What kind of nonce (`dpop`, `attestation`, `signature`): nonces of
     /// different kinds never collide.
     pub scope: String,
+    /// The key that vouches for the nonce: the DPoP proof's key thumbprint,
+    /// the signature's key, the app token's attester key. The nonce is
+    /// remembered under it (its hash tag and key), and under nothing else
+    /// the request carries.
+    pub credential: String,
     pub value: String,
     pub ttl: Duration,
 }
@@ -76,11 +136,21 @@ pub struct Request<'a> {
 }
 
 /// A built admission and, parallel to each group's `limits`, the plan limit
-/// (and calendar window) each op checks.
+/// (and calendar window) each op checks; parallel to each group's
+/// `nonces`, the index of the [`Nonce`] in the request's list.
 #[derive(Debug)]
 pub struct Built<'p> {
     pub admission: Admission,
     pub limits: Vec<Vec<Counted<'p>>>,
+    pub nonces: Vec<Vec<usize>>,
+}
+
+impl Built<'_> {
+    /// The request's nonce behind `nonces[index]` of group `group` (what a
+    /// [`crate::store::Verdict::Replay`] names).
+    pub fn nonce_index(&self, group: usize, index: usize) -> Option<usize> {
+        self.nonces.get(group)?.get(index).copied()
+    }
 }
 
 /// One plan limit as counted for this request.
@@ -200,20 +270,29 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
     let mut built = Built {
         admission: Admission {
             now_us: request.now_us,
-            groups: Vec::with_capacity(1),
+            groups: Vec::with_capacity(1 + request.nonces.len()),
+            attempt: if request.nonces.is_empty() {
+                String::new()
+            } else {
+                attempt_id()
+            },
         },
-        limits: Vec::with_capacity(1),
+        limits: Vec::with_capacity(1 + request.nonces.len()),
+        nonces: Vec::with_capacity(1 + request.nonces.len()),
     };
     let primary_index = group_index(&mut built, primary);
 
-    for nonce in request.nonces {
+    for (i, nonce) in request.nonces.iter().enumerate() {
         let ttl_ms = u64::try_from(nonce.ttl.as_millis())
             .unwrap_or(u64::MAX)
-            .max(1);
-        built.admission.groups[primary_index].nonces.push(NonceOp {
-            key: keys::nonce(primary, &nonce.scope, &nonce.value),
+            .clamp(1, MAX_NONCE_TTL_MS);
+        let tag = keys::nonce_tag(&nonce.scope, &nonce.credential);
+        let g = group_index(&mut built, &tag);
+        built.admission.groups[g].nonces.push(NonceOp {
+            key: keys::nonce(&tag, &nonce.scope, &nonce.credential, &nonce.value),
             ttl_ms,
         });
+        built.nonces[g].push(i);
     }
 
     if let Some(plan) = request.plan {
@@ -289,8 +368,21 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
     if group.nonces.is_empty() && group.limits.is_empty() && group.usage.is_empty() {
         built.admission.groups.remove(primary_index);
         built.limits.remove(primary_index);
+        built.nonces.remove(primary_index);
     }
     Ok(built)
+}
+
+/// Longest a nonce is remembered (a year): the acceptance windows that set
+/// it are bounded far lower at compile time; this only keeps the
+/// arithmetic of every store in range whatever a caller passes.
+const MAX_NONCE_TTL_MS: u64 = 366 * 86_400_000;
+
+/// A random id for one admission, stored as the value of its nonces, so a
+/// store call that a client library retries after a lost reply finds its
+/// own nonces and is not mistaken for a replay (`docs/store.md`).
+fn attempt_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn group_index(built: &mut Built<'_>, tag: &str) -> usize {
@@ -302,6 +394,7 @@ fn group_index(built: &mut Built<'_>, tag: &str) -> usize {
         ..Group::default()
     });
     built.limits.push(Vec::new());
+    built.nonces.push(Vec::new());
     built.admission.groups.len() - 1
 }
 

@@ -73,6 +73,32 @@ fn errors_name_the_field() {
 }
 
 #[test]
+fn ipv6_clients_count_by_their_prefix() {
+    use super::admission::Ipv6Prefix;
+    let p = Ipv6Prefix::default();
+    assert_eq!(p.bits(), 64);
+    let net = |ip: &str| p.network_of(ip.parse().unwrap()).to_string();
+    assert_eq!(net("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+    assert_eq!(net("2001:db8:1:2::ffff"), "2001:db8:1:2::");
+    assert_eq!(net("2001:db8:1:3::1"), "2001:db8:1:3::");
+    assert_eq!(net("192.0.2.7"), "192.0.2.7");
+    let exact = Ipv6Prefix::new(128).unwrap();
+    assert_eq!(
+        exact.network_of("2001:db8::1".parse().unwrap()).to_string(),
+        "2001:db8::1"
+    );
+    let wide = Ipv6Prefix::new(32).unwrap();
+    assert_eq!(
+        wide.network_of("2001:db8:ffff::1".parse().unwrap())
+            .to_string(),
+        "2001:db8::"
+    );
+    for bad in [0, 31, 129, 255] {
+        assert!(Ipv6Prefix::new(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn route_cost_within_burst_compiles() {
     let yaml = "plans: [{name: a, limits: [{name: x, rate: {requests: 10, period: 1s, burst: 5}}]}]\nroutes: [{name: s, cost: 5}]";
     assert!(Plans::compile(&spec(yaml)).is_ok());

@@ -27,7 +27,7 @@ use crate::origin::Origin;
 use crate::policy::snapshot::{CompiledPolicy, Route};
 use crate::policy::types::StoreErrorAction;
 use crate::reason::Reason;
-use crate::store::{LimitState, Verdict};
+use crate::store::{LimitState, Outcome, StoreError, Verdict};
 use crate::telemetry::{handles, trace};
 use opentelemetry::trace::SpanKind;
 
@@ -47,7 +47,8 @@ pub(super) struct Inputs<'a> {
     pub nonces: &'a [Nonce],
 }
 
-/// Runs the stage.
+/// Runs the stage: build the admission, ask the store, and turn its
+/// verdict (or its failure) into the answer.
 pub(super) async fn check(
     policy: &CompiledPolicy,
     inputs: Inputs<'_>,
@@ -57,11 +58,6 @@ pub(super) async fn check(
     let plan = policy
         .plans
         .resolve(inputs.app.and_then(|a| a.plan.as_deref()));
-    if let Some(plan) = plan
-        && run.identity.plan.is_none()
-    {
-        run.identity.plan = Some(plan.name.clone());
-    }
     let cost = inputs.route.map_or(1, |r| r.cost);
     let request = Request {
         policy: policy.id.as_str(),
@@ -71,14 +67,16 @@ pub(super) async fn check(
             user: inputs.user.map(|u| (u.issuer.as_str(), u.subject.as_str())),
             user_digest: inputs.user.and_then(|u| u.store_digest.as_deref()),
             device: inputs.app.and_then(|a| a.device.as_deref()),
-            ip: inputs.origin.client_ip,
+            ip: inputs
+                .origin
+                .client_ip
+                .map(|ip| deps.settings.ipv6_limit_prefix.network_of(ip)),
         },
         cost,
         nonces: inputs.nonces,
         now_us: admission::now_us(deps.clock.now()),
         retention: deps.store.retention(),
     };
-    let plan_name = plan.map_or("-", |p| p.name.as_str());
     let built = match admission::build(&request) {
         Ok(built) => built,
         Err(e) => {
@@ -98,8 +96,6 @@ pub(super) async fn check(
         );
         return Ok(Vec::new());
     }
-    let has_limits = built.admission.groups.iter().any(|g| !g.limits.is_empty());
-    let has_nonces = !inputs.nonces.is_empty();
 
     let store = deps.store.kind();
     let mut span = trace::child("store admit", SpanKind::Client);
@@ -113,89 +109,142 @@ pub(super) async fn check(
         Err(e) => span.fail(e.kind_label()),
     }
     drop(span);
-
-    let counted: Vec<&Counted<'_>> = built.limits.iter().flatten().collect();
     let outcome = match result {
         Ok(outcome) => outcome,
-        Err(e) => {
-            metrics::counter!("tollgate_store_errors_total", "store" => store, "kind" => e.kind_label())
-                .increment(1);
-            let replay_denies =
-                has_nonces && policy.replay.on_store_error == StoreErrorAction::Deny;
-            let quota_denies = has_limits && policy.on_store_error == StoreErrorAction::Deny;
-            if replay_denies || quota_denies {
-                for c in &counted {
-                    decision_metric(&c.limit.name, "store_error");
-                }
-                let deny = Deny::new(
-                    Reason::StoreUnavailable,
-                    "quota and replay checks are unavailable; retry shortly",
-                );
-                run.note("admission", StepOutcome::Deny, || {
-                    format!("store error: {e}")
-                });
-                return Err(deny);
-            }
-            for c in &counted {
-                decision_metric(&c.limit.name, "skipped");
-            }
-            tracing::warn!(
-                policy = %policy.id,
-                error = %e,
-                "store unavailable: request allowed without quota/replay checks (onStoreError: allow)"
-            );
-            run.note("admission", StepOutcome::Skip, || {
-                format!("store error ({e}); onStoreError allow: checks skipped")
-            });
-            return Ok(Vec::new());
-        }
+        Err(e) => return store_failed(policy, &built, inputs.nonces, (store, &e), run),
     };
+    let answer = Answer {
+        policy,
+        built: &built,
+        outcome: &outcome,
+        nonces: inputs.nonces,
+        plan_name: plan.map_or("-", |p| p.name.as_str()),
+        cost,
+    };
+    match outcome.verdict {
+        Verdict::Admitted => Ok(answer.admitted(run)),
+        Verdict::Replay { group, index } => Err(answer.replay(group, index, run)),
+        Verdict::Exceeded => Err(answer.exceeded(run)),
+    }
+}
 
-    let states: Vec<&LimitState> = outcome.limits.iter().flatten().collect();
-    let rate_headers = |counted: &[&Counted<'_>], states: &[&LimitState]| {
+/// The store failed: the request follows `onStoreError` for its limits and
+/// `replay.onStoreError` for its nonces — denied if either says `deny`.
+fn store_failed(
+    policy: &CompiledPolicy,
+    built: &admission::Built<'_>,
+    nonces: &[Nonce],
+    (store, e): (&'static str, &StoreError),
+    run: &mut Run,
+) -> Result<ResponseHeaders, Deny> {
+    metrics::counter!("tollgate_store_errors_total", "store" => store, "kind" => e.kind_label())
+        .increment(1);
+    let has_limits = built.admission.groups.iter().any(|g| !g.limits.is_empty());
+    let replay_denies =
+        !nonces.is_empty() && policy.replay.on_store_error == StoreErrorAction::Deny;
+    let quota_denies = has_limits && policy.on_store_error == StoreErrorAction::Deny;
+    let counted = built.limits.iter().flatten();
+    if replay_denies || quota_denies {
+        for c in counted {
+            decision_metric(&c.limit.name, "store_error");
+        }
+        let deny = Deny::new(
+            Reason::StoreUnavailable,
+            "quota and replay checks are unavailable; retry shortly",
+        );
+        run.note("admission", StepOutcome::Deny, || {
+            format!("store error: {e}")
+        });
+        return Err(deny);
+    }
+    for c in counted {
+        decision_metric(&c.limit.name, "skipped");
+    }
+    tracing::warn!(
+        policy = %policy.id,
+        error = %e,
+        "store unavailable: request allowed without quota/replay checks (onStoreError: allow)"
+    );
+    run.note("admission", StepOutcome::Skip, || {
+        format!("store error ({e}); onStoreError allow: checks skipped")
+    });
+    Ok(Vec::new())
+}
+
+/// What the store answered, with what the answer is read against.
+struct Answer<'a> {
+    policy: &'a CompiledPolicy,
+    built: &'a admission::Built<'a>,
+    outcome: &'a Outcome,
+    nonces: &'a [Nonce],
+    plan_name: &'a str,
+    cost: u64,
+}
+
+impl Answer<'_> {
+    /// The RateLimit headers (`response.rateLimitHeaders`), when every
+    /// limit's state came back.
+    fn rate_headers(&self) -> ResponseHeaders {
+        let counted: Vec<&Counted<'_>> = self.built.limits.iter().flatten().collect();
+        let states: Vec<&LimitState> = self.outcome.limits.iter().flatten().collect();
         let mut out = Vec::new();
-        if policy.response.rate_limit_headers && counted.len() == states.len() {
-            if let Some(value) = headers::policy(counted) {
+        if self.policy.response.rate_limit_headers && counted.len() == states.len() {
+            if let Some(value) = headers::policy(&counted) {
                 out.push(("ratelimit-policy".to_owned(), value));
             }
-            if let Some(value) = headers::current(counted, states) {
+            if let Some(value) = headers::current(&counted, &states) {
                 out.push(("ratelimit".to_owned(), value));
             }
         }
         out
-    };
+    }
 
-    match outcome.verdict {
-        Verdict::Admitted => {
-            for c in &counted {
-                decision_metric(&c.limit.name, "allowed");
-            }
-            run.note("admission", StepOutcome::Pass, || {
-                format!(
-                    "plan {plan_name}: {} limit(s) passed, cost {cost}; {} nonce(s) fresh",
-                    counted.len(),
-                    inputs.nonces.len()
-                )
-            });
-            Ok(rate_headers(&counted, &states))
+    /// Everything passed and was consumed.
+    fn admitted(&self, run: &mut Run) -> ResponseHeaders {
+        let counted = self.built.limits.iter().flatten();
+        let mut limits = 0;
+        for c in counted {
+            decision_metric(&c.limit.name, "allowed");
+            limits += 1;
         }
-        Verdict::Replay { group, index } => {
-            let scope = built
-                .admission
-                .groups
-                .get(group)
-                .and_then(|_| nonce_scope(inputs.nonces, index))
-                .unwrap_or("nonce");
-            let deny = Deny::new(
-                Reason::ReplayDetected,
-                format!("this {scope} was already used; send a fresh credential"),
+        run.note("admission", StepOutcome::Pass, || {
+            format!(
+                "plan {}: {limits} limit(s) passed, cost {}; {} nonce(s) fresh",
+                self.plan_name,
+                self.cost,
+                self.nonces.len()
             )
-            .with_header("www-authenticate", replay_challenge(policy, scope));
-            run.note("admission", StepOutcome::Deny, || deny.detail.clone());
-            Err(deny)
-        }
-        Verdict::Exceeded => {
-            let mut denied: Vec<(&str, u64)> = Vec::new();
+        });
+        self.rate_headers()
+    }
+
+    /// `nonces[index]` of group `group` was remembered: 401
+    /// `replay_detected`, with the challenge of the replayed credential.
+    fn replay(&self, group: usize, index: usize, run: &mut Run) -> Deny {
+        let scope = self
+            .built
+            .nonce_index(group, index)
+            .and_then(|i| self.nonces.get(i))
+            .map_or("nonce", |n| n.scope.as_str());
+        let deny = Deny::new(
+            Reason::ReplayDetected,
+            format!("this {scope} was already used; send a fresh credential"),
+        )
+        .with_header("www-authenticate", replay_challenge(self.policy, scope));
+        run.note("admission", StepOutcome::Deny, || deny.detail.clone());
+        deny
+    }
+
+    /// A limit denied; nothing was consumed: 429 `quota_exceeded` with
+    /// `Retry-After` (the longest wait of the denying limits).
+    fn exceeded(&self, run: &mut Run) -> Deny {
+        // Group by group: a group the store could not answer for has no
+        // states (another group's denial stands without them).
+        let mut denied: Vec<(&str, u64)> = Vec::new();
+        for (counted, states) in self.built.limits.iter().zip(self.outcome.limits.iter()) {
+            if counted.len() != states.len() {
+                continue;
+            }
             for (c, s) in counted.iter().zip(states.iter()) {
                 if s.allowed {
                     decision_metric(&c.limit.name, "allowed_but_not_consumed");
@@ -204,28 +253,28 @@ pub(super) async fn check(
                     denied.push((c.limit.name.as_str(), s.retry_after_us));
                 }
             }
-            let retry_us = denied.iter().map(|(_, r)| *r).max().unwrap_or(1_000_000);
-            let retry = ceil_secs(retry_us).max(1);
-            let names: Vec<String> = denied.iter().map(|(n, _)| format!("{n:?}")).collect();
-            let mut deny = Deny::new(
-                Reason::QuotaExceeded,
-                format!(
-                    "limit {} of plan {plan_name:?} exceeded (cost {cost}); retry in {retry}s",
-                    names.join(", ")
-                ),
-            )
-            .with_header("retry-after", retry.to_string());
-            for (name, value) in rate_headers(&counted, &states) {
-                deny = deny.with_header(&name, value);
-            }
-            run.note("admission", StepOutcome::Deny, || deny.detail.clone());
-            Err(deny)
         }
+        let retry_us = denied.iter().map(|(_, r)| *r).max().unwrap_or(1_000_000);
+        let retry = ceil_secs(retry_us).max(1);
+        let names: Vec<String> = denied.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let mut deny = Deny::new(
+            Reason::QuotaExceeded,
+            format!(
+                "limit {} of plan {:?} exceeded (cost {}); retry in {retry}s",
+                names.join(", "),
+                self.plan_name,
+                self.cost
+            ),
+        )
+        .with_header("retry-after", retry.to_string());
+        for (name, value) in self.rate_headers() {
+            deny = deny.with_header(&name, value);
+        }
+        run.note("admission", StepOutcome::Deny, || deny.detail.clone());
+        deny
     }
 }
 
-/// The scope of the `index`th nonce (nonces all live in the primary group,
-/// in input order).
 /// A 401 carries a challenge (RFC 9110 §15.5.2): the one of the credential
 /// that was replayed.
 fn replay_challenge(policy: &CompiledPolicy, scope: &str) -> String {
@@ -249,10 +298,6 @@ fn verdict_label(verdict: &Verdict) -> &'static str {
         Verdict::Replay { .. } => "replay",
         Verdict::Exceeded => "exceeded",
     }
-}
-
-fn nonce_scope(nonces: &[Nonce], index: usize) -> Option<&str> {
-    nonces.get(index).map(|n| n.scope.as_str())
 }
 
 /// `tollgate_quota_decisions_total{limit, outcome}` (a handle registered

@@ -10,45 +10,54 @@
 //! Envoy, and listing it would cost both sides work on every request.
 
 use crate::authn::user::UserIdentity;
-use crate::decision::{Allow, Identity};
-use crate::policy::snapshot::CompiledPolicy;
+use crate::decision::{Allow, Deny, Identity};
+use crate::field_value::is_header_safe;
+use crate::policy::snapshot::{CompiledPolicy, Snapshot};
 use crate::policy::template::{Var, Vars};
+use crate::reason::Reason;
 use crate::request::RequestContext;
 
 /// The prefix of tollgate's own headers.
 pub const IDENTITY_PREFIX: &str = "x-tollgate-";
 
-/// The allow for a request under `policy`.
+/// The allow for a request under `policy`, or the denial of a request
+/// whose identity cannot be sent upstream: every value tollgate sets must
+/// pass [`is_header_safe`], and one that does not is blamed on the
+/// credential it came from ([`Source`]). Called before the admission
+/// stage, so such a request consumes no quota and no nonce.
 pub(super) fn allow(
     policy: &CompiledPolicy,
     request: &RequestContext,
     identity: &Identity,
     user: Option<&UserIdentity>,
-) -> Allow {
+) -> Result<Allow, Deny> {
     let upstream = &policy.response.upstream_headers;
     let mut set: Vec<(String, String)> = Vec::with_capacity(4 + upstream.len());
     let mut unset: Vec<&str> = Vec::new();
     let own = [
-        ("x-tollgate-user", identity.user.as_ref()),
-        ("x-tollgate-app", identity.app.as_ref()),
-        ("x-tollgate-plan", identity.plan.as_ref()),
-        ("x-tollgate-device", identity.device.as_ref()),
+        ("x-tollgate-user", &identity.user, Source::UserToken("sub")),
+        ("x-tollgate-app", &identity.app, Source::Policy),
+        ("x-tollgate-plan", &identity.plan, Source::Policy),
+        (
+            "x-tollgate-device",
+            &identity.device,
+            Source::AppToken("did"),
+        ),
     ];
-    for (name, value) in own {
+    for (name, value, source) in own {
         match value {
-            Some(value) => set.push((name.to_owned(), value.clone())),
+            Some(value) => set.push((name.to_owned(), source.check(name, value)?.to_owned())),
             None => unset.push(name),
         }
     }
     let vars = TemplateVars { identity, user };
     for (name, template) in upstream {
-        match template.render(&vars) {
-            Some(value) => {
-                set.retain(|(n, _)| n != name);
-                unset.retain(|n| n != name);
-                set.push((name.clone(), value));
-            }
-            None => unset.push(name),
+        match template.render(&HeaderVars { vars: &vars, name })? {
+            // An empty value counts as none: Envoy drops an empty header
+            // it is asked to set (`keep_empty_value: false`), which would
+            // leave a client-sent copy in place.
+            Some(value) if !value.is_empty() => set.push((name.clone(), value)),
+            _ => unset.push(name),
         }
     }
     let credentials = if policy.response.remove_credentials {
@@ -59,13 +68,91 @@ pub(super) fn allow(
     let candidates = client_identity_headers(request)
         .chain(unset)
         .chain(credentials);
-    finish(request, set, candidates)
+    Ok(finish(request, set, candidates))
 }
 
-/// The allow for a request no policy (or a dry run) vouches for: no
-/// identity, and no client-sent identity header passes.
-pub(super) fn anonymous_allow(request: &RequestContext) -> Allow {
-    finish(request, Vec::new(), client_identity_headers(request))
+/// Where a value sent upstream comes from: the credential a value that is
+/// not header-safe is blamed on.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// A claim of the user's access token → `user_token_invalid`.
+    UserToken(&'static str),
+    /// A claim of the user's access token named by a template.
+    UserClaim,
+    /// A claim of the app attestation token → `attestation_invalid`.
+    AppToken(&'static str),
+    /// The policy or an `AppRegistration` (ids, plan and route names are
+    /// checked at compile time, so this is a defect, denied
+    /// `rule_denied`).
+    Policy,
+}
+
+impl Source {
+    /// `value` when it is header-safe, else the denial for header `name`.
+    fn check<'v>(self, name: &str, value: &'v str) -> Result<&'v str, Deny> {
+        if is_header_safe(value) {
+            return Ok(value);
+        }
+        const WHY: &str = "holds a control character or leading or trailing whitespace, \
+                           so it cannot be sent upstream";
+        Err(match self {
+            Source::UserToken(claim) => Deny::new(
+                Reason::UserTokenInvalid,
+                format!("the user token's {claim} claim {WHY} ({name})"),
+            ),
+            Source::UserClaim => Deny::new(
+                Reason::UserTokenInvalid,
+                format!("a user token claim named by the policy {WHY} ({name})"),
+            ),
+            Source::AppToken(claim) => Deny::new(
+                Reason::AttestationInvalid,
+                format!("the app token's {claim} claim {WHY} ({name})"),
+            ),
+            Source::Policy => Deny::new(
+                Reason::RuleDenied,
+                format!("the policy's value for {name} {WHY}"),
+            ),
+        })
+    }
+}
+
+/// The allow of a request that a `dryRun` policy would have denied: no
+/// identity is vouched for, so nothing is set, and everything an enforced
+/// allow would strip is stripped — every configured upstream header name
+/// (a template left without a value is removed under enforcement too),
+/// every client-sent `x-tollgate-*` header and, with `removeCredentials`,
+/// the credentials. Otherwise a client's own `x-user-sub: admin` would
+/// reach an upstream that trusts the header, exactly while a policy is
+/// being rolled out.
+pub(super) fn dry_run_allow(policy: &CompiledPolicy, request: &RequestContext) -> Allow {
+    let configured = policy
+        .response
+        .upstream_headers
+        .iter()
+        .map(|(name, _)| name.as_str());
+    let credentials = if policy.response.remove_credentials {
+        credential_headers(policy)
+    } else {
+        Vec::new()
+    };
+    let candidates = client_identity_headers(request)
+        .chain(configured)
+        .chain(credentials);
+    finish(request, Vec::new(), candidates)
+}
+
+/// The allow of a request no policy serves, under `--default-decision
+/// allow`: nothing is set, and no client-sent `x-tollgate-*` header nor any
+/// header name some policy configures passes (the upstream behind a
+/// catch-all may be one that trusts them). No policy says
+/// `removeCredentials`, so credentials stay.
+pub(super) fn default_allow(snapshot: &Snapshot, request: &RequestContext) -> Allow {
+    let configured = snapshot.upstream_header_names.iter().map(String::as_str);
+    finish(
+        request,
+        Vec::new(),
+        client_identity_headers(request).chain(configured),
+    )
 }
 
 /// The allow with `set`, removing those of the `candidates` the request
@@ -119,22 +206,51 @@ struct TemplateVars<'a> {
     user: Option<&'a UserIdentity>,
 }
 
-impl Vars for TemplateVars<'_> {
-    fn value(&self, var: &Var) -> Option<String> {
+impl TemplateVars<'_> {
+    /// The value of `var` and where it comes from.
+    fn value(&self, var: &Var) -> (Option<String>, Source) {
         match var {
-            Var::UserSub => self.identity.user.clone(),
-            Var::UserIssuer => self.identity.issuer.clone(),
-            Var::UserClaim(name) => self.user?.claims.get(name).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                serde_json::Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            }),
-            Var::AppId => self.identity.app.clone(),
-            Var::Plan => self.identity.plan.clone(),
-            Var::Policy => self.identity.policy.clone(),
-            Var::Route => self.identity.route.clone(),
-            Var::DeviceId => self.identity.device.clone(),
+            Var::UserSub => (self.identity.user.clone(), Source::UserToken("sub")),
+            Var::UserIssuer => (self.identity.issuer.clone(), Source::UserToken("iss")),
+            Var::UserClaim(name) => {
+                let value = self
+                    .user
+                    .and_then(|u| u.claims.get(name))
+                    .and_then(|v| match v {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        serde_json::Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    });
+                (value, Source::UserClaim)
+            }
+            Var::AppId => (self.identity.app.clone(), Source::Policy),
+            Var::Plan => (self.identity.plan.clone(), Source::Policy),
+            Var::Policy => (self.identity.policy.clone(), Source::Policy),
+            Var::Route => (self.identity.route.clone(), Source::Policy),
+            Var::DeviceId => (self.identity.device.clone(), Source::AppToken("did")),
+        }
+    }
+}
+
+/// The template values of one upstream header, each checked with
+/// [`is_header_safe`] (template text is checked at compile time).
+struct HeaderVars<'a> {
+    vars: &'a TemplateVars<'a>,
+    name: &'a str,
+}
+
+impl Vars for HeaderVars<'_> {
+    type Error = Deny;
+
+    fn value(&self, var: &Var) -> Result<Option<String>, Deny> {
+        let (value, source) = self.vars.value(var);
+        match value {
+            Some(value) => {
+                source.check(self.name, &value)?;
+                Ok(Some(value))
+            }
+            None => Ok(None),
         }
     }
 }

@@ -4,7 +4,18 @@
 //! as in `deploy/envoy/`), so a path with dot-segments or encoded slashes
 //! could make a private route look like a public one
 //! (`/healthz/..%2Fv1/x`): such requests are `request_malformed`. So are
-//! repeated credential headers (which Envoy joins with `,`).
+//! paths with a `;` parameter (RFC 3986 §3.3 allows them in any segment;
+//! servlet containers drop `;…` before resolving `..`, so `/docs/..;/v1/x`
+//! is `/v1/x` to them, and `/admin;x/users` is `/admin/users` while no
+//! `/admin` route matches it), and repeated credential headers (which
+//! Envoy joins with `,`).
+//!
+//! Refusing a `;` rather than stripping the parameter is deliberate: a
+//! stripped path is what *some* backends serve (servlet containers) and
+//! not what others do (most treat `;` as an ordinary character), so no
+//! rewrite can agree with every upstream, while a refusal agrees with all
+//! of them. REST APIs do not use matrix parameters; the one common use,
+//! `;jsessionid=`, has no place in an API behind tollgate.
 
 use crate::decision::Deny;
 use crate::reason::Reason;
@@ -59,6 +70,9 @@ fn path_problem(path: &str) -> Option<&'static str> {
         || path.contains('\\')
     {
         return Some("contains an encoded slash or a backslash");
+    }
+    if path.contains(';') || contains_ignore_case(path, b"%3b") {
+        return Some("contains a ';' path parameter");
     }
     if path.contains("//") {
         return Some("contains an empty segment");
@@ -129,6 +143,11 @@ mod tests {
             "/a//b",
             "/a%5cb",
             "/a\\b",
+            "/docs/..;/v1/x",
+            "/admin;x/users",
+            "/a;",
+            "/a/%3Bb",
+            "/a/%3b",
         ] {
             let deny = check(&request(path, &[])).unwrap_err();
             assert_eq!(deny.reason, Reason::RequestMalformed, "{path}");

@@ -525,7 +525,20 @@ impl Catalog {
         let (hosts, policies) = self.claim_hosts(&mut reports, &mut warnings);
         let apps = self.index_apps(&mut reports, &mut warnings);
         self.relate_apps_and_policies(&apps, &policies, &mut reports, &mut warnings);
+        // What a default allow (no policy) strips: every name a policy sets.
+        let mut upstream_header_names: Vec<String> = policies
+            .values()
+            .flat_map(|p| {
+                p.response
+                    .upstream_headers
+                    .iter()
+                    .map(|(name, _)| name.clone())
+            })
+            .collect();
+        upstream_header_names.sort();
+        upstream_header_names.dedup();
         let snapshot = Snapshot {
+            upstream_header_names,
             policies,
             hosts,
             apps,

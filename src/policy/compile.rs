@@ -239,55 +239,8 @@ pub fn compile_policy(
 
     let routes = routes(spec, &mut errors);
 
-    let window = match &spec.replay.window {
-        None => Duration::from_secs(300),
-        Some(w) if w.get().is_zero() => {
-            errors.push(FieldError::new(
-                "spec.replay.window",
-                "must be more than 0s",
-            ));
-            Duration::ZERO
-        }
-        Some(w) => w.get(),
-    };
-
-    // A remembered nonce is only useful while its credential could still
-    // be accepted; a credential accepted for longer than the replay window
-    // promises would outlive the promise (DESIGN: compile error).
-    let mut windows = Vec::new();
-    if let Some(user) = &user
-        && user.dpop().mode != super::types::Requirement::Disabled
-    {
-        windows.push(("spec.user.dpop.maxAge", user.dpop().acceptance_window()));
-    }
-    if let Some(app) = &app {
-        windows.extend(app.acceptance_windows());
-    }
-    for (field, accepted) in windows {
-        if !window.is_zero() && accepted > window {
-            errors.push(FieldError::new(
-                field,
-                format!(
-                    "{}s exceeds spec.replay.window ({}s): a credential must not stay acceptable longer than its nonce is remembered",
-                    accepted.as_secs(),
-                    window.as_secs()
-                ),
-            ));
-        }
-    }
-
-    let mut upstream_headers = Vec::new();
-    for (name, value) in &spec.response.upstream_headers {
-        let field = format!("spec.response.upstreamHeaders.{name}");
-        if let Err(message) = check_upstream_header(name) {
-            errors.push(FieldError::new(field, message));
-            continue;
-        }
-        match Template::parse(value) {
-            Ok(template) => upstream_headers.push((name.clone(), template)),
-            Err(message) => errors.push(FieldError::new(field, message)),
-        }
-    }
+    let window = replay_window(spec, user.as_ref(), app.as_ref(), &mut errors);
+    let upstream_headers = upstream_headers(spec, &mut errors);
 
     let (Some(plans), true) = (plans, errors.is_empty()) else {
         return Err(errors);
@@ -312,6 +265,74 @@ pub fn compile_policy(
         },
         on_store_error: spec.on_store_error,
     })
+}
+
+/// `spec.replay.window` (default 5m, 1s to 1d), checked to cover every
+/// acceptance window of the policy's credentials: a remembered nonce is
+/// only useful while its credential could still be accepted, and a
+/// credential accepted for longer than the window promises would outlive
+/// the promise (DESIGN: compile error).
+fn replay_window(
+    spec: &ApiPolicySpec,
+    user: Option<&UserPolicy>,
+    app: Option<&AppPolicy>,
+    errors: &mut Vec<FieldError>,
+) -> Duration {
+    let window = match &spec.replay.window {
+        None => Duration::from_secs(300),
+        Some(w) => match super::bounds::duration(
+            "window",
+            w.get(),
+            Duration::from_secs(1),
+            super::bounds::MAX_REPLAY_WINDOW,
+        ) {
+            Ok(()) => w.get(),
+            Err(message) => {
+                errors.push(split_field("spec.replay", &message));
+                return Duration::ZERO;
+            }
+        },
+    };
+    let mut windows = Vec::new();
+    if let Some(user) = user
+        && user.dpop().mode != super::types::Requirement::Disabled
+    {
+        windows.push(("spec.user.dpop.maxAge", user.dpop().acceptance_window()));
+    }
+    if let Some(app) = app {
+        windows.extend(app.acceptance_windows());
+    }
+    for (field, accepted) in windows {
+        if accepted > window {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "{}s exceeds spec.replay.window ({}s): a credential must not stay acceptable longer than its nonce is remembered",
+                    accepted.as_secs(),
+                    window.as_secs()
+                ),
+            ));
+        }
+    }
+    window
+}
+
+/// `spec.response.upstreamHeaders`: valid names (`check_upstream_header`)
+/// and templates.
+fn upstream_headers(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<(String, Template)> {
+    let mut out = Vec::new();
+    for (name, value) in &spec.response.upstream_headers {
+        let field = format!("spec.response.upstreamHeaders.{name}");
+        if let Err(message) = check_upstream_header(name) {
+            errors.push(FieldError::new(field, message));
+            continue;
+        }
+        match Template::parse(value) {
+            Ok(template) => out.push((name.clone(), template)),
+            Err(message) => errors.push(FieldError::new(field, message)),
+        }
+    }
+    out
 }
 
 /// Turns `plans[0].limits[1].rate: …` into a field error under `prefix`
@@ -346,7 +367,7 @@ fn cidrs(list: &[String], field: &str, errors: &mut Vec<FieldError>) -> Vec<IpNe
             .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             // trunc(): `10.1.2.3/8` means `10.0.0.0/8`.
-            Ok(net) => out.push(net.trunc()),
+            Ok(net) => out.push(canonical_net(net.trunc())),
             Err(_) => errors.push(FieldError::new(
                 format!("{field}[{i}]"),
                 format!("{text:?} is not a CIDR (e.g. 10.0.0.0/8, 2001:db8::/32) or an address"),
@@ -354,6 +375,20 @@ fn cidrs(list: &[String], field: &str, errors: &mut Vec<FieldError>) -> Vec<IpNe
         }
     }
     out
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:203.0.113.0/120`, within
+/// `::ffff:0:0/96`) as the IPv4 network it maps (`203.0.113.0/24`): client
+/// addresses are compared in canonical form (`origin::Origin::client_ip`),
+/// so the rule means what its author wrote.
+fn canonical_net(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+        (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 /// A host as the host index stores it: lower-case DNS name (or dotted IPv4
@@ -466,6 +501,12 @@ fn routes(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<Route> {
                 format!("{field}.name"),
                 "must not be empty",
             ));
+        } else if !crate::field_value::is_header_safe(&route.name) {
+            // `{route}` may be sent upstream.
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                "must not contain control characters or leading or trailing whitespace",
+            ));
         } else if !names.insert(route.name.as_str()) {
             errors.push(FieldError::new(
                 format!("{field}.name"),
@@ -538,7 +579,7 @@ fn routes(spec: &ApiPolicySpec, errors: &mut Vec<FieldError>) -> Vec<Route> {
 }
 
 /// `match.path` / `match.pathPrefix`: at most one; an absolute path with no
-/// query, fragment, dot-segment or encoded slash — requests carrying those
+/// query, fragment, dot-segment, encoded slash or `;` — requests carrying those
 /// are refused (`request_malformed`), so such a route could never match.
 fn route_path(route: &RouteSpec, field: &str, errors: &mut Vec<FieldError>) -> PathMatch {
     let (text, exact, which) = match (&route.matches.path, &route.matches.path_prefix) {
@@ -565,6 +606,8 @@ fn route_path(route: &RouteSpec, field: &str, errors: &mut Vec<FieldError>) -> P
         Some("must not contain '.' or '..' segments")
     } else if lower.contains("%2f") || lower.contains("%5c") {
         Some("must not contain encoded slashes")
+    } else if lower.contains(';') || lower.contains("%3b") {
+        Some("must not contain ';' path parameters")
     } else {
         None
     };

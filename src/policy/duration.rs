@@ -37,7 +37,8 @@ impl fmt::Display for DurationStr {
 }
 
 /// Parses `1h30m`, `500ms`, `10s`, `1d`. Rejects empty, unitless and
-/// overflowing values.
+/// overflowing values, and anything longer than
+/// [`super::bounds::MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration {text:?}: expected e.g. 500ms, 30s, 5m, 1h, 1d");
     if text.is_empty() || text.len() > 32 {
@@ -64,6 +65,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(invalid()),
         };
         total = total.checked_add(part).ok_or_else(invalid)?;
+    }
+    if total > super::bounds::MAX_DURATION {
+        return Err(format!(
+            "invalid duration {text:?}: longer than ten years, which no setting needs"
+        ));
     }
     Ok(total)
 }
@@ -119,6 +125,8 @@ mod tests {
             "5 s",
             "1.5s",
             "99999999999999999999s",
+            "18446744073709551615s",
+            "3651d",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -49,6 +49,10 @@ pub struct Snapshot {
     /// SHA-256 of the source files this snapshot was compiled from, so a
     /// file watcher recompiles only when they change.
     pub source_digest: Option<[u8; 32]>,
+    /// Every `response.upstreamHeaders` name of every policy, sorted: a
+    /// request no policy vouches for (`--default-decision allow`) reaches
+    /// upstreams that may trust any of them, so none passes.
+    pub upstream_header_names: Vec<String>,
 }
 
 impl Snapshot {

@@ -29,13 +29,26 @@ pub enum Var {
 
 /// The values placeholders are filled from.
 pub trait Vars {
+    /// Why a value cannot be used (it is not fit to send, say).
+    type Error;
     /// The value of `var`, or `None` when unknown for this request.
-    fn value(&self, var: &Var) -> Option<String>;
+    fn value(&self, var: &Var) -> Result<Option<String>, Self::Error>;
 }
 
 impl Template {
     /// Parses `text`; `{` and `}` are only allowed around placeholders.
+    /// The text around them must be fit for a header value as it is: no
+    /// control character, no leading or trailing whitespace (which HTTP
+    /// parsers strip); the values filled in are checked per request.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.chars().any(char::is_control) {
+            return Err(format!("template {text:?} contains a control character"));
+        }
+        if text.trim_matches([' ', '\t']).len() != text.len() {
+            return Err(format!(
+                "template {text:?} starts or ends with whitespace, which HTTP strips"
+            ));
+        }
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find('{') {
@@ -58,17 +71,21 @@ impl Template {
         Ok(Self { parts })
     }
 
-    /// Renders the template; `None` when any placeholder has no value (the
-    /// header is then removed rather than sent half-filled).
-    pub fn render(&self, vars: &dyn Vars) -> Option<String> {
+    /// Renders the template; `Ok(None)` when any placeholder has no value
+    /// (the header is then removed rather than sent half-filled), `Err`
+    /// when `vars` refuses a value.
+    pub fn render<V: Vars>(&self, vars: &V) -> Result<Option<String>, V::Error> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Var(var) => out.push_str(&vars.value(var)?),
+                Part::Var(var) => match vars.value(var)? {
+                    Some(value) => out.push_str(&value),
+                    None => return Ok(None),
+                },
             }
         }
-        Some(out)
+        Ok(Some(out))
     }
 }
 
@@ -99,11 +116,13 @@ mod tests {
 
     struct Fixed;
     impl Vars for Fixed {
-        fn value(&self, var: &Var) -> Option<String> {
+        type Error = String;
+        fn value(&self, var: &Var) -> Result<Option<String>, String> {
             match var {
-                Var::UserSub => Some("alice".into()),
-                Var::UserClaim(c) if c == "tenant" => Some("t1".into()),
-                _ => None,
+                Var::UserSub => Ok(Some("alice".into())),
+                Var::UserClaim(c) if c == "tenant" => Ok(Some("t1".into())),
+                Var::UserClaim(c) if c == "bad" => Err("refused".into()),
+                _ => Ok(None),
             }
         }
     }
@@ -111,13 +130,26 @@ mod tests {
     #[test]
     fn renders_placeholders_and_text() {
         let t = Template::parse("sub={user.sub};tenant={user.claims.tenant}").unwrap();
-        assert_eq!(t.render(&Fixed).as_deref(), Some("sub=alice;tenant=t1"));
+        assert_eq!(
+            t.render(&Fixed).unwrap().as_deref(),
+            Some("sub=alice;tenant=t1")
+        );
     }
 
     #[test]
-    fn missing_value_renders_nothing() {
+    fn missing_value_renders_nothing_and_refusals_propagate() {
         let t = Template::parse("{app.id}").unwrap();
-        assert_eq!(t.render(&Fixed), None);
+        assert_eq!(t.render(&Fixed), Ok(None));
+        let t = Template::parse("{user.sub}{user.claims.bad}").unwrap();
+        assert_eq!(t.render(&Fixed), Err("refused".to_owned()));
+    }
+
+    #[test]
+    fn template_text_must_be_header_safe() {
+        assert!(Template::parse("a\nb").is_err());
+        assert!(Template::parse(" {user.sub}").is_err());
+        assert!(Template::parse("{user.sub}\t").is_err());
+        assert!(Template::parse("a b {user.sub}").is_ok());
     }
 
     #[test]

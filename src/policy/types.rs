@@ -189,6 +189,12 @@ pub struct KeySource {
     /// How the Secret's value is encoded: `raw` (default), `base64` or `jwks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<KeyEncoding>,
+    /// With `discovery` or `uri`: the longest the fetched keys are used
+    /// before they are fetched again, so a key the IdP removed stops
+    /// verifying within it. `Cache-Control: max-age` may shorten it, never
+    /// lengthen it. Default 1h; 1m to 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cache_age: Option<DurationStr>,
 }
 
 /// How a secret key's bytes are encoded in the Secret.
@@ -296,6 +302,15 @@ pub struct AttestationSpec {
     /// Required `iss`, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Accepted `aud` values, when set: the token passes when any of its
+    /// audiences is listed, so a token minted for another API cannot pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Required JOSE `typ` header (e.g. `approov+jwt`), when set; compared
+    /// case-insensitively, with or without `application/` (RFC 7515
+    /// §4.1.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
     /// Binding of the app token to other request headers (the `pay` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<BindingSpec>,

@@ -3,7 +3,7 @@
 //! ```text
 //! tg:{a:<app>}:r:<policy>:<plan>:<limit>[:<sub>]             GCRA TAT (string, µs), expires at the TAT
 //! tg:{a:<app>}:q:<policy>:<plan>:<limit>:<window>[:<sub>]    calendar counter, expires at window end + grace
-//! tg:{a:<app>}:n:<scope>:<nonce digest>                      remembered nonce, expires with the credential
+//! tg:{n:<credential digest>}:n:<scope>:<nonce digest>        remembered nonce, expires with the credential
 //! tg:{a:<app>}:u:<YYYY-MM-DD>                                usage hash {count[, extra]}, per app per UTC day
 //! tg:{a:<app>}:u:<YYYY-MM-DD>:<user digest>                  usage hash per app-user per day
 //! tg:{u:<user digest>}:…   tg:{i:<ip digest>}:…   tg:{anon}:…   the same shapes under other tags
@@ -15,6 +15,15 @@
 //!   admission script of a request touches one slot. Limits keyed by the
 //!   user alone carry `{u:…}` and limits keyed by IP `{i:…}`: they are shared
 //!   across apps and so cannot live in an app's slot.
+//! - **Nonces belong to their credential.** A nonce's tag and key are
+//!   derived from the credential that carries it — a DPoP proof's key
+//!   thumbprint, a signature's key, a single-use app token's attester key —
+//!   never from the app, user or address the rest of the request names: a
+//!   client chooses those (another app's API key, none at all, another
+//!   address), and a nonce filed under them would be fresh again
+//!   (`docs/security.md`). On a Cluster a request with nonces therefore
+//!   touches one slot more (a parallel script call); on one Redis server
+//!   every group runs in one script call anyway.
 //! - **No injection.** App ids, policy ids and scopes are percent-encoded
 //!   (everything outside `A-Z a-z 0-9 . _ - /`), so no value can introduce a
 //!   `:`, a brace or a glob character. User (issuer + subject), device, IP
@@ -303,9 +312,22 @@ fn push_decimal(out: &mut String, n: u64) {
     }
 }
 
-/// A remembered nonce. `scope` separates kinds of nonces (`dpop`,
-/// `attestation`, `signature`…); the value is hashed.
-pub fn nonce(tag: &str, scope: &str, value: &str) -> String {
+/// The hash tag of the nonces of one credential (`{n:<digest>}`): the
+/// credential (a DPoP key's thumbprint, a signature key, an attester key)
+/// of kind `scope`, hashed with it.
+pub fn nonce_tag(scope: &str, credential: &str) -> String {
+    let mut tag = String::with_capacity(DIGEST_LEN + 4);
+    tag.push_str("{n:");
+    digest_into(&mut tag, &["credential", scope, credential]);
+    tag.push('}');
+    tag
+}
+
+/// A remembered nonce under its credential's [`nonce_tag`]. `scope`
+/// separates kinds of nonces (`dpop`, `attestation`, `signature`…); the
+/// credential and the value are hashed together, so the same value of two
+/// credentials never collides.
+pub fn nonce(tag: &str, scope: &str, credential: &str, value: &str) -> String {
     let mut key = String::with_capacity(PREFIX.len() + tag.len() + scope.len() + DIGEST_LEN + 5);
     key.push_str(PREFIX);
     key.push(':');
@@ -313,7 +335,7 @@ pub fn nonce(tag: &str, scope: &str, value: &str) -> String {
     key.push_str(":n:");
     escape_into(&mut key, scope);
     key.push(':');
-    digest_into(&mut key, &["nonce", scope, value]);
+    digest_into(&mut key, &["nonce", scope, credential, value]);
     key
 }
 
@@ -425,9 +447,22 @@ mod tests {
         );
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(ip_tag(ip), format!("{{i:{}}}", ip_digest(ip)));
+        let tag = nonce_tag("dpop", "jkt-1");
         assert_eq!(
-            nonce("{anon}", "dpop", "jti"),
-            format!("tg:{{anon}}:n:dpop:{}", digest(&["nonce", "dpop", "jti"]))
+            tag,
+            format!("{{n:{}}}", digest(&["credential", "dpop", "jkt-1"]))
+        );
+        assert_eq!(
+            nonce(&tag, "dpop", "jkt-1", "jti"),
+            format!(
+                "tg:{tag}:n:dpop:{}",
+                digest(&["nonce", "dpop", "jkt-1", "jti"])
+            )
+        );
+        assert_ne!(nonce_tag("dpop", "jkt-1"), nonce_tag("dpop", "jkt-2"));
+        assert_ne!(
+            nonce(&tag, "dpop", "jkt-1", "jti"),
+            nonce(&tag, "dpop", "jkt-2", "jti")
         );
         // The digest is the first 16 bytes of SHA-256 over length-prefixed
         // parts, in lower-case hex.

@@ -45,10 +45,15 @@ struct Entry {
 
 #[derive(Debug)]
 enum Value {
-    Nonce,
+    /// A remembered nonce, holding the attempt id of the admission that
+    /// stored it.
+    Nonce(String),
     Tat(u64),
     Count(u64),
-    Usage { requests: u64, cost: u64 },
+    Usage {
+        requests: u64,
+        cost: u64,
+    },
 }
 
 impl MemoryStore {
@@ -74,14 +79,17 @@ impl Inner {
             .map(|e| &e.value)
     }
 
-    /// Checks one group; `Err(index)` on a replayed nonce.
-    fn check(&self, group: &Group, now: u64) -> Result<Vec<LimitState>, usize> {
-        if let Some(i) = group
-            .nonces
-            .iter()
-            .position(|n| self.live(&n.key, now).is_some())
-        {
-            return Err(i);
+    /// Checks one group; `Err` on a remembered nonce: a replay, or this
+    /// very admission applied before (its attempt id is stored).
+    fn check(&self, group: &Group, now: u64, attempt: &str) -> Result<Vec<LimitState>, Seen> {
+        for (i, nonce) in group.nonces.iter().enumerate() {
+            match self.live(&nonce.key, now) {
+                None => {}
+                Some(Value::Nonce(held)) if !attempt.is_empty() && held == attempt => {
+                    return Err(Seen::AppliedBefore);
+                }
+                Some(_) => return Err(Seen::Replay(i)),
+            }
         }
         Ok(group
             .limits
@@ -130,13 +138,13 @@ impl Inner {
             .collect())
     }
 
-    fn consume(&mut self, group: &Group, now: u64) {
+    fn consume(&mut self, group: &Group, now: u64, attempt: &str) {
         for nonce in &group.nonces {
             self.entries.insert(
                 nonce.key.clone(),
                 Entry {
-                    value: Value::Nonce,
-                    expires_us: now + nonce.ttl_ms.max(1) * 1000,
+                    value: Value::Nonce(attempt.to_owned()),
+                    expires_us: now.saturating_add(nonce.ttl_ms.max(1).saturating_mul(1000)),
                 },
             );
         }
@@ -198,25 +206,39 @@ impl Inner {
         }
         let mut states = Vec::with_capacity(admission.groups.len());
         let mut verdict = Verdict::Admitted;
+        let mut applied_before = false;
+        let attempt = admission.attempt.as_str();
         for (g, group) in admission.groups.iter().enumerate() {
-            match self.check(group, now) {
+            match self.check(group, now, attempt) {
                 Ok(s) => {
                     if verdict == Verdict::Admitted && s.iter().any(|l| !l.allowed) {
                         verdict = Verdict::Exceeded;
                     }
                     states.push(s);
                 }
-                Err(index) => {
+                Err(Seen::Replay(index)) => {
                     if !matches!(verdict, Verdict::Replay { .. }) {
                         verdict = Verdict::Replay { group: g, index };
                     }
                     states.push(Vec::new());
                 }
+                Err(Seen::AppliedBefore) => {
+                    applied_before = true;
+                    states.push(Vec::new());
+                }
             }
+        }
+        // Every group is applied under one lock: a nonce holding this
+        // attempt's id means all of them were, by this same admission.
+        if applied_before && !matches!(verdict, Verdict::Replay { .. }) {
+            return Outcome {
+                verdict: Verdict::Admitted,
+                limits: admission.groups.iter().map(|_| Vec::new()).collect(),
+            };
         }
         if verdict == Verdict::Admitted {
             for group in &admission.groups {
-                self.consume(group, now);
+                self.consume(group, now, attempt);
             }
         }
         Outcome {
@@ -224,6 +246,14 @@ impl Inner {
             limits: states,
         }
     }
+}
+
+/// A remembered nonce found by [`Inner::check`].
+enum Seen {
+    /// Another admission's: `nonces[index]` is replayed.
+    Replay(usize),
+    /// This admission's own (its attempt id): it was applied before.
+    AppliedBefore,
 }
 
 impl Store for MemoryStore {
@@ -282,6 +312,7 @@ mod tests {
     fn with_nonce(now_us: u64) -> Admission {
         Admission {
             now_us,
+            attempt: format!("attempt-{now_us}"),
             groups: vec![Group {
                 tag: "{a:x}".into(),
                 nonces: vec![NonceOp {

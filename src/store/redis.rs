@@ -2,10 +2,11 @@
 //! `redis::aio::ConnectionManager`) or a Redis Cluster
 //! (`redis::cluster_async`), plain or TLS (`rediss://`).
 //!
-//! - Each hash-tag group of an admission is one `EVALSHA` of
-//!   [`super::scripts::ADMIT`]: one round trip in the common case (every
-//!   limit keyed by the app). Several groups run concurrently; when one
-//!   denies, the others are refunded ([`super::scripts::REFUND`]).
+//! - On one server, an admission is one `EVALSHA` of
+//!   [`super::scripts::ADMIT`] over all its groups: one round trip, exact
+//!   across hash tags. On a Cluster each hash-tag group is one `EVALSHA`
+//!   (one slot each): the groups run concurrently, and when one denies the
+//!   others are refunded ([`super::scripts::REFUND`]).
 //! - Every call is bounded by the store timeout; a timeout or a lost
 //!   connection is a [`StoreError`] the pipeline maps to `onStoreError`.
 //! - Connections are made lazily and re-made by the client: tollgate starts
@@ -217,29 +218,96 @@ impl RedisStore {
         });
     }
 
-    async fn eval(
+    /// Runs `script` over `groups` in one call (`scripts::invocation`).
+    /// The command is built before the future, which owns it.
+    fn eval(
         &self,
-        script: &redis::Script,
-        group: &Group,
+        script: &'static redis::Script,
+        groups: &[&Group],
         now_us: u64,
-    ) -> RedisResult<Vec<i64>> {
-        let cmd = scripts::invocation(script, group, now_us);
+        attempt: &str,
+    ) -> BoxFuture<'_, RedisResult<Vec<i64>>> {
+        let cmd = scripts::invocation(script, groups, now_us, attempt);
+        Box::pin(async move { self.run(script, &cmd).await })
+    }
+
+    async fn run(&self, script: &redis::Script, cmd: &redis::Cmd) -> RedisResult<Vec<i64>> {
         match &self.conn {
-            Conn::Single(manager) => evalsha(&mut manager.clone(), script, &cmd).await,
+            Conn::Single(manager) => evalsha(&mut manager.clone(), script, cmd).await,
             Conn::Cluster(lazy) => {
                 let mut conn = lazy.get().await?;
-                evalsha(&mut conn, script, &cmd).await
+                evalsha(&mut conn, script, cmd).await
             }
         }
     }
 
     async fn admit_inner(&self, admission: &Admission) -> Result<Outcome, StoreError> {
+        match self.conn {
+            Conn::Single(_) => self.admit_together(admission).await,
+            Conn::Cluster(_) => self.admit_per_tag(admission).await,
+        }
+    }
+
+    /// One Redis server: hash tags decide nothing there, so every group of
+    /// the request runs in one script call — one round trip whatever the
+    /// request's tags, and exact across them (nothing to refund).
+    async fn admit_together(&self, admission: &Admission) -> Result<Outcome, StoreError> {
+        let groups: Vec<&Group> = admission.groups.iter().collect();
+        let reply = self
+            .eval(
+                &scripts::ADMIT,
+                &groups,
+                admission.now_us,
+                &admission.attempt,
+            )
+            .await
+            .map_err(map_error)?;
+        let (status, states) = parse_admit(&reply)?;
+        let verdict = match status {
+            GroupStatus::Admitted | GroupStatus::AppliedBefore => Verdict::Admitted,
+            GroupStatus::Exceeded => Verdict::Exceeded,
+            GroupStatus::Replay(mut index) => {
+                // The script numbered the nonces of every group in order.
+                let mut found = None;
+                for (g, group) in admission.groups.iter().enumerate() {
+                    if index < group.nonces.len() {
+                        found = Some(Verdict::Replay { group: g, index });
+                        break;
+                    }
+                    index -= group.nonces.len();
+                }
+                found.ok_or_else(|| {
+                    StoreError::Protocol(format!("admit script replied {reply:?}"))
+                })?
+            }
+        };
+        let mut limits = Vec::with_capacity(groups.len());
+        let mut states = states.into_iter();
+        let complete = states.len() == groups.iter().map(|g| g.limits.len()).sum::<usize>();
+        for group in &groups {
+            limits.push(if complete {
+                states.by_ref().take(group.limits.len()).collect()
+            } else {
+                Vec::new()
+            });
+        }
+        Ok(Outcome { verdict, limits })
+    }
+
+    /// A Redis Cluster: one script call per hash tag, concurrently. When one
+    /// group denies (or fails), the groups that consumed are refunded: across
+    /// tags the promise is "never over-allow". A definite answer — a replay,
+    /// a limit exceeded — stands even when another group failed: the
+    /// request is denied either way, and `onStoreError: allow` must not
+    /// turn a known replay into an allow.
+    async fn admit_per_tag(&self, admission: &Admission) -> Result<Outcome, StoreError> {
         let now = admission.now_us;
+        let attempt = admission.attempt.as_str();
         let replies = join_all(
             admission
                 .groups
                 .iter()
-                .map(|g| self.eval(&scripts::ADMIT, g, now)),
+                .map(|g| self.eval(&scripts::ADMIT, &[g], now, attempt)),
         )
         .await;
         let mut verdict = Verdict::Admitted;
@@ -256,7 +324,7 @@ impl RedisStore {
                 }
             };
             match reply.0 {
-                GroupStatus::Admitted => admitted.push(g),
+                GroupStatus::Admitted | GroupStatus::AppliedBefore => admitted.push(g),
                 GroupStatus::Replay(index) => {
                     if !matches!(verdict, Verdict::Replay { .. }) {
                         verdict = Verdict::Replay { group: g, index };
@@ -271,14 +339,13 @@ impl RedisStore {
             states.push(reply.1);
         }
         if error.is_some() || verdict != Verdict::Admitted {
-            // Across hash tags: never over-allow. Undo the groups that
-            // consumed; a refund that fails leaves them over-counted, which
-            // only ever errs on the strict side.
+            // Undo the groups that consumed; a refund that fails leaves them
+            // over-counted, which only ever errs on the strict side.
             let refunds = join_all(
                 admitted
                     .iter()
                     .filter_map(|&g| admission.groups.get(g))
-                    .map(|g| self.eval(&scripts::REFUND, g, now)),
+                    .map(|g| self.eval(&scripts::REFUND, &[g], now, attempt)),
             )
             .await;
             for r in refunds {
@@ -287,13 +354,20 @@ impl RedisStore {
                 }
             }
         }
-        if let Some(e) = error {
-            return Err(e);
+        match error {
+            Some(e) if verdict == Verdict::Admitted => Err(e),
+            Some(e) => {
+                tracing::debug!(error = %e, "a store group failed; another one's denial stands");
+                Ok(Outcome {
+                    verdict,
+                    limits: states,
+                })
+            }
+            None => Ok(Outcome {
+                verdict,
+                limits: states,
+            }),
         }
-        Ok(Outcome {
-            verdict,
-            limits: states,
-        })
     }
 
     async fn usage_inner(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
@@ -477,6 +551,9 @@ enum GroupStatus {
     Admitted,
     Replay(usize),
     Exceeded,
+    /// An earlier attempt of this very call applied the group (a retry
+    /// after a lost reply); no limit states come back.
+    AppliedBefore,
 }
 
 fn parse_admit(reply: &[i64]) -> Result<(GroupStatus, Vec<LimitState>), StoreError> {
@@ -487,6 +564,7 @@ fn parse_admit(reply: &[i64]) -> Result<(GroupStatus, Vec<LimitState>), StoreErr
         0 => GroupStatus::Admitted,
         1 => GroupStatus::Replay(usize::try_from(index - 1).map_err(|_| bad())?),
         2 => GroupStatus::Exceeded,
+        3 => GroupStatus::AppliedBefore,
         _ => return Err(bad()),
     };
     if rest.len() % 4 != 0 {

@@ -1,12 +1,15 @@
 //! The Lua scripts the Redis store runs, and their one argument layout.
 //!
-//! Both scripts take one hash-tag group ([`super::Group`]) at a time, so all
-//! their keys sit in one Redis Cluster slot:
+//! On a Redis Cluster both scripts take one hash-tag group
+//! ([`super::Group`]) at a time, so all their keys sit in one slot; on one
+//! Redis server, where hash tags decide nothing, one call takes every group
+//! of a request (their nonces, limits and usage, in group order):
 //!
 //! ```text
 //! KEYS = nonce keys (n), then limit keys (l), then usage keys (u)
 //! ARGV[1]    now, µs since the Unix epoch (the replica clock)
 //! ARGV[2..4] n, l, u
+//! ARGV[5]    the admission's attempt id (the value its nonces hold)
 //! then per nonce:  ttl_ms
 //! then per limit:  kind, cost, a, b, c
 //!                  "r" (GCRA):  a = interval_us, b = burst, c = 0
@@ -14,19 +17,23 @@
 //! then per usage:  cost, expire_at_s
 //! ```
 //!
-//! - [`ADMIT`] (`scripts/admit.lua`) checks every nonce (EXISTS) and every
-//!   limit (GET), and only when all pass remembers the nonces (SET … PX),
+//! - [`ADMIT`] (`scripts/admit.lua`) checks every nonce (GET: absent, or
+//!   holding this attempt's id — an earlier try of this very call already
+//!   applied the group, status 3) and every limit (GET), and only when all
+//!   pass remembers the nonces (SET <attempt> … PX),
 //!   moves the GCRA TATs (SET … PX), counts the quotas (SET … PX when the
 //!   window's counter is new, else INCRBY, which keeps its TTL) and the
 //!   usage hashes (HINCRBY of `count`, plus `extra` when the cost is not 1;
 //!   EXPIRE only when the HINCRBY created the hash's `count`). Reply:
 //!   `{status, replay_index, then 4 integers per limit: allowed, remaining,
-//!   reset_us, retry_after_us}`, status 0 admitted, 1 replay, 2 exceeded.
+//!   reset_us, retry_after_us}`, status 0 admitted, 1 replay, 2 exceeded,
+//!   3 applied by an earlier attempt (no limit states).
 //!   Each command a script runs costs Redis CPU, so the common request (a
 //!   rate, a quota and two usage hashes, cost 1) runs six: GET, SET, GET,
 //!   INCRBY, HINCRBY, HINCRBY.
 //! - [`REFUND`] (`scripts/refund.lua`) undoes an admitted group when another
-//!   group of the same request denied. Reply: 1.
+//!   group of the same request denied (on a Cluster); it forgets only the
+//!   nonces that hold this attempt's id. Reply: 1.
 //!
 //! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`, built by
 //! [`invocation`]); after `NOSCRIPT` (a restarted or failed-over Redis, or
@@ -52,36 +59,50 @@ pub static REFUND: LazyLock<redis::Script> =
 /// Bytes reserved per numeric argument (a u64 has at most 20 digits).
 const NUMBER_BYTES: usize = 20;
 
-/// The `EVALSHA` of `script` for `group` at `now_us`, KEYS and ARGV in the
-/// layout above. Everything is written straight into the command's one
-/// buffer, numbers in decimal without an intermediate `String`: building
-/// this call runs once per admitted request.
-pub fn invocation(script: &redis::Script, group: &Group, now_us: u64) -> redis::Cmd {
-    let (n, l, u) = (group.nonces.len(), group.limits.len(), group.usage.len());
-    let key_bytes: usize = group.nonces.iter().map(|x| x.key.len()).sum::<usize>()
-        + group.limits.iter().map(|x| x.key.len()).sum::<usize>()
-        + group.usage.iter().map(|x| x.key.len()).sum::<usize>();
+/// The `EVALSHA` of `script` for `groups` (one on a Cluster, every group
+/// of the request on one server) at `now_us`, KEYS and ARGV in the layout
+/// above. Everything is written straight into the command's one buffer,
+/// numbers in decimal without an intermediate `String`: building this call
+/// runs once per admitted request.
+pub fn invocation(
+    script: &redis::Script,
+    groups: &[&Group],
+    now_us: u64,
+    attempt: &str,
+) -> redis::Cmd {
+    let nonces = || groups.iter().flat_map(|g| g.nonces.iter());
+    let limits = || groups.iter().flat_map(|g| g.limits.iter());
+    let usage = || groups.iter().flat_map(|g| g.usage.iter());
+    let (n, l, u) = (nonces().count(), limits().count(), usage().count());
+    let key_bytes: usize = nonces().map(|x| x.key.len()).sum::<usize>()
+        + limits().map(|x| x.key.len()).sum::<usize>()
+        + usage().map(|x| x.key.len()).sum::<usize>();
     let numbers = 4 + n + 5 * l + 2 * u;
     let hash = script.get_hash();
     let mut cmd = redis::Cmd::with_capacity(
-        3 + n + l + u + numbers,
-        "EVALSHA".len() + hash.len() + NUMBER_BYTES + key_bytes + numbers * NUMBER_BYTES,
+        4 + n + l + u + numbers,
+        "EVALSHA".len()
+            + hash.len()
+            + NUMBER_BYTES
+            + key_bytes
+            + attempt.len()
+            + numbers * NUMBER_BYTES,
     );
     cmd.arg("EVALSHA").arg(hash).arg(n + l + u);
-    for nonce in &group.nonces {
+    for nonce in nonces() {
         cmd.arg(nonce.key.as_str());
     }
-    for limit in &group.limits {
+    for limit in limits() {
         cmd.arg(limit.key.as_str());
     }
-    for usage in &group.usage {
+    for usage in usage() {
         cmd.arg(usage.key.as_str());
     }
-    cmd.arg(now_us).arg(n).arg(l).arg(u);
-    for nonce in &group.nonces {
+    cmd.arg(now_us).arg(n).arg(l).arg(u).arg(attempt);
+    for nonce in nonces() {
         cmd.arg(nonce.ttl_ms.max(1));
     }
-    for limit in &group.limits {
+    for limit in limits() {
         let (kind, a, b, c) = match limit.rule {
             Rule::Rate { interval_us, burst } => ("r", interval_us, burst, 0),
             Rule::Quota {
@@ -92,7 +113,7 @@ pub fn invocation(script: &redis::Script, group: &Group, now_us: u64) -> redis::
         };
         cmd.arg(kind).arg(limit.cost).arg(a).arg(b).arg(c);
     }
-    for usage in &group.usage {
+    for usage in usage() {
         cmd.arg(usage.cost).arg(usage.expire_at_s);
     }
     cmd
@@ -136,7 +157,7 @@ mod tests {
                 expire_at_s: 1_749_168_000,
             }],
         };
-        let cmd = invocation(&ADMIT, &group, 1_714_560_000_123_456);
+        let cmd = invocation(&ADMIT, &[&group], 1_714_560_000_123_456, "a1");
         let args: Vec<String> = cmd
             .args_iter()
             .map(|a| match a {
@@ -156,6 +177,7 @@ mod tests {
             "1",
             "2",
             "1",
+            "a1",
             // The nonce's TTL is at least 1 ms.
             "1",
             "r",

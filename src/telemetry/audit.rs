@@ -15,8 +15,10 @@
 //!
 //! Values that come from requests (the request id, a token's subject and
 //! issuer, details quoting a claim) are [`escape`]d: control characters,
-//! line and paragraph separators and bidirectional overrides become
-//! `\u{…}`, and a backslash becomes `\\`, so a crafted value can neither
+//! line and paragraph separators and bidirectional overrides become Rust
+//! escapes (`\n`, `\u{1b}`, `\u{202e}`, as the access log's metadata
+//! writes them, `crate::field_value::escape_controls`), and a backslash
+//! becomes `\\`, so a crafted value can neither
 //! start a forged line in a text log nor hide text from whoever reads it.
 //! Long values are cut at [`MAX_VALUE_CHARS`].
 
@@ -281,12 +283,12 @@ pub fn escape(value: &str) -> Cow<'_, str> {
             out.push('…');
             break;
         }
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c if must_escape(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
+        if must_escape(c) {
+            // Rust's escapes, as `field_value::escape_controls` writes
+            // them for the access log: `\n`, `\u{1b}`, `\u{202e}`, `\\`.
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
     }
     Cow::Owned(out)
@@ -302,18 +304,22 @@ mod tests {
         assert!(matches!(escape("alice@example.com"), Cow::Borrowed(_)));
         assert_eq!(
             escape("alice\nINFO tollgate::audit: allowed"),
-            "alice\\u{a}INFO tollgate::audit: allowed"
+            "alice\\nINFO tollgate::audit: allowed"
         );
         assert_eq!(
             escape("a\r\u{1b}[31mred\u{7f}"),
-            "a\\u{d}\\u{1b}[31mred\\u{7f}"
+            "a\\r\\u{1b}[31mred\\u{7f}"
         );
         assert_eq!(escape("x\u{85}y\u{2028}z"), "x\\u{85}y\\u{2028}z");
         // "admin" shown reversed by a right-to-left override.
         assert_eq!(escape("\u{202e}nimda"), "\\u{202e}nimda");
         // A literal backslash sequence cannot pass for an escaped one.
-        assert_eq!(escape("\\u{a}"), "\\\\u{a}");
-        assert_eq!(escape("tab\there"), "tab\\u{9}here");
+        assert_eq!(escape("\\n"), "\\\\n");
+        assert_eq!(escape("tab\there"), "tab\\there");
+        // The access log's escaping, for what both escape.
+        for value in ["a\nb", "\u{1b}[2K", "back\\slash", "plain"] {
+            assert_eq!(escape(value), crate::field_value::escape_controls(value));
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub async fn check(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &
         .unwrap_or_else(|e| panic!("connect to tollgate at {addr}: {e}"));
     let response = tokio::time::timeout(
         LIMIT,
-        AuthorizationClient::new(channel).check(request(host, path, headers)),
+        AuthorizationClient::new(channel).check(request(host, path, headers, true)),
     )
     .await
     .expect("Check answered in time")
@@ -112,7 +112,10 @@ pub async fn check_until(
     }
 }
 
-fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+/// A `GET` CheckRequest as Envoy sends it, from 198.51.100.20, with
+/// `x-request-id: test-request-1`; `tls` adds the evidence Envoy gives for
+/// a TLS listener (the destination principal).
+pub fn request(host: &str, path: &str, headers: &[(&str, &str)], tls: bool) -> CheckRequest {
     for (name, value) in headers {
         super::credentials::note_header(name, value);
     }
@@ -123,7 +126,7 @@ fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     map.insert(":authority".into(), host.into());
     map.insert(":path".into(), path.into());
     map.insert(":method".into(), "GET".into());
-    map.insert(":scheme".into(), "https".into());
+    map.insert("x-request-id".into(), "test-request-1".into());
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {
@@ -136,13 +139,13 @@ fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
                 ..Default::default()
             }),
             destination: Some(Peer {
-                principal: host.into(),
+                principal: if tls { host.into() } else { String::new() },
                 ..Default::default()
             }),
             request: Some(Request {
                 time: None,
                 http: Some(HttpRequest {
-                    id: "1".into(),
+                    id: "42".into(),
                     method: "GET".into(),
                     headers: map,
                     path: path.into(),

@@ -68,6 +68,13 @@ impl Request {
         self
     }
 
+    /// Sends over TLS with `config` to the address given to
+    /// [`Request::new`] (a TLS port of tollgate itself).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Replaces the client TLS configuration (e.g. to present a client
     /// certificate); implies [`Request::https`].
     pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {

@@ -79,6 +79,49 @@ impl Route {
     }
 }
 
+/// How Envoy's `tollgate` cluster reaches a tollgate serving TLS: the
+/// cluster's `transport_socket` (an `UpstreamTlsContext`), as
+/// `deploy/envoy/front-proxy-mtls.yaml` configures it.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The CA tollgate's certificate must chain to.
+    pub ca: PathBuf,
+    /// Envoy's client certificate and key; `None` presents none.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name Envoy expects in tollgate's certificate (and sends as SNI).
+    pub server_name: String,
+}
+
+impl UpstreamTls {
+    /// The cluster's `transport_socket`.
+    pub fn transport_socket(&self) -> Value {
+        let mut common = json!({
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": { "filename": self.ca },
+                "match_typed_subject_alt_names": [{
+                    "san_type": "DNS",
+                    "matcher": { "exact": self.server_name },
+                }],
+            },
+        });
+        if let Some((cert, key)) = &self.client {
+            common["tls_certificates"] = json!([{
+                "certificate_chain": { "filename": cert },
+                "private_key": { "filename": key },
+            }]);
+        }
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": self.server_name,
+                "common_tls_context": common,
+            }
+        })
+    }
+}
+
 /// The Envoy configuration of a test.
 #[derive(Clone, Debug)]
 pub struct EnvoyConfig {
@@ -94,6 +137,8 @@ pub struct EnvoyConfig {
     pub request_body_bytes: Option<u32>,
     /// Envoy's OpenTelemetry tracer, exporting to an OTLP receiver.
     pub tracing: Option<EnvoyTracing>,
+    /// TLS to tollgate (plaintext when `None`).
+    pub tollgate_tls: Option<UpstreamTls>,
 }
 
 /// Envoy's OpenTelemetry tracer (`envoy.tracers.opentelemetry`): spans go
@@ -117,6 +162,7 @@ impl EnvoyConfig {
             authz_timeout: Duration::from_millis(250),
             request_body_bytes: None,
             tracing: None,
+            tollgate_tls: None,
         }
     }
 
@@ -127,24 +173,28 @@ impl EnvoyConfig {
         if let Some(files) = tls {
             listeners.push(listener("https", hcm, Some(downstream_tls(files))));
         }
+        let mut tollgate = json!({
+            "name": "tollgate",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            // ext_authz over gRPC needs HTTP/2 to tollgate.
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            },
+            "load_assignment": endpoints("tollgate", self.tollgate),
+        });
+        if let Some(upstream_tls) = &self.tollgate_tls {
+            tollgate["transport_socket"] = upstream_tls.transport_socket();
+        }
         let mut bootstrap = json!({
             "admin": { "address": socket_address("127.0.0.1:0") },
             "static_resources": {
                 "listeners": listeners,
                 "clusters": [
-                    {
-                        "name": "tollgate",
-                        "type": "STATIC",
-                        "connect_timeout": "1s",
-                        // ext_authz over gRPC needs HTTP/2 to tollgate.
-                        "typed_extension_protocol_options": {
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                                "explicit_http_config": { "http2_protocol_options": {} }
-                            }
-                        },
-                        "load_assignment": endpoints("tollgate", self.tollgate),
-                    },
+                    tollgate,
                     {
                         "name": "upstream",
                         "type": "STATIC",
@@ -202,6 +252,7 @@ impl EnvoyConfig {
             "include_peer_certificate": true,
             "include_tls_session": true,
             "encode_raw_headers": true,
+            "validate_mutations": true,
         });
         if let Some(bytes) = self.request_body_bytes {
             ext_authz["with_request_body"] = json!({
@@ -600,6 +651,34 @@ pub fn replace_tls_files(bootstrap: &mut Value, files: &TlsFiles) {
             _ => return,
         };
         *value = json!({ "filename": file });
+    });
+}
+
+/// Points every file-based SDS source of `bootstrap` (a
+/// `path_config_source`, as `front-proxy-mtls.yaml` uses for its client
+/// certificate) at a copy in `dir` of the shipped file
+/// (`deploy/envoy/sds/<name>`) whose certificate, key and CA are `files`'.
+pub fn localize_sds(bootstrap: &mut Value, dir: &Path, files: &TlsFiles) {
+    let sds_dir = dir.join("sds");
+    std::fs::create_dir_all(&sds_dir).unwrap();
+    let watched = files.cert_chain.parent().unwrap().to_owned();
+    rewrite(bootstrap, &mut |key, value| {
+        if key != "path_config_source" {
+            return;
+        }
+        let shipped = value["path"].as_str().unwrap().to_owned();
+        let name = Path::new(&shipped).file_name().unwrap().to_owned();
+        let example = format!("deploy/envoy/sds/{}", name.to_string_lossy());
+        let mut resources = read_example(&example);
+        replace_tls_files(&mut resources, files);
+        rewrite(&mut resources, &mut |key, value| {
+            if key == "watched_directory" {
+                *value = json!({ "path": watched });
+            }
+        });
+        let local = sds_dir.join(&name);
+        std::fs::write(&local, serde_json::to_vec_pretty(&resources).unwrap()).unwrap();
+        *value = json!({ "path": local, "watched_directory": { "path": sds_dir } });
     });
 }
 

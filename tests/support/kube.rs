@@ -24,7 +24,6 @@
 //! docs/testing.md.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +44,7 @@ use rcgen::{
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use super::{repo_path, tail, wait_for};
+use super::{collect, repo_path, tail, wait_for};
 
 /// How long etcd or the API server may take to start before the test fails.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -104,6 +103,23 @@ impl KubeApi {
 
     async fn start_with(audited: bool) -> Self {
         let started = std::time::Instant::now();
+        let api = Self::boot(audited).await;
+        api.install_crds().await;
+        eprintln!(
+            "etcd and kube-apiserver ready, CRDs established, in {:?}",
+            started.elapsed()
+        );
+        api
+    }
+
+    /// Starts etcd and the API server without tollgate's CRDs (for tests
+    /// of what installs them, such as the Helm chart).
+    pub async fn start_without_crds() -> Self {
+        Self::boot(false).await
+    }
+
+    /// Starts etcd and the API server (audited or not), without CRDs.
+    async fn boot(audited: bool) -> Self {
         let tools = tools_dir();
         let dir = tempfile::Builder::new()
             .prefix("tollgate-kube-")
@@ -151,11 +167,6 @@ impl KubeApi {
             api.audit_log = Some(api.dir.path().join("audit.log"));
         }
         api.start_apiserver().await;
-        api.install_crds().await;
-        eprintln!(
-            "etcd and kube-apiserver ready, CRDs established, in {:?}",
-            started.elapsed()
-        );
         api
     }
 
@@ -330,6 +341,19 @@ impl KubeApi {
         apply_as(&self.client(), yaml).await
     }
 
+    /// [`KubeApi::try_apply`] with strict field validation, as `kubectl
+    /// apply --server-side --validate=strict`: an unknown or duplicated
+    /// field is refused, naming it, instead of silently dropped (what the
+    /// API server does by default for custom resources).
+    pub async fn try_apply_strict(&self, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
+        apply_with(
+            &self.client(),
+            yaml,
+            &PatchParams::apply(TEST_MANAGER).force().validation_strict(),
+        )
+        .await
+    }
+
     /// Deletes the object `kind`/`name` (namespaced when `namespace` is
     /// given).
     pub async fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) {
@@ -337,6 +361,21 @@ impl KubeApi {
         api.delete(name, &Default::default())
             .await
             .unwrap_or_else(|e| panic!("delete {kind} {name}: {e}"));
+    }
+
+    /// The object `kind`/`name` as stored, or `None` when it does not
+    /// exist.
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<DynamicObject> {
+        let api = dynamic_api(&self.client(), api_version, kind, namespace).await;
+        api.get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))
     }
 
     /// A kubeconfig holding a token of ServiceAccount `namespace/name`
@@ -381,10 +420,21 @@ impl KubeApi {
     async fn install_crds(&self) {
         let crds_yaml =
             std::fs::read_to_string(repo_path("deploy/crds/tollgate.dev.yaml")).unwrap();
-        let applied = self.apply(&crds_yaml).await;
+        self.install_crd_yaml(&crds_yaml).await;
+    }
+
+    /// Applies the CustomResourceDefinitions of `yaml` and waits until
+    /// each is `Established` (its kind is served).
+    pub async fn install_crd_yaml(&self, yaml: &str) {
+        let applied = self.apply(yaml).await;
+        self.wait_established(applied.iter().filter_map(|crd| crd.metadata.name.clone()))
+            .await;
+    }
+
+    /// Waits until each CRD named is `Established`.
+    pub async fn wait_established(&self, names: impl IntoIterator<Item = String>) {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client());
-        for crd in applied {
-            let name = crd.metadata.name.clone().unwrap();
+        for name in names {
             let deadline = std::time::Instant::now() + START_LIMIT;
             loop {
                 let current = crds.get(&name).await.unwrap();
@@ -432,6 +482,15 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
 
 /// Server-side applies every document of `yaml` with `client`.
 pub async fn apply_as(client: &Client, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
+    apply_with(client, yaml, &PatchParams::apply(TEST_MANAGER).force()).await
+}
+
+/// Server-side applies every document of `yaml` with `client` and `params`.
+async fn apply_with(
+    client: &Client,
+    yaml: &str,
+    params: &PatchParams,
+) -> Result<Vec<DynamicObject>, kube::Error> {
     let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("valid YAML");
     let mut applied = Vec::new();
     for document in documents.into_iter().filter(|d| !d.is_null()) {
@@ -448,8 +507,7 @@ pub async fn apply_as(client: &Client, yaml: &str) -> Result<Vec<DynamicObject>,
             .as_str()
             .map(str::to_owned);
         let api = dynamic_api(client, &api_version, &kind, namespace.as_deref()).await;
-        let params = PatchParams::apply(TEST_MANAGER).force();
-        applied.push(api.patch(&name, &params, &Patch::Apply(&document)).await?);
+        applied.push(api.patch(&name, params, &Patch::Apply(&document)).await?);
     }
     Ok(applied)
 }
@@ -528,8 +586,8 @@ fn start_etcd(tools: &Path, dir: &Path, output: Arc<Mutex<String>>) -> (Child, S
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.join("etcd").display()));
-    collect("etcd", child.stdout.take().unwrap(), output.clone());
-    collect("etcd", child.stderr.take().unwrap(), output.clone());
+    collect("etcd: ", child.stdout.take().unwrap(), output.clone());
+    collect("etcd: ", child.stderr.take().unwrap(), output.clone());
     let address = wait_for("etcd to serve clients", START_LIMIT, || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -548,20 +606,6 @@ fn start_etcd(tools: &Path, dir: &Path, output: Arc<Mutex<String>>) -> (Child, S
         })
     });
     (child, format!("http://{address}"))
-}
-
-/// Copies a child's stream into `sink` line by line, prefixed.
-fn collect(prefix: &'static str, stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(prefix);
-            sink.push_str(": ");
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
 }
 
 /// The test's PKI.

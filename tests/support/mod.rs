@@ -9,7 +9,8 @@
 //! - [`client`] is a small HTTP/1.1 client (plain or TLS) that sends
 //!   exactly the bytes a test asks for (repeated headers, unnormalised
 //!   paths);
-//! - [`tls`] makes a throw-away CA, server and client certificates;
+//! - [`tls`] makes a throw-away CA, server and client certificates, and
+//!   reads the certificate a TLS port serves;
 //! - [`stack`] wires the three servers together so a scenario is a few
 //!   lines: `Stack::start(POLICY).get("/x").host("h").send()`;
 //! - [`idp`] is a local OpenID Provider (discovery + JWKS) whose keys can
@@ -18,6 +19,8 @@
 //! - [`kube`] starts etcd and a real `kube-apiserver` (built from their Go
 //!   modules by the setup) with RBAC, the CRDs and kubeconfigs;
 //! - [`operator`] runs the built `tollgate operator` with a short lease;
+//! - [`helm`] runs the real `helm` v4 CLI on `charts/tollgate` with a
+//!   private home, and parses what it renders;
 //! - [`check`] calls `Check` over gRPC as Envoy would;
 //! - [`otlp`] is an OTLP trace receiver (Envoy's and tollgate's spans);
 //! - [`credentials`] notes every credential a test sends, and a
@@ -35,6 +38,7 @@ pub mod check;
 pub mod client;
 pub mod credentials;
 pub mod envoy;
+pub mod helm;
 pub mod idp;
 pub mod kube;
 pub mod operator;
@@ -49,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use client::{Request, Response};
-pub use envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route};
+pub use envoy::{Envoy, EnvoyConfig, EscapedSlashes, Route, UpstreamTls};
 pub use stack::Stack;
 pub use tollgate::Tollgate;
 pub use upstream::Upstream;
@@ -78,6 +82,25 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Copies a child's stream into `sink` line by line on a thread, each
+/// line prefixed with `prefix` (empty: as is).
+pub fn collect(
+    prefix: &'static str,
+    stream: impl std::io::Read + Send + 'static,
+    sink: std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead as _;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(prefix);
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    })
 }
 
 /// The last `lines` lines of `text`, for failure messages.

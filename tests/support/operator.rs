@@ -2,7 +2,6 @@
 //! on an ephemeral port, a short lease (so failover tests take seconds),
 //! output kept for assertions, killed by PID when dropped.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +12,7 @@ use serde_json::Value;
 
 use super::client::Request;
 use super::tollgate::{log_field, log_message};
-use super::{tail, wait_for};
+use super::{collect, tail, wait_for};
 
 const START_LIMIT: Duration = Duration::from_secs(30);
 
@@ -31,21 +30,44 @@ impl Operator {
     /// Starts an operator named `identity` with `kubeconfig`, its Lease in
     /// `lease_namespace`, and waits until it is ready (first sync done).
     pub fn start(kubeconfig: &Path, lease_namespace: &str, identity: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("operator")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--admin-addr", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--lease-namespace", lease_namespace, "--identity", identity])
-            .args([
+        Self::start_with_env(
+            kubeconfig,
+            &[],
+            &[
+                "--lease-namespace",
+                lease_namespace,
+                "--identity",
+                identity,
                 "--lease-duration",
                 "4s",
                 "--renew-deadline",
                 "3s",
                 "--retry-period",
                 "500ms",
-            ])
-            .env_remove("KUBECONFIG")
+            ],
+        )
+    }
+
+    /// Starts an operator with `kubeconfig`, the environment `env` (e.g.
+    /// the `TOLLGATE_…` settings a Helm chart gives the container; no other
+    /// `TOLLGATE_…` variable leaks in) and `args`, and waits until it is
+    /// ready.
+    pub fn start_with_env(kubeconfig: &Path, env: &[(String, String)], args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .arg("operator")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--admin-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env_remove("KUBECONFIG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TOLLGATE_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -56,8 +78,8 @@ impl Operator {
             .spawn()
             .expect("spawn tollgate operator");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), output.clone());
-        collect(child.stderr.take().unwrap(), output.clone());
+        collect("", child.stdout.take().unwrap(), output.clone());
+        collect("", child.stderr.take().unwrap(), output.clone());
         let mut operator = Self {
             child,
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -143,15 +165,4 @@ impl Drop for Operator {
             );
         }
     }
-}
-
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
 }

@@ -9,7 +9,7 @@
 //! ```
 
 use super::client::Request;
-use super::envoy::{Envoy, EnvoyConfig, EnvoyTracing, EscapedSlashes, Route};
+use super::envoy::{Envoy, EnvoyConfig, EnvoyTracing, EscapedSlashes, Route, UpstreamTls};
 use super::tollgate::Tollgate;
 use super::upstream::Upstream;
 
@@ -38,6 +38,7 @@ impl Stack {
             escaped_slashes: EscapedSlashes::Reject,
             request_body_bytes: None,
             tracing: None,
+            tollgate_tls: None,
         }
     }
 
@@ -63,6 +64,7 @@ pub struct StackBuilder {
     escaped_slashes: EscapedSlashes,
     request_body_bytes: Option<u32>,
     tracing: Option<EnvoyTracing>,
+    tollgate_tls: Option<UpstreamTls>,
 }
 
 impl StackBuilder {
@@ -113,6 +115,13 @@ impl StackBuilder {
         self
     }
 
+    /// Envoy reaches tollgate over TLS (give tollgate its TLS flags with
+    /// [`StackBuilder::tollgate_args`]).
+    pub fn tollgate_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tollgate_tls = Some(tls);
+        self
+    }
+
     /// Starts upstream, tollgate, then Envoy (which needs both addresses).
     pub fn start(self) -> Stack {
         let args: Vec<&str> = self.tollgate_args.iter().map(String::as_str).collect();
@@ -136,6 +145,7 @@ impl StackBuilder {
         config.escaped_slashes = self.escaped_slashes;
         config.request_body_bytes = self.request_body_bytes;
         config.tracing = self.tracing;
+        config.tollgate_tls = self.tollgate_tls;
         let envoy = Envoy::start(&config);
         Stack {
             envoy,

@@ -6,7 +6,6 @@
 //! printed when a test fails.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +16,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::client::{Request, Response};
-use super::{tail, wait_for};
+use super::{collect, tail, wait_for};
 
 /// How long tollgate may take to start before the test fails.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -29,6 +28,9 @@ pub struct Tollgate {
     policy: PathBuf,
     grpc: SocketAddr,
     admin: SocketAddr,
+    metrics_addr: SocketAddr,
+    /// How to reach the admin and metrics ports when they serve TLS.
+    admin_tls: Option<Arc<rustls::ClientConfig>>,
     output: Arc<Mutex<String>>,
     /// The threads copying stdout and stderr (joined on drop, so the last
     /// lines are scanned too).
@@ -52,21 +54,35 @@ impl Tollgate {
     /// start-up is an `Err` carrying its exit status and output (for tests
     /// of start-up refusals).
     pub fn try_start(policy_yaml: &str, extra_args: &[&str]) -> Result<Self, StartFailure> {
-        Self::try_start_env(policy_yaml, extra_args, &[])
+        Self::try_start_full(policy_yaml, extra_args, &[], None)
     }
 
     /// Like [`Tollgate::start_with`], with environment variables set for
     /// the process (e.g. `OTEL_BSP_SCHEDULE_DELAY`).
     pub fn start_env(policy_yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::try_start_env(policy_yaml, extra_args, env)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::try_start_full(policy_yaml, extra_args, &env, None)
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
-    /// [`Tollgate::try_start`] with environment variables.
-    pub fn try_start_env(
+    /// Like [`Tollgate::try_start`] for a server whose admin (and metrics)
+    /// port serves TLS: probes and `metrics()` connect with `admin_tls`.
+    pub fn try_start_admin_tls(
         policy_yaml: &str,
         extra_args: &[&str],
-        env: &[(&str, &str)],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, StartFailure> {
+        Self::try_start_full(policy_yaml, extra_args, &[], admin_tls)
+    }
+
+    fn try_start_full(
+        policy_yaml: &str,
+        extra_args: &[&str],
+        env: &[(String, String)],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, StartFailure> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
@@ -76,7 +92,7 @@ impl Tollgate {
         super::credentials::note_policy_secrets(policy_yaml);
         std::fs::write(&policy, policy_yaml).unwrap();
         let source = vec![OsString::from("--policy-file"), policy.clone().into()];
-        let mut tollgate = Self::launch(dir, policy, source, extra_args, env)?;
+        let mut tollgate = Self::launch(dir, policy, source, env, extra_args, admin_tls)?;
         tollgate.wait_ready();
         Ok(tollgate)
     }
@@ -93,6 +109,54 @@ impl Tollgate {
     /// Like [`Tollgate::start_kubernetes`] without waiting for readiness
     /// (for tests of what keeps it unready).
     pub fn launch_kubernetes(kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        Self::launch_kubernetes_with_env(kubeconfig, &[], extra_args)
+    }
+
+    /// Like [`Tollgate::start_kubernetes`], with environment variables
+    /// (e.g. the `TOLLGATE_…` settings a Helm chart gives the container;
+    /// the harness's command-line addresses win over them, as flags win
+    /// over variables).
+    pub fn start_kubernetes_with_env(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+    ) -> Self {
+        let mut tollgate = Self::launch_kubernetes_with_env(kubeconfig, env, extra_args);
+        tollgate.wait_ready();
+        tollgate
+    }
+
+    /// Like [`Tollgate::start_kubernetes_with_env`] without waiting for
+    /// readiness.
+    pub fn launch_kubernetes_with_env(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+    ) -> Self {
+        Self::launch_kubernetes_admin_tls(kubeconfig, env, extra_args, None)
+    }
+
+    /// Like [`Tollgate::start_kubernetes_with_env`] for a server whose
+    /// admin (and metrics) port serves TLS: probes and `metrics()` connect
+    /// with `admin_tls`.
+    pub fn start_kubernetes_admin_tls(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let mut tollgate =
+            Self::launch_kubernetes_admin_tls(kubeconfig, env, extra_args, admin_tls);
+        tollgate.wait_ready();
+        tollgate
+    }
+
+    fn launch_kubernetes_admin_tls(
+        kubeconfig: &Path,
+        env: &[(String, String)],
+        extra_args: &[&str],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-")
             .tempdir()
@@ -103,18 +167,20 @@ impl Tollgate {
             OsString::from("--kubeconfig"),
             kubeconfig.into(),
         ];
-        Self::launch(dir, policy, source, extra_args, &[])
+        Self::launch(dir, policy, source, env, extra_args, admin_tls)
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
-    /// Starts `tollgate serve` with `source` arguments and waits for the
-    /// `listening` line.
+    /// Starts `tollgate serve` with `source` arguments and `env`, and
+    /// waits for the `listening` line; `admin_tls` reaches a TLS admin
+    /// port.
     fn launch(
         dir: TempDir,
         policy: PathBuf,
         source: Vec<OsString>,
+        env: &[(String, String)],
         extra_args: &[&str],
-        env: &[(&str, &str)],
+        admin_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, StartFailure> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
@@ -139,15 +205,15 @@ impl Tollgate {
                 command.env_remove(name);
             }
         }
-        command.envs(env.iter().copied());
+        command.envs(env.iter().map(|(name, value)| (name, value)));
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
         let mut child = command.spawn().expect("spawn tollgate");
         let output = Arc::new(Mutex::new(String::new()));
         let readers = vec![
-            collect(child.stdout.take().unwrap(), output.clone()),
-            collect(child.stderr.take().unwrap(), output.clone()),
+            super::collect("", child.stdout.take().unwrap(), output.clone()),
+            super::collect("", child.stderr.take().unwrap(), output.clone()),
         ];
         // Built before any wait, so a panic kills the process on drop.
         let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -157,6 +223,8 @@ impl Tollgate {
             policy,
             grpc: unbound,
             admin: unbound,
+            metrics_addr: unbound,
+            admin_tls,
             output,
             readers,
         };
@@ -168,9 +236,10 @@ impl Tollgate {
             tollgate.child.try_wait().ok().flatten().map(Err)
         });
         match started {
-            Ok((grpc, admin)) => {
+            Ok((grpc, admin, metrics)) => {
                 tollgate.grpc = grpc;
                 tollgate.admin = admin;
+                tollgate.metrics_addr = metrics;
             }
             Err(status) => {
                 // Let the reader threads drain what the process printed last.
@@ -186,7 +255,7 @@ impl Tollgate {
     pub fn wait_ready(&mut self) {
         wait_for("tollgate's /readyz to answer 200", START_LIMIT, || {
             self.assert_running();
-            let ready = Request::new(self.admin, "GET", "/readyz").try_send().ok()?;
+            let ready = self.admin_request("/readyz").try_send().ok()?;
             (ready.status == 200).then_some(())
         });
     }
@@ -207,14 +276,38 @@ impl Tollgate {
         self.admin
     }
 
+    /// Where `/metrics` is served: the admin port, or `--metrics-addr`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    fn admin_request(&self, path: &str) -> Request {
+        let request = Request::new(self.admin, "GET", path);
+        match &self.admin_tls {
+            Some(config) => request.with_tls(config.clone()),
+            None => request,
+        }
+    }
+
     /// GETs an admin path.
     pub fn admin_get(&self, path: &str) -> Response {
-        Request::new(self.admin, "GET", path).send()
+        self.admin_request(path).send()
     }
 
     /// The Prometheus text of `/metrics`.
     pub fn metrics(&self) -> String {
-        self.admin_get("/metrics").text()
+        let request = Request::new(self.metrics_addr, "GET", "/metrics");
+        let request = match &self.admin_tls {
+            Some(config) => request.with_tls(config.clone()),
+            None => request,
+        };
+        request.send().text()
+    }
+
+    /// The value of the series `name` whose labels include `labels` (0
+    /// when absent, as Prometheus reads a counter not yet incremented).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
     }
 
     /// The policy file the server watches.
@@ -322,21 +415,6 @@ impl std::fmt::Display for StartFailure {
     }
 }
 
-/// Copies a child's stream into `sink`, line by line, on a thread.
-fn collect(
-    stream: impl Read + Send + 'static,
-    sink: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    })
-}
-
 /// The message of a JSON log line (`tracing-subscriber` puts it under
 /// `fields`, flattened formats at the top).
 pub fn log_message(line: &Value) -> Option<&str> {
@@ -353,8 +431,9 @@ pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
         .or_else(|| line.get("span").and_then(|s| s.get(name)))
 }
 
-/// The addresses in the `listening` line, once printed.
-fn listening(output: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The gRPC, admin and metrics addresses in the `listening` line, once
+/// printed.
+fn listening(output: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     output.lines().find_map(|line| {
         if !line.starts_with('{') {
             // `--log-format text`: `… listening grpc_addr=… admin_addr=…`.
@@ -367,13 +446,41 @@ fn listening(output: &str) -> Option<(SocketAddr, SocketAddr)> {
                     .parse()
                     .ok()
             };
-            return Some((addr("grpc_addr")?, addr("admin_addr")?));
+            return Some((
+                addr("grpc_addr")?,
+                addr("admin_addr")?,
+                addr("metrics_addr")?,
+            ));
         }
         let line: Value = serde_json::from_str(line).ok()?;
         if log_message(&line) != Some("listening") {
             return None;
         }
         let addr = |name| log_field(&line, name)?.as_str()?.parse().ok();
-        Some((addr("grpc_addr")?, addr("admin_addr")?))
+        Some((
+            addr("grpc_addr")?,
+            addr("admin_addr")?,
+            addr("metrics_addr")?,
+        ))
     })
+}
+
+/// The value of the series `name{…}` in Prometheus text whose labels
+/// include every pair of `labels`; 0 when there is none.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let inner = match rest {
+                "" => "",
+                _ => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            let all = labels
+                .iter()
+                .all(|(k, v)| inner.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

@@ -33,14 +33,17 @@ pub enum DigestError {
 
 /// Checks every `sha-256` / `sha-512` member of the request's
 /// `Content-Digest` against the body (unknown algorithms are ignored,
-/// RFC 9530 §2; at least one known one must be present).
-pub fn check(headers: &Headers, body: Option<&Body>) -> Result<(), DigestError> {
+/// RFC 9530 §2; at least one known one must be present). `protocol` is
+/// the request's HTTP version as Envoy reported it (`HTTP/1.1`, `HTTP/2`…;
+/// empty when unknown): it decides whether a body Envoy did not send may
+/// be taken for empty.
+pub fn check(headers: &Headers, body: Option<&Body>, protocol: &str) -> Result<(), DigestError> {
     let values: Vec<&str> = headers.get_all("content-digest").collect();
     let dict: Dictionary = Parser::new(values.join(", ").as_bytes())
         .with_version(Version::Rfc8941)
         .parse()
         .map_err(|_| DigestError::Syntax)?;
-    let bytes = body_bytes(headers, body)?;
+    let bytes = body_bytes(headers, body, protocol)?;
     let mut known = 0;
     for (name, entry) in &dict {
         let ListEntry::Item(Item {
@@ -66,22 +69,40 @@ pub fn check(headers: &Headers, body: Option<&Body>) -> Result<(), DigestError> 
     Ok(())
 }
 
-/// The body to hash: what Envoy buffered; no body at all counts as empty
-/// only when the request says it has none (no `content-length`, or 0, and
-/// no `transfer-encoding`).
-fn body_bytes<'a>(headers: &Headers, body: Option<&'a Body>) -> Result<&'a [u8], DigestError> {
+/// The body to hash: what Envoy buffered (Envoy marks a buffered body with
+/// `x-envoy-auth-partial-body`, which it never takes from a client). When
+/// Envoy sent none, the body counts as empty only if the request's framing
+/// says it has none:
+///
+/// - `content-length: 0` (RFC 9110 §8.6; over HTTP/2 and HTTP/3 a length
+///   that disagrees with the DATA frames makes the request malformed, RFC
+///   9113 §8.1.1, so Envoy refuses it);
+/// - over HTTP/1.x, neither `content-length` nor `transfer-encoding`
+///   (RFC 9112 §6.3: such a request has no body).
+///
+/// Over HTTP/2 and HTTP/3 a body needs no `content-length` at all (it
+/// travels in DATA frames), so no length there is no evidence of no body;
+/// nor is an unknown protocol.
+fn body_bytes<'a>(
+    headers: &Headers,
+    body: Option<&'a Body>,
+    protocol: &str,
+) -> Result<&'a [u8], DigestError> {
     match body {
         Some(body) if body.truncated => Err(DigestError::Truncated),
         Some(body) => Ok(&body.bytes),
         None => {
-            let declares_body = headers
-                .get("content-length")
-                .is_some_and(|v| v.trim() != "0")
-                || headers.get("transfer-encoding").is_some();
-            if declares_body {
-                Err(DigestError::BodyUnavailable)
-            } else {
+            let length = headers.get("content-length").map(str::trim);
+            let chunked = headers.get("transfer-encoding").is_some();
+            let http1 = protocol.starts_with("HTTP/1.");
+            let empty = match length {
+                Some(length) => length == "0" && !chunked,
+                None => http1 && !chunked,
+            };
+            if empty {
                 Ok(&[])
+            } else {
+                Err(DigestError::BodyUnavailable)
             }
         }
     }

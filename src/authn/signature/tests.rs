@@ -260,7 +260,7 @@ fn rfc9421_b_2_4_ecdsa_p256_signature_verifies_with_the_test_key() {
 fn rfc9530_digests_of_the_test_body() {
     let request = test_request(&[]);
     assert_eq!(
-        digest::check(&request.headers, request.body.as_ref()),
+        digest::check(&request.headers, request.body.as_ref(), "HTTP/1.1"),
         Ok(())
     );
     // RFC 9530 Appendix B.1: sha-256 of {"hello": "world"}.
@@ -274,35 +274,52 @@ fn rfc9530_digests_of_the_test_body() {
         truncated: false,
     });
     assert_eq!(
-        digest::check(&tampered.headers, tampered.body.as_ref()),
+        digest::check(&tampered.headers, tampered.body.as_ref(), "HTTP/1.1"),
         Err(digest::DigestError::Mismatch("sha-512"))
     );
     let mut truncated = request.clone();
     truncated.body.as_mut().unwrap().truncated = true;
     assert_eq!(
-        digest::check(&truncated.headers, truncated.body.as_ref()),
+        digest::check(&truncated.headers, truncated.body.as_ref(), "HTTP/1.1"),
         Err(digest::DigestError::Truncated)
     );
     assert_eq!(
-        digest::check(&request.headers, None),
+        digest::check(&request.headers, None, "HTTP/1.1"),
         Err(digest::DigestError::BodyUnavailable)
     );
     let empty: Headers = [("content-digest", digest::sha256_field(b"").as_str())]
         .into_iter()
         .collect();
     assert_eq!(
-        digest::check(&empty, None),
+        digest::check(&empty, None, "HTTP/1.1"),
         Ok(()),
-        "no body at all is empty"
+        "an HTTP/1.1 request without a length or chunks has no body"
+    );
+    // Over HTTP/2 (and HTTP/3, or an unknown protocol) a body needs no
+    // length: only content-length: 0 says it is empty.
+    for protocol in ["HTTP/2", "HTTP/3", ""] {
+        assert_eq!(
+            digest::check(&empty, None, protocol),
+            Err(digest::DigestError::BodyUnavailable),
+            "{protocol}"
+        );
+    }
+    let mut declared: Headers = empty.clone();
+    declared.push("content-length", "0");
+    assert_eq!(digest::check(&declared, None, "HTTP/2"), Ok(()));
+    declared.push("transfer-encoding", "chunked");
+    assert_eq!(
+        digest::check(&declared, None, "HTTP/1.1"),
+        Err(digest::DigestError::BodyUnavailable)
     );
     let unknown: Headers = [("content-digest", "md5=:AAAA:")].into_iter().collect();
     assert_eq!(
-        digest::check(&unknown, None),
+        digest::check(&unknown, None, "HTTP/1.1"),
         Err(digest::DigestError::NoKnownAlgorithm)
     );
     let garbage: Headers = [("content-digest", "sha-256=abc")].into_iter().collect();
     assert_eq!(
-        digest::check(&garbage, None),
+        digest::check(&garbage, None, "HTTP/1.1"),
         Err(digest::DigestError::Syntax)
     );
 }
@@ -370,7 +387,9 @@ fn a_fresh_signature_with_a_nonce_verifies_and_yields_the_nonce() {
     let verified = verify_at(&p, &request, &app_keys(), NOW).unwrap().unwrap();
     let nonce = verified.nonce.unwrap();
     assert_eq!(nonce.scope, NONCE_SCOPE);
-    assert_eq!(nonce.value, "commuter-ios:n-1");
+    assert_eq!(nonce.value, "n-1");
+    // Remembered under the key that verified it (namespace and keyid).
+    assert_eq!(nonce.credential, "hmac:/commuter-ios");
     // Accepted until created + 5m: 290 s left, plus one.
     assert_eq!(nonce.ttl, Duration::from_secs(291));
 }
@@ -897,7 +916,7 @@ mod properties {
         fn arbitrary_content_digests_never_panic(value in "\\PC{0,200}", body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let headers: Headers = [("content-digest", value.as_str())].into_iter().collect();
             let body = Body { bytes: body, truncated: false };
-            let _ = digest::check(&headers, Some(&body));
+            let _ = digest::check(&headers, Some(&body), "HTTP/2");
         }
 
         #[test]

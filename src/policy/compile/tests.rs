@@ -37,7 +37,7 @@ fn compiles_routes_transport_and_response() {
     let text = policy(
         "bikes",
         r#"  hosts: [api.bikes.example, "*.bikes.example"]
-  transport: { requireHttps: false, allowCidrs: [10.1.2.3/8, 192.0.2.7], denyCidrs: ["2001:db8::/32"] }
+  transport: { requireHttps: false, allowCidrs: [10.1.2.3/8, 192.0.2.7], denyCidrs: ["2001:db8::/32", "::ffff:203.0.113.0/120", "::ffff:0:0/95"] }
   defaultPlan: free
   plans: [{ name: free }]
   routes:
@@ -56,6 +56,9 @@ fn compiles_routes_transport_and_response() {
     assert_eq!(p.transport.allow[0].to_string(), "10.0.0.0/8");
     assert_eq!(p.transport.allow[1].to_string(), "192.0.2.7/32");
     assert_eq!(p.transport.deny[0].to_string(), "2001:db8::/32");
+    // An IPv4-mapped network is its IPv4 network; a wider one stays IPv6.
+    assert_eq!(p.transport.deny[1].to_string(), "203.0.113.0/24");
+    assert_eq!(p.transport.deny[2].to_string(), "::fffe:0:0/95");
     assert_eq!(p.routes.len(), 3);
     assert_eq!(p.routes[0].path, PathMatch::Exact("/healthz".into()));
     assert!(p.routes[0].public);
@@ -122,6 +125,10 @@ fn route_errors() {
     assert_error(
         "  routes: [{ name: a, match: { path: /a%2Fb } }]",
         "spec.routes[0].match.path: \"/a%2Fb\": must not contain encoded slashes",
+    );
+    assert_error(
+        "  routes: [{ name: a, match: { pathPrefix: \"/a;b\" } }]",
+        "spec.routes[0].match.pathPrefix: \"/a;b\": must not contain ';' path parameters",
     );
     assert_error(
         "  routes: [{ name: a, match: { methods: [\"GE T\"] } }]",
@@ -215,7 +222,7 @@ fn transport_plan_and_replay_errors() {
     );
     assert_error(
         "  replay: { window: 0s }",
-        "spec.replay.window: must be more than 0s",
+        "spec.replay.window: must be between 1s and 1d",
     );
 }
 

@@ -110,8 +110,9 @@ const TOKEN: &str = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
 /// A host as the host index stores it: lower-case DNS name, optional
 /// leading `*.`, no port.
 const HOST: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// An absolute path without query, fragment, spaces or control characters.
-const PATH: &str = r"^/[^?#\s\x00-\x1f\x7f]*$";
+/// An absolute path without query, fragment, `;` path parameters, spaces
+/// or control characters.
+const PATH: &str = r"^/[^?#;\s\x00-\x1f\x7f]*$";
 
 /// Patterns, bounds and list types of `ApiPolicy`.
 pub fn policy_keywords() -> Vec<Keywords> {

@@ -2,14 +2,18 @@
 -- consume them (plus usage) only if all pass. Contract: src/store/scripts.rs.
 --
 -- KEYS = nonce keys (n), then limit keys (l), then usage keys (u)
--- ARGV[1] = now (µs since the epoch), ARGV[2..4] = n, l, u, then
+-- ARGV[1] = now (µs since the epoch), ARGV[2..4] = n, l, u,
+-- ARGV[5] = the admission's attempt id (stored as each nonce's value), then
 --   per nonce: ttl_ms
 --   per limit: kind, cost, a, b, c
 --     kind "r" (GCRA):  a = interval_us, b = burst, c = 0
 --     kind "q" (quota): a = limit, b = window_end_us, c = expire_at_us
 --   per usage: cost, expire_at_s
 -- Reply = {status, replay_index, then per limit: allowed, remaining, reset_us, retry_after_us}
---   status 0 = admitted, 1 = replay (KEYS[replay_index] was remembered), 2 = exceeded
+--   status 0 = admitted, 1 = replay (KEYS[replay_index] was remembered), 2 = exceeded,
+--   3 = applied before: a nonce holds this attempt's id, so an earlier try of
+--       this very call (retried by the client after a lost reply) already
+--       wrote the group; nothing is done again, and no limit state is sent
 --
 -- Commands per admitted request, kept few because each costs Redis CPU:
 -- a rate GET + SET PX; a quota GET, then SET PX when the window's counter
@@ -19,9 +23,14 @@
 -- Keys do not expire while a script runs, so what GET saw still holds.
 local now = tonumber(ARGV[1])
 local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local attempt = ARGV[5]
 
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  local held = redis.call('GET', KEYS[i])
+  if held then
+    if held == attempt and attempt ~= '' then
+      return {3, 0}
+    end
     return {1, i}
   end
 end
@@ -30,7 +39,7 @@ local reply = {0, 0}
 -- Per limit: the new TAT (rate) or whether the counter existed (quota).
 local seen = {}
 local denied = false
-local lbase = 4 + n
+local lbase = 5 + n
 for j = 1, l do
   local key = KEYS[n + j]
   local at = lbase + (j - 1) * 5
@@ -73,7 +82,7 @@ if denied then
 end
 
 for i = 1, n do
-  redis.call('SET', KEYS[i], '1', 'PX', ARGV[4 + i])
+  redis.call('SET', KEYS[i], attempt, 'PX', ARGV[5 + i])
 end
 for j = 1, l do
   local key = KEYS[n + j]

@@ -1,14 +1,17 @@
 -- tollgate refund: undo an admitted group when another group of the same
 -- request denied. Same KEYS/ARGV layout as admit.lua; reply 1.
--- Nonces are forgotten, GCRA TATs move back by cost × interval, counters and
--- usage go down by what was added (`count` by 1, `extra` by cost - 1), each
--- keeping its TTL. Keys that expired meanwhile are left alone.
+-- Nonces this admission stored (holding its attempt id, ARGV[5]) are
+-- forgotten, GCRA TATs move back by cost × interval, counters and usage go
+-- down by what was added (`count` by 1, `extra` by cost - 1), each keeping
+-- its TTL. Keys that expired meanwhile are left alone.
 local now = tonumber(ARGV[1])
 local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, n do
-  redis.call('DEL', KEYS[i])
+  if redis.call('GET', KEYS[i]) == ARGV[5] then
+    redis.call('DEL', KEYS[i])
+  end
 end
-local lbase = 4 + n
+local lbase = 5 + n
 for j = 1, l do
   local key = KEYS[n + j]
   local at = lbase + (j - 1) * 5

@@ -179,7 +179,10 @@ async fn run<E: SpanExporter>(
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
     let mut warned: Option<Instant> = None;
-    let mut tick = tokio::time::interval(settings.delay);
+    // The first tick one delay from now: an immediate one would export
+    // whatever single span had arrived.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + settings.delay, settings.delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
