@@ -705,10 +705,10 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
     let bootstrap = envoy::bootstrap(
         &listeners,
         &[
-            ("tracing_off", off.grpc),
-            ("tracing_1", one.grpc),
-            ("tracing_100", all.grpc),
-            ("tracing_down", unreachable.grpc),
+            Cluster::plain("tracing_off", off.grpc),
+            Cluster::plain("tracing_1", one.grpc),
+            Cluster::plain("tracing_100", all.grpc),
+            Cluster::plain("tracing_down", unreachable.grpc),
         ],
         &fixture,
     );
