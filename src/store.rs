@@ -480,6 +480,7 @@ impl StoreArgs {
             duration: self.lease_duration,
             max_leases: self.max_leases,
             usage_flush: self.usage_flush_interval,
+            wait: self.store_timeout,
             ..lease::LeaseSettings::default()
         }
     }

@@ -124,6 +124,8 @@ pub fn grant_rate(
     (interval_us, burst): (u64, u64),
     ends_at: u64,
 ) -> Grant {
+    // A TAT in the past is no TAT (Redis may still hold the key a little).
+    let stored = stored.filter(|&tat| tat > now);
     let single = gcra::check(stored, now, cost, interval_us, burst);
     let base = stored.unwrap_or(0);
     if !single.allowed {
@@ -154,18 +156,19 @@ pub fn grant_rate(
 
 /// The TAT after returning a rate lease whose grant left `top` and found
 /// `base`, of which `used` units were admitted, at `now`: `None` when the
-/// stored TAT moved since (the units stay charged), `Some(None)` when
-/// nothing is left charged (delete the key), `Some(Some(tat))` otherwise.
+/// stored TAT moved since or is past (the units stay charged), `Some(None)`
+/// when nothing is left charged (delete the key), `Some(Some(tat))`
+/// otherwise. A return never moves the TAT forward.
 pub fn return_rate(
     stored: Option<u64>,
     (top, base, used): (u64, u64, u64),
     interval_us: u64,
     now: u64,
 ) -> Option<Option<u64>> {
-    if stored != Some(top) {
+    if stored != Some(top) || top <= now {
         return None;
     }
-    let tat = base.max(now) + used * interval_us;
+    let tat = (base.max(now) + used * interval_us).min(top);
     Some((tat > now).then_some(tat))
 }
 

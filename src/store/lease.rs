@@ -16,7 +16,11 @@
 //!    duration), asks for a new slice in the request's store call (a
 //!    *grant* op; the previous lease's unused units go back in the same
 //!    call). Other limits — cold keys (per-user limits with many users),
-//!    rates too tight to lease — are checked in the store as before.
+//!    rates too tight to lease — are checked in the store as before. While
+//!    a grant for a key is in flight, the key's other requests wait for it
+//!    (at most the store timeout in all) instead of each calling the store:
+//!    one round trip per renewal, and no request refused while this replica
+//!    is about to hold units for it.
 //! 3. Without any store op and without nonces (replay nonces always go to
 //!    the store) the request is admitted here. Otherwise the store call
 //!    carries the rest, and what was taken locally is kept only if the
@@ -34,7 +38,7 @@ mod table;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use self::table::Table;
+use self::table::{Planned, Table};
 use super::{Admission, BoxFuture, Leasing, Outcome, Retention, Settlement, Store, StoreError};
 use super::{UsageQuery, UsageRow};
 use crate::clock::Clock;
@@ -54,6 +58,9 @@ pub struct LeaseSettings {
     pub hot_after: u32,
     /// How often usage counted locally is written to the store.
     pub usage_flush: Duration,
+    /// How long a request may wait, in all, for grants of its keys already
+    /// in flight here before calling the store itself: the store timeout.
+    pub wait: Duration,
 }
 
 impl Default for LeaseSettings {
@@ -63,6 +70,7 @@ impl Default for LeaseSettings {
             max_leases: 10_000,
             hot_after: 8,
             usage_flush: Duration::from_secs(1),
+            wait: Duration::from_millis(50),
         }
     }
 }
@@ -139,8 +147,17 @@ impl Shared {
 
     /// The request path under `leases: auto` ([module docs](self)).
     async fn admit(&self, admission: &Admission) -> Result<Outcome, StoreError> {
-        let started = tokio::time::Instant::now();
-        let plan = self.lock().plan(admission, started);
+        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        let (plan, started) = loop {
+            let started = tokio::time::Instant::now();
+            let planned = self.lock().plan(admission, started, started < deadline);
+            match planned {
+                Planned::Ready(plan) => break (plan, started),
+                Planned::Wait(mut done) => {
+                    let _ = tokio::time::timeout_at(deadline, done.changed()).await;
+                }
+            }
+        };
         if !plan.needs_store(admission) {
             let outcome = self.lock().admitted_here(admission, &plan);
             handles::local_admissions().increment(1);

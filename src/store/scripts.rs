@@ -53,7 +53,7 @@
 //!   then per usage:  requests, cost, expire_at_s
 //!   ```
 //!
-//!   Reply: 1 applied, 0 applied before.
+//!   Reply: `{1}` applied, `{0}` applied before.
 //!
 //! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`, built by
 //! [`invocation`]); after `NOSCRIPT` (a restarted or failed-over Redis, or

@@ -46,10 +46,15 @@ pub(super) struct Table {
 
 enum Slot {
     Held(Lease),
-    /// A grant for this key is in flight; meanwhile other requests for it
-    /// go to the store. Cleared by the keeper if never answered (a
-    /// cancelled request).
-    Granting { id: u64, since: Instant },
+    /// A grant for this key is in flight: other requests for the key wait
+    /// for it (a bounded wait) rather than each calling the store, and
+    /// wake when the slot changes (the sender is dropped with it). Cleared
+    /// by the keeper if never answered (a cancelled request).
+    Granting {
+        id: u64,
+        since: Instant,
+        done: tokio::sync::watch::Sender<()>,
+    },
 }
 
 /// One lease: a slice of one limit key, reserved in the store.
@@ -301,6 +306,14 @@ impl Plan {
     }
 }
 
+/// What planning a request found.
+pub(super) enum Planned {
+    Ready(Plan),
+    /// A grant for one of the request's keys is in flight here: wait for
+    /// it, then plan again.
+    Wait(tokio::sync::watch::Receiver<()>),
+}
+
 impl Table {
     pub(super) fn new(settings: &LeaseSettings) -> Self {
         let duration_us = u64::try_from(settings.duration.as_micros()).unwrap_or(u64::MAX);
@@ -328,8 +341,23 @@ impl Table {
             .fold((0, 0), |(n, units), left| (n + 1, units + left))
     }
 
-    /// Decides every limit op of `admission` at `mono`.
-    pub(super) fn plan(&mut self, admission: &Admission, mono: Instant) -> Plan {
+    /// Decides every limit op of `admission` at `mono`, or, when `wait`
+    /// and a grant for one of its keys is in flight, says what to wait
+    /// for (nothing taken yet).
+    pub(super) fn plan(&mut self, admission: &Admission, mono: Instant, wait: bool) -> Planned {
+        if wait {
+            let in_flight = admission
+                .groups
+                .iter()
+                .flat_map(|g| g.limits.iter())
+                .find_map(|op| match self.slots.get(&op.key) {
+                    Some(Slot::Granting { done, .. }) => Some(done.subscribe()),
+                    _ => None,
+                });
+            if let Some(done) = in_flight {
+                return Planned::Wait(done);
+            }
+        }
         let choices = admission
             .groups
             .iter()
@@ -341,7 +369,7 @@ impl Table {
                     .collect()
             })
             .collect();
-        Plan { choices }
+        Planned::Ready(Plan { choices })
     }
 
     /// One op: local when a live lease has the units, a grant when its
@@ -390,8 +418,14 @@ impl Table {
         };
         self.next_id += 1;
         let id = self.next_id;
-        self.slots
-            .insert(op.key.clone(), Slot::Granting { id, since: mono });
+        self.slots.insert(
+            op.key.clone(),
+            Slot::Granting {
+                id,
+                since: mono,
+                done: tokio::sync::watch::Sender::new(()),
+            },
+        );
         Choice::Grant {
             id,
             ask: LeaseAsk {
@@ -536,8 +570,7 @@ impl Table {
     }
 
     fn clear_marker(&mut self, key: &str, id: u64) {
-        if matches!(self.slots.get(key), Some(Slot::Granting { id: marker, .. }) if *marker == id)
-        {
+        if matches!(self.slots.get(key), Some(Slot::Granting { id: marker, .. }) if *marker == id) {
             self.slots.remove(key);
         }
     }

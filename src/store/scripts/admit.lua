@@ -80,9 +80,11 @@ for j = 1, l do
     local capacity = b * a
     local stored = tonumber(redis.call('GET', key))
     if kind == 'R' then
+      -- A TAT in the past is no TAT (the key may outlive it a little).
+      if stored and stored <= now then stored = nil end
       local prev_top = tonumber(ARGV[at + 7])
       if prev_top > 0 and stored == prev_top then
-        local back = math.max(tonumber(ARGV[at + 8]), now) + tonumber(ARGV[at + 9]) * a
+        local back = math.min(math.max(tonumber(ARGV[at + 8]), now) + tonumber(ARGV[at + 9]) * a, prev_top)
         if back > now then stored = back else stored = nil end
       end
     end
@@ -110,8 +112,8 @@ for j = 1, l do
     exists[j] = stored ~= false
     local count = tonumber(stored or '0')
     if kind == 'Q' then
-      local units = tonumber(ARGV[at + 8])
-      if units > 0 and exists[j] and tonumber(ARGV[at + 9]) == current_epoch() then
+      local units = tonumber(ARGV[at + 7])
+      if units > 0 and exists[j] and tonumber(ARGV[at + 8]) == current_epoch() then
         count = math.max(count - units, 0)
       end
     end

@@ -7,17 +7,18 @@
 --     "r" (GCRA):  interval_us, top, base, used
 --     "q" (quota): units, epoch, 0, 0
 --   per usage: requests, cost, expire_at_s
--- Reply = 1 when applied, 0 when the marker says it was applied before.
+-- Reply = {1} when applied, {0} when the marker says it was applied before.
 --
 -- A rate's unused units go back only while its TAT is still the lease's
--- top: TAT = max(base, now) + used × T (src/limits/lease.rs). A quota's go
+-- top (and not past): TAT = min(top, max(base, now) + used × T)
+-- (src/limits/lease.rs). A quota's go
 -- back to its counter when this Redis granted them (same epoch), never
 -- below zero. Usage: HINCRBY `count` by the requests and `extra` by cost −
 -- requests; EXPIRE when this call created `count`.
 local now = tonumber(ARGV[1])
 local r, u = tonumber(ARGV[2]), tonumber(ARGV[3])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 600000) then
-  return 0
+  return {0}
 end
 
 local epoch = nil
@@ -27,8 +28,8 @@ for i = 1, r do
   local kind = ARGV[at + 1]
   local a, b = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   if kind == 'r' then
-    if tonumber(redis.call('GET', key)) == b then
-      local tat = math.max(tonumber(ARGV[at + 4]), now) + tonumber(ARGV[at + 5]) * a
+    if b > now and tonumber(redis.call('GET', key)) == b then
+      local tat = math.min(math.max(tonumber(ARGV[at + 4]), now) + tonumber(ARGV[at + 5]) * a, b)
       if tat > now then
         redis.call('SET', key, string.format('%.0f', tat), 'PX',
           string.format('%.0f', math.ceil((tat - now) / 1000)))
@@ -65,4 +66,4 @@ for k = 1, u do
     redis.call('HINCRBY', key, 'extra', extra)
   end
 end
-return 1
+return {1}
