@@ -123,15 +123,17 @@ impl LeasedStore {
     }
 
     /// Returns what is due now (expired leases, usage past its flush
-    /// interval) without waiting for the keeper's next tick.
-    pub async fn settle_due(&self) {
-        keeper::tick(&self.shared, keeper::Scope::Due).await;
+    /// interval) without waiting for the keeper's next tick; the number of
+    /// settlements still waiting for the store.
+    pub async fn settle_due(&self) -> usize {
+        keeper::tick(&self.shared, keeper::Scope::Due).await
     }
 
     /// Returns every lease and flushes all usage, as on shutdown; leasing
     /// goes on afterwards (tests use it to read the store's exact state).
-    pub async fn settle_all(&self) {
-        keeper::tick(&self.shared, keeper::Scope::Everything).await;
+    /// The number of settlements still waiting for the store.
+    pub async fn settle_all(&self) -> usize {
+        keeper::tick(&self.shared, keeper::Scope::Everything).await
     }
 
     /// (leases held, their unused units).

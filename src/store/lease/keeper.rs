@@ -60,8 +60,8 @@ pub(super) async fn run(shared: Weak<Shared>) {
 }
 
 /// One tick: collect what is due, then send every waiting settlement in
-/// order, stopping at the first failure.
-pub(super) async fn tick(shared: &Shared, scope: Scope) {
+/// order, stopping at the first failure. Returns how many still wait.
+pub(super) async fn tick(shared: &Shared, scope: Scope) -> usize {
     let mut queue = shared.queue.lock().await;
     let mono = Instant::now();
     let now_us = crate::limits::admission::now_us(shared.clock.now());
@@ -94,6 +94,7 @@ pub(super) async fn tick(shared: &Shared, scope: Scope) {
     metrics::gauge!("tollgate_leases_held").set(leases as f64);
     metrics::gauge!("tollgate_lease_units_held").set(units as f64);
     metrics::gauge!("tollgate_settlements_waiting").set(queue.waiting.len() as f64);
+    queue.waiting.len()
 }
 
 /// The last settlement, on shutdown: everything, with a few tries within
@@ -103,9 +104,8 @@ pub(super) async fn last(shared: &Shared) {
     let deadline = Instant::now() + LAST_SETTLEMENT;
     let mut scope = Scope::Everything;
     loop {
-        tick(shared, scope).await;
+        let waiting = tick(shared, scope).await;
         scope = Scope::Due;
-        let waiting = shared.queue.lock().await.waiting.len();
         if waiting == 0 {
             return;
         }
