@@ -54,8 +54,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// a client library re-sends after losing the reply changes nothing
     /// the second time, and the lease layer retries a failed settlement
     /// with the same id.
-    fn settle<'a>(&'a self, settlement: &'a Settlement)
-    -> BoxFuture<'a, Result<(), StoreError>>;
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Called once when the server stops, after in-flight checks drained:
     /// a store holding local state (leases, usage) hands it back here.

@@ -126,20 +126,46 @@ fn ask(want: u64, ends_at_us: u64, previous: Option<Unused>) -> Option<LeaseAsk>
 async fn quota_slices_and_returns(store: &dyn Store, app: &str) {
     let now = at("2024-07-01T10:00:00Z");
     let end = at("2024-07-02T00:00:00Z");
-    let (tag, first) = op(app, "daily", quota(100, end), 1, ask(20, now + SECOND, None));
-    let out = store.admit(&admission(now, vec![(tag.clone(), first)])).await.unwrap();
+    let (tag, first) = op(
+        app,
+        "daily",
+        quota(100, end),
+        1,
+        ask(20, now + SECOND, None),
+    );
+    let out = store
+        .admit(&admission(now, vec![(tag.clone(), first)]))
+        .await
+        .unwrap();
     assert_eq!(out.verdict, Verdict::Admitted);
     let s = states(&out)[0];
-    assert_eq!((s.remaining, s.reset_us), (99, end - now), "a single request's view");
+    assert_eq!(
+        (s.remaining, s.reset_us),
+        (99, end - now),
+        "a single request's view"
+    );
     let g = s.lease.expect("a slice");
-    assert_eq!((g.units, g.base, g.top), (12, 0, 12), "100 / 8, capped by want 20");
+    assert_eq!(
+        (g.units, g.base, g.top),
+        (12, 0, 12),
+        "100 / 8, capped by want 20"
+    );
     // Renewed with 5 of the 12 unused: 7 counted, then a slice of 93 / 8.
     let prev = Unused::Quota {
         units: 5,
         epoch: g.epoch,
     };
-    let (_, renew) = op(app, "daily", quota(100, end), 1, ask(20, now + SECOND, Some(prev)));
-    let out = store.admit(&admission(now, vec![(tag.clone(), renew)])).await.unwrap();
+    let (_, renew) = op(
+        app,
+        "daily",
+        quota(100, end),
+        1,
+        ask(20, now + SECOND, Some(prev)),
+    );
+    let out = store
+        .admit(&admission(now, vec![(tag.clone(), renew)]))
+        .await
+        .unwrap();
     let g2 = states(&out)[0].lease.expect("a slice");
     assert_eq!((g2.units, g2.base, g2.top), (11, 7, 18));
     assert_eq!(g2.epoch, g.epoch);
@@ -158,12 +184,25 @@ async fn quota_slices_and_returns(store: &dyn Store, app: &str) {
             usage: Vec::new(),
         }],
     };
-    store.settle(&settle(g.epoch ^ 1, "other-epoch")).await.unwrap();
+    store
+        .settle(&settle(g.epoch ^ 1, "other-epoch"))
+        .await
+        .unwrap();
     let count = |out: Outcome| 100 - states(&out)[0].remaining;
-    let out = store.admit(&admission(now, vec![(tag.clone(), read.clone())])).await.unwrap();
-    assert_eq!(count(out), 18, "nothing went back to another epoch's counter");
+    let out = store
+        .admit(&admission(now, vec![(tag.clone(), read.clone())]))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(out),
+        18,
+        "nothing went back to another epoch's counter"
+    );
     store.settle(&settle(g.epoch, "same-epoch")).await.unwrap();
-    let out = store.admit(&admission(now, vec![(tag.clone(), read.clone())])).await.unwrap();
+    let out = store
+        .admit(&admission(now, vec![(tag.clone(), read.clone())]))
+        .await
+        .unwrap();
     assert_eq!(count(out), 11, "7 + 4 used");
 }
 
@@ -179,12 +218,23 @@ async fn rate_slices_charge_at_the_end(store: &dyn Store, app: &str) {
     let lease_us = lease::rate_lease_us(MS, 1000, SECOND).unwrap();
     assert_eq!(lease_us, 125 * MS);
     let (tag, first) = op(app, "ps", rule, 1, ask(50, now + lease_us, None));
-    let out = store.admit(&admission(now, vec![(tag.clone(), first)])).await.unwrap();
+    let out = store
+        .admit(&admission(now, vec![(tag.clone(), first)]))
+        .await
+        .unwrap();
     let s = states(&out)[0];
-    assert_eq!((s.remaining, s.reset_us), (999, MS), "a single request's view");
+    assert_eq!(
+        (s.remaining, s.reset_us),
+        (999, MS),
+        "a single request's view"
+    );
     let g = s.lease.expect("a slice");
     assert_eq!((g.units, g.base), (50, 0));
-    assert_eq!(g.top, now + lease_us + 50 * MS, "charged at the lease's end");
+    assert_eq!(
+        g.top,
+        now + lease_us + 50 * MS,
+        "charged at the lease's end"
+    );
     // A cost-0 request reads the TAT (reset = TAT − now); a single request
     // sees the slice and the rest of the lease used.
     let (_, peek) = op(app, "ps", rule, 0, None);
@@ -220,13 +270,22 @@ async fn rate_slices_charge_at_the_end(store: &dyn Store, app: &str) {
     // A second grant, then a single request on top of it: the grant's
     // return finds another TAT and changes nothing.
     let (_, second) = op(app, "ps", rule, 1, ask(50, later + lease_us, None));
-    let out = store.admit(&admission(later, vec![(tag.clone(), second)])).await.unwrap();
+    let out = store
+        .admit(&admission(later, vec![(tag.clone(), second)]))
+        .await
+        .unwrap();
     let g2 = states(&out)[0].lease.expect("a slice");
     assert_eq!(g2.top, later + lease_us + 50 * MS);
     let (_, single) = op(app, "ps", rule, 1, None);
-    let out = store.admit(&admission(later, vec![(tag.clone(), single)])).await.unwrap();
+    let out = store
+        .admit(&admission(later, vec![(tag.clone(), single)]))
+        .await
+        .unwrap();
     assert_eq!(states(&out)[0].remaining, 1000 - 125 - 50 - 1);
-    store.settle(&returned(g2, 1, later, "moved")).await.unwrap();
+    store
+        .settle(&returned(g2, 1, later, "moved"))
+        .await
+        .unwrap();
     assert_eq!(tat(later).await, g2.top + MS, "unchanged");
 }
 
@@ -237,18 +296,33 @@ async fn a_denied_request_reserves_nothing(store: &dyn Store, app: &str) {
     let now = at("2024-07-01T11:00:00Z");
     let end = at("2024-07-02T00:00:00Z");
     let (tag, full) = op(app, "tiny", quota(1, end), 1, None);
-    store.admit(&admission(now, vec![(tag.clone(), full.clone())])).await.unwrap();
+    store
+        .admit(&admission(now, vec![(tag.clone(), full.clone())]))
+        .await
+        .unwrap();
     let prev = Unused::Quota { units: 3, epoch: 0 };
-    let (_, grant) = op(app, "daily", quota(100, end), 1, ask(20, now + SECOND, Some(prev)));
+    let (_, grant) = op(
+        app,
+        "daily",
+        quota(100, end),
+        1,
+        ask(20, now + SECOND, Some(prev)),
+    );
     let out = store
-        .admit(&admission(now, vec![(tag.clone(), grant), (tag.clone(), full)]))
+        .admit(&admission(
+            now,
+            vec![(tag.clone(), grant), (tag.clone(), full)],
+        ))
         .await
         .unwrap();
     assert_eq!(out.verdict, Verdict::Exceeded);
     let s = states(&out);
     assert!(s[0].allowed && s[0].lease.is_none(), "{s:?}");
     let (_, read) = op(app, "daily", quota(100, end), 0, None);
-    let out = store.admit(&admission(now, vec![(tag, read)])).await.unwrap();
+    let out = store
+        .admit(&admission(now, vec![(tag, read)]))
+        .await
+        .unwrap();
     assert_eq!(states(&out)[0].remaining, 100);
 }
 
@@ -306,7 +380,10 @@ fn leased(store: Arc<dyn Store>, now: u64, hot_after: u32) -> (Arc<LeasedStore>,
         wait: Duration::from_secs(2),
         ..LeaseSettings::default()
     };
-    (Arc::new(LeasedStore::new(store, clock.clone(), settings)), clock)
+    (
+        Arc::new(LeasedStore::new(store, clock.clone(), settings)),
+        clock,
+    )
 }
 
 fn request(plans: &Plans, app: &str, now_us: u64) -> Admission {
@@ -362,7 +439,9 @@ async fn replicas_reach_the_quota_exactly(backend: &Backend, app: &str) {
     let p = Arc::new(plans(
         "plans: [{name: p, limits: [{name: daily, key: app, quota: {requests: 300, reset: day}}]}]",
     ));
-    let replicas: Vec<_> = (0..3).map(|_| leased((backend.client)(), now, 2).0).collect();
+    let replicas: Vec<_> = (0..3)
+        .map(|_| leased((backend.client)(), now, 2).0)
+        .collect();
     let mut tasks = Vec::new();
     for i in 0..900 {
         let (replica, p, app) = (replicas[i % 3].clone(), p.clone(), app.to_owned());
@@ -396,7 +475,9 @@ async fn replicas_hold_a_rate(backend: &Backend, app: &str) {
     let p = plans(
         "plans: [{name: p, limits: [{name: ps, key: app, rate: {requests: 100, period: 1s, burst: 100}}]}]",
     );
-    let replicas: Vec<_> = (0..3).map(|_| leased((backend.client)(), start, 2)).collect();
+    let replicas: Vec<_> = (0..3)
+        .map(|_| leased((backend.client)(), start, 2))
+        .collect();
     let step = 5 * MS;
     let mut admitted: Vec<u64> = Vec::new();
     for i in 0..2_000u64 {
@@ -404,8 +485,7 @@ async fn replicas_hold_a_rate(backend: &Backend, app: &str) {
         for (replica, clock) in &replicas {
             clock.set(Duration::from_micros(now));
             for _ in 0..2 {
-                if replica.admit(&request(&p, app, now)).await.unwrap().verdict
-                    == Verdict::Admitted
+                if replica.admit(&request(&p, app, now)).await.unwrap().verdict == Verdict::Admitted
                 {
                     admitted.push(now);
                 }
@@ -447,7 +527,9 @@ async fn each_window_admits_its_quota(backend: &Backend, app: &str) {
     let p = plans(
         "plans: [{name: p, limits: [{name: minute, key: app, quota: {requests: 100, reset: minute}}]}]",
     );
-    let replicas: Vec<_> = (0..3).map(|_| leased((backend.client)(), start, 2)).collect();
+    let replicas: Vec<_> = (0..3)
+        .map(|_| leased((backend.client)(), start, 2))
+        .collect();
     let (mut first, mut second) = (0, 0);
     for i in 0..400u64 {
         let now = start + i * 10 * MS;
@@ -456,7 +538,11 @@ async fn each_window_admits_its_quota(backend: &Backend, app: &str) {
             for _ in 0..2 {
                 let out = replica.admit(&request(&p, app, now)).await.unwrap();
                 if out.verdict == Verdict::Admitted {
-                    *(if now < boundary { &mut first } else { &mut second }) += 1;
+                    *(if now < boundary {
+                        &mut first
+                    } else {
+                        &mut second
+                    }) += 1;
                 }
             }
         }
@@ -532,8 +618,13 @@ async fn a_redis_restart_never_corrupts_new_counters() {
     let client = || -> Arc<dyn Store> {
         let urls = [url.parse::<RedisUrl>().unwrap()];
         Arc::new(
-            RedisStore::connect(&urls, false, Duration::from_millis(200), Retention::default())
-                .unwrap(),
+            RedisStore::connect(
+                &urls,
+                false,
+                Duration::from_millis(200),
+                Retention::default(),
+            )
+            .unwrap(),
         )
     };
     let now = at("2024-07-09T10:00:00Z");
@@ -561,7 +652,10 @@ async fn a_redis_restart_never_corrupts_new_counters() {
             Ok(out) if out.verdict == Verdict::Admitted => after += 1,
             Ok(out) => panic!("{out:?}"),
             Err(_) => {
-                assert!(std::time::Instant::now() < deadline, "Redis did not come back");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "Redis did not come back"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -573,7 +667,10 @@ async fn a_redis_restart_never_corrupts_new_counters() {
     // old Redis, its units are not taken off the new counter.
     let mut waiting = a.settle_all().await;
     while waiting > 0 {
-        assert!(std::time::Instant::now() < deadline, "A's settlement never went through");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's settlement never went through"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         waiting = a.settle_due().await;
     }
@@ -619,7 +716,11 @@ async fn the_scripts_do_what_limits_lease_says() {
         let mut answers = Vec::new();
         for (s, store) in stores.iter().enumerate() {
             let rule = if which == 0 { rate } else { quota(150, end) };
-            let previous = if with_previous { last[s][which].take() } else { None };
+            let previous = if with_previous {
+                last[s][which].take()
+            } else {
+                None
+            };
             let ask = lease.then_some(LeaseAsk {
                 want,
                 ends_at_us: now + 15 * MS,

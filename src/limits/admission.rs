@@ -30,8 +30,7 @@ use super::{Limit, LimitKind, Plan, micros};
 use crate::policy::types::LimitKey;
 use crate::store::keys::Sub;
 use crate::store::{
-    Admission, Group, Leasing, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp,
-    keys,
+    Admission, Group, Leasing, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
 };
 
 /// How limits count an IPv6 client: by its network of this prefix length.

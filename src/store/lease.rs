@@ -167,7 +167,8 @@ impl Shared {
         }
         let remote = plan.remote(admission);
         let result = self.inner.admit(&remote).await;
-        self.lock().answered(admission, &plan, &remote, result, started)
+        self.lock()
+            .answered(admission, &plan, &remote, result, started)
     }
 }
 
@@ -183,10 +184,7 @@ impl Store for LeasedStore {
         }
     }
 
-    fn settle<'a>(
-        &'a self,
-        settlement: &'a Settlement,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
         self.shared.inner.settle(settlement)
     }
 
@@ -194,11 +192,7 @@ impl Store for LeasedStore {
     /// (bounded: a store that does not answer loses what was held).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let keeper = self
-                .keeper
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(keeper) = keeper {
                 keeper.abort();
                 let _ = keeper.await;

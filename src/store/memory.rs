@@ -127,7 +127,13 @@ impl Inner {
     fn evaluate(&self, limit: &LimitOp, now: u64) -> (LimitState, Option<u64>) {
         match (limit.rule, limit.lease) {
             (Rule::Rate { interval_us, burst }, None) => {
-                let v = gcra::check(self.tat(&limit.key, now), now, limit.cost, interval_us, burst);
+                let v = gcra::check(
+                    self.tat(&limit.key, now),
+                    now,
+                    limit.cost,
+                    interval_us,
+                    burst,
+                );
                 let state = LimitState {
                     allowed: v.allowed,
                     remaining: v.remaining,
@@ -139,7 +145,9 @@ impl Inner {
             }
             (Rule::Rate { interval_us, burst }, Some(ask)) => {
                 let mut stored = self.tat(&limit.key, now);
-                if let Some(Unused::Rate { top, base, used, .. }) = ask.previous
+                if let Some(Unused::Rate {
+                    top, base, used, ..
+                }) = ask.previous
                     && let Some(after) =
                         lease::return_rate(stored, (top, base, used), interval_us, now)
                 {
@@ -279,7 +287,13 @@ impl Inner {
                 }
             }
             for usage in &group.usage {
-                self.add_usage(&usage.key, usage.requests, usage.cost, usage.expire_at_s, now);
+                self.add_usage(
+                    &usage.key,
+                    usage.requests,
+                    usage.cost,
+                    usage.expire_at_s,
+                    now,
+                );
             }
         }
     }
@@ -395,10 +409,7 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(outcome) })
     }
 
-    fn settle<'a>(
-        &'a self,
-        settlement: &'a Settlement,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())

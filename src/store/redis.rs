@@ -247,7 +247,9 @@ impl RedisStore {
         id: &str,
         now_us: u64,
     ) -> BoxFuture<'_, RedisResult<Vec<i64>>> {
-        let tag = groups.first().map_or(keys::ANONYMOUS_TAG, |g| g.tag.as_str());
+        let tag = groups
+            .first()
+            .map_or(keys::ANONYMOUS_TAG, |g| g.tag.as_str());
         let cmd = scripts::settlement(groups, &keys::settled(tag, id), now_us);
         Box::pin(async move {
             handles::round_trips(self.kind(), "settle").increment(1);
@@ -710,10 +712,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn settle<'a>(
-        &'a self,
-        settlement: &'a Settlement,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, self.settle_inner(settlement))
                 .await

@@ -131,7 +131,11 @@ pub fn invocation(
         let lease = limit.lease;
         match (limit.rule, lease) {
             (Rule::Rate { interval_us, burst }, None) => {
-                cmd.arg("r").arg(limit.cost).arg(interval_us).arg(burst).arg(0);
+                cmd.arg("r")
+                    .arg(limit.cost)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .arg(0);
             }
             (Rule::Rate { interval_us, burst }, Some(ask)) => {
                 let (top, base, used) = match ask.previous {
@@ -189,7 +193,11 @@ pub fn settlement(groups: &[&SettleGroup], marker: &str, now_us: u64) -> redis::
     let hash = SETTLE.get_hash();
     let mut cmd = redis::Cmd::with_capacity(
         6 + 6 * r + 4 * u,
-        "EVALSHA".len() + hash.len() + marker.len() + 64 * (r + u) + NUMBER_BYTES * (3 + 5 * r + 3 * u),
+        "EVALSHA".len()
+            + hash.len()
+            + marker.len()
+            + 64 * (r + u)
+            + NUMBER_BYTES * (3 + 5 * r + 3 * u),
     );
     cmd.arg("EVALSHA").arg(hash).arg(1 + r + u).arg(marker);
     for returned in returns() {
@@ -211,7 +219,9 @@ pub fn settlement(groups: &[&SettleGroup], marker: &str, now_us: u64) -> redis::
         };
     }
     for usage in usage() {
-        cmd.arg(usage.requests).arg(usage.cost).arg(usage.expire_at_s);
+        cmd.arg(usage.requests)
+            .arg(usage.cost)
+            .arg(usage.expire_at_s);
     }
     cmd
 }

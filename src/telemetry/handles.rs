@@ -174,9 +174,13 @@ pub fn token_cache(result: &'static str) -> Counter {
 /// `tollgate_store_round_trips_total{store, op}` (`admit`, `refund`,
 /// `settle`): calls that went to the store over the network.
 pub fn round_trips(store: &'static str, op: &'static str) -> Counter {
-    get(&ROUND_TRIPS, store, op, "", || {
-        metrics::counter!("tollgate_store_round_trips_total", "store" => store, "op" => op)
-    })
+    get(
+        &ROUND_TRIPS,
+        store,
+        op,
+        "",
+        || metrics::counter!("tollgate_store_round_trips_total", "store" => store, "op" => op),
+    )
 }
 
 /// `tollgate_lease_local_admissions_total`: requests whose every limit
@@ -190,16 +194,24 @@ pub fn local_admissions() -> Counter {
 /// `tollgate_leases_total{event}` (`taken`, `renewed`, `returned`,
 /// `dropped`).
 pub fn lease_events(event: &'static str) -> Counter {
-    get(&LEASES, "", "events", event, || {
-        metrics::counter!("tollgate_leases_total", "event" => event)
-    })
+    get(
+        &LEASES,
+        "",
+        "events",
+        event,
+        || metrics::counter!("tollgate_leases_total", "event" => event),
+    )
 }
 
 /// `tollgate_lease_units_total{event}` (`granted`, `returned`, `dropped`).
 pub fn lease_units(event: &'static str) -> Counter {
-    get(&LEASES, "", "units", event, || {
-        metrics::counter!("tollgate_lease_units_total", "event" => event)
-    })
+    get(
+        &LEASES,
+        "",
+        "units",
+        event,
+        || metrics::counter!("tollgate_lease_units_total", "event" => event),
+    )
 }
 
 /// `tollgate_store_duration_seconds{store, op}`.

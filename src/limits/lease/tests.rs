@@ -28,7 +28,11 @@ enum Step {
     /// Time passes (µs, true time).
     Wait(u64),
     /// Replica `r` gets a request of `cost`, wanting slices of `want`.
-    Request { replica: usize, cost: u64, want: u64 },
+    Request {
+        replica: usize,
+        cost: u64,
+        want: u64,
+    },
     /// Replica `r` returns its lease (expired or evicted).
     Return(usize),
     /// Replica `r` dies: its lease is never returned.
@@ -94,7 +98,11 @@ fn run_rate(
         let write = |tat: Option<u64>, w: u64| tat.map(|tat| (tat, now + tat.saturating_sub(w)));
         match *step {
             Step::Wait(us) => now += us,
-            Step::Request { replica, cost, want } => {
+            Step::Request {
+                replica,
+                cost,
+                want,
+            } => {
                 let w = wall(replica, now);
                 if let Some(h) = held[replica].as_mut()
                     && now <= h.deadline
@@ -116,8 +124,7 @@ fn run_rate(
                 // (the lease layer sends both in one call).
                 let mut stored = stored;
                 if let Some(h) = held[replica].take()
-                    && let Some(tat) =
-                        return_rate(stored, (h.top, h.base, h.used), interval, w)
+                    && let Some(tat) = return_rate(stored, (h.top, h.base, h.used), interval, w)
                 {
                     stored = tat;
                     key = write(tat, w);
@@ -343,6 +350,9 @@ fn lease_lengths() {
     // 100 per second, burst 5: 6.25 ms, too short to lease.
     assert_eq!(rate_lease_us(10_000, 5, 1_000_000), None);
     // A quota lease ends with its window.
-    assert_eq!(quota_lease_us(5_000_000, 4_600_000, 1_000_000), Some(400_000));
+    assert_eq!(
+        quota_lease_us(5_000_000, 4_600_000, 1_000_000),
+        Some(400_000)
+    );
     assert_eq!(quota_lease_us(5_000_000, 4_995_000, 1_000_000), None);
 }

@@ -168,7 +168,11 @@ fn count_returned(settlement: &Settlement) {
 }
 
 fn count_dropped(settlement: &Settlement) {
-    let leases = settlement.groups.iter().map(|g| g.returns.len()).sum::<usize>();
+    let leases = settlement
+        .groups
+        .iter()
+        .map(|g| g.returns.len())
+        .sum::<usize>();
     handles::lease_events("dropped").increment(leases as u64);
     tracing::warn!(
         id = %settlement.id,

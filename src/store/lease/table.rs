@@ -396,10 +396,7 @@ impl Table {
                     };
                 }
                 let when = now_us.max(lease.last_use_us);
-                (
-                    lease.next_want(mono, lease_us, op.cost),
-                    lease.unused(when),
-                )
+                (lease.next_want(mono, lease_us, op.cost), lease.unused(when))
             }
             Some(Slot::Granting { .. }) => return Choice::Store,
             None => {

@@ -3,8 +3,8 @@
 //! replicas sharing a store never admit more than a limit and reach it,
 //! what a store failure does, the bounds, and what goes back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -47,10 +47,7 @@ impl Store for Counting {
         self.inner.admit(admission)
     }
 
-    fn settle<'a>(
-        &'a self,
-        settlement: &'a Settlement,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
         self.settles.fetch_add(1, Ordering::Relaxed);
         if self.down.load(Ordering::Relaxed) {
             return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
@@ -114,7 +111,9 @@ impl Replica {
 
 /// The quota counter and usage the store holds for `app` on T0's day.
 async fn state(inner: &Counting, app: &str) -> (u64, u64) {
-    let p = plans("plans: [{name: p, limits: [{name: daily, quota: {requests: 1000000, reset: day}}]}]");
+    let p = plans(
+        "plans: [{name: p, limits: [{name: daily, quota: {requests: 1000000, reset: day}}]}]",
+    );
     let built = admission::build(&Request {
         policy: "t/leases",
         plan: p.get("p"),
@@ -146,7 +145,8 @@ async fn state(inner: &Counting, app: &str) -> (u64, u64) {
     (used, rows.first().map_or(0, |r| r.requests))
 }
 
-const DAILY: &str = "plans: [{name: p, limits: [{name: daily, key: app, quota: {requests: 1000000, reset: day}}]}]";
+const DAILY: &str =
+    "plans: [{name: p, limits: [{name: daily, key: app, quota: {requests: 1000000, reset: day}}]}]";
 
 #[tokio::test]
 async fn a_key_is_leased_once_hot_and_then_admitted_without_store_calls() {
@@ -154,8 +154,15 @@ async fn a_key_is_leased_once_hot_and_then_admitted_without_store_calls() {
     let r = replica(&inner, settings(4));
     let p = plans(DAILY);
     for i in 1..=3 {
-        assert_eq!(r.send(&p, "hot", "192.0.2.1").await.verdict, Verdict::Admitted);
-        assert_eq!(inner.admits.load(Ordering::Relaxed), i, "cold: one call each");
+        assert_eq!(
+            r.send(&p, "hot", "192.0.2.1").await.verdict,
+            Verdict::Admitted
+        );
+        assert_eq!(
+            inner.admits.load(Ordering::Relaxed),
+            i,
+            "cold: one call each"
+        );
     }
     // The 4th turns it hot: a grant, in the request's own call.
     r.send(&p, "hot", "192.0.2.1").await;
@@ -164,9 +171,16 @@ async fn a_key_is_leased_once_hot_and_then_admitted_without_store_calls() {
     assert_eq!(leases, 1);
     assert!(units > 0, "a slice beyond the request's unit");
     for _ in 0..units {
-        assert_eq!(r.send(&p, "hot", "192.0.2.1").await.verdict, Verdict::Admitted);
+        assert_eq!(
+            r.send(&p, "hot", "192.0.2.1").await.verdict,
+            Verdict::Admitted
+        );
     }
-    assert_eq!(inner.admits.load(Ordering::Relaxed), 4, "all from the lease");
+    assert_eq!(
+        inner.admits.load(Ordering::Relaxed),
+        4,
+        "all from the lease"
+    );
     assert_eq!(r.store.held(), (1, 0));
     // Spent: the next request renews, sized by the demand seen.
     r.send(&p, "hot", "192.0.2.1").await;
@@ -193,13 +207,19 @@ async fn a_denial_elsewhere_gives_the_local_unit_back() {
     );
     // Both keys lease at once (hot after one request); the ip quota of 1
     // gives a slice of exactly its one unit.
-    assert_eq!(r.send(&p, "mixed", "192.0.2.9").await.verdict, Verdict::Admitted);
+    assert_eq!(
+        r.send(&p, "mixed", "192.0.2.9").await.verdict,
+        Verdict::Admitted
+    );
     let (_, held) = r.store.held();
     let out = r.send(&p, "mixed", "192.0.2.9").await;
     assert_eq!(out.verdict, Verdict::Exceeded);
     assert_eq!(r.store.held().1, held, "the app's unit was given back");
     // Another address passes and uses the app's slice.
-    assert_eq!(r.send(&p, "mixed", "192.0.2.10").await.verdict, Verdict::Admitted);
+    assert_eq!(
+        r.send(&p, "mixed", "192.0.2.10").await.verdict,
+        Verdict::Admitted
+    );
     r.store.settle_all().await;
     assert_eq!(
         state(&inner, "mixed").await,
@@ -320,15 +340,26 @@ async fn a_quota_lease_never_outlives_its_window() {
         "plans: [{name: p, limits: [{name: daily, key: app, quota: {requests: 50, reset: day}}]}]",
     );
     // 0.5 s before midnight: a lease of at most 0.5 s.
-    r.clock.set(Duration::from_micros(T0 + 16 * 3600 * SECOND - SECOND / 2));
-    assert_eq!(r.send(&p, "edge", "192.0.2.1").await.verdict, Verdict::Admitted);
+    r.clock
+        .set(Duration::from_micros(T0 + 16 * 3600 * SECOND - SECOND / 2));
+    assert_eq!(
+        r.send(&p, "edge", "192.0.2.1").await.verdict,
+        Verdict::Admitted
+    );
     let (_, units) = r.store.held();
     assert!(units > 0);
     // Midnight: the old day's lease is not used, the new day leases anew.
     r.clock.advance(Duration::from_secs(1));
     let calls = inner.admits.load(Ordering::Relaxed);
-    assert_eq!(r.send(&p, "edge", "192.0.2.1").await.verdict, Verdict::Admitted);
-    assert_eq!(inner.admits.load(Ordering::Relaxed), calls + 1, "a new window's key");
+    assert_eq!(
+        r.send(&p, "edge", "192.0.2.1").await.verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        inner.admits.load(Ordering::Relaxed),
+        calls + 1,
+        "a new window's key"
+    );
     // Each day admits at most 50, however the leases fall.
     let mut second_day = 1;
     while r.send(&p, "edge", "192.0.2.1").await.verdict == Verdict::Admitted {
@@ -355,7 +386,11 @@ async fn clock_jumps_never_stretch_a_lease() {
     }
     assert_eq!(inner.admits.load(Ordering::Relaxed), calls);
     r.send(&p, "jump", "192.0.2.1").await;
-    assert_eq!(inner.admits.load(Ordering::Relaxed), calls + 1, "spent: a grant");
+    assert_eq!(
+        inner.admits.load(Ordering::Relaxed),
+        calls + 1,
+        "spent: a grant"
+    );
     // Monotonic time passes the lease's end: the next request renews, even
     // with units left and the wall clock stopped.
     let (_, left) = r.store.held();
