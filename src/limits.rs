@@ -4,6 +4,8 @@
 //!   definition both stores follow (the Lua script mirrors it line by line);
 //! - [`calendar`] — calendar windows (minute … month) in IANA time zones;
 //! - [`headers`] — the IETF `RateLimit-Policy` / `RateLimit` fields;
+//! - [`lease`] — quota leases: slice sizes, and what a grant and a return
+//!   do to a rate's TAT and a quota's counter (mirrored by the scripts);
 //! - [`admission`] — turns a plan, the request's subjects and its nonces into
 //!   the store's [`crate::store::Admission`] (keys, hash-tag groups).
 //!
@@ -16,6 +18,7 @@ pub mod admission;
 pub mod calendar;
 pub mod gcra;
 pub mod headers;
+pub mod lease;
 
 use std::time::Duration;
 

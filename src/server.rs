@@ -15,8 +15,9 @@
 //!    `grpc_addr`, `admin_addr` and `metrics_addr`;
 //! 3. when `shutdown` completes, readiness fails first (`NOT_SERVING`,
 //!    503), then the gRPC listener closes and in-flight calls finish, for at
-//!    most the drain timeout; then the admin and metrics ports stop and
-//!    `run` returns.
+//!    most the drain timeout; then the store hands back what it holds
+//!    locally (quota leases' unused units, usage: [`crate::store::Store::shutdown`]),
+//!    the admin and metrics ports stop and `run` returns.
 
 use crate::telemetry::app_labels::AppLabels;
 use std::future::Future;
@@ -358,6 +359,7 @@ pub async fn run(
         if let Some(upkeep) = upkeep {
             upkeep.abort();
         }
+        state.deps.store.shutdown().await;
         return Err(error);
     }
 
@@ -378,6 +380,9 @@ pub async fn run(
         }
     };
 
+    // In-flight checks are done: hand back what the store holds locally
+    // (leases' unused units, usage counted here), bounded.
+    state.deps.store.shutdown().await;
     http.stop().await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();

@@ -4,7 +4,9 @@
 //! - [`memory`] — the embedded store for a single replica;
 //! - [`redis`] — Redis (one server, `rediss://` TLS) and Redis Cluster;
 //! - [`keys`] — every key tollgate writes, built in one place;
-//! - [`scripts`] — the Lua scripts and their KEYS/ARGV contracts.
+//! - [`scripts`] — the Lua scripts and their KEYS/ARGV contracts;
+//! - [`lease`] — quota leases: a [`Store`] in front of another that admits
+//!   hot limits from slices reserved in it, and counts usage locally.
 //!
 //! One request is one [`Admission`]: its nonces, every limit it is subject
 //! to and its usage counters, grouped by Redis hash tag. Each group is
@@ -15,10 +17,16 @@
 //! are refunded when another denied — across hash tags the promise is
 //! "never over-allow".
 //!
+//! A limit op may instead ask for a *lease* ([`LeaseAsk`]): reserve a
+//! slice of the limit (at least the request's cost) for the replica to
+//! admit later requests from, with no store call ([`lease`]). Leased units
+//! go back through [`Store::settle`], with usage counted locally.
+//!
 //! Time: the caller passes `now` (the replica's clock, injectable in tests);
 //! see `docs/store.md` for why, and for the skew this allows.
 
 pub mod keys;
+pub mod lease;
 pub mod memory;
 pub mod redis;
 pub mod scripts;
@@ -40,6 +48,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Checks and, when everything passes, consumes one request's nonces,
     /// limits and usage. See the module docs for the atomicity promise.
     fn admit<'a>(&'a self, admission: &'a Admission) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+
+    /// Returns leases' unused units and adds usage counted locally
+    /// ([`Settlement`]). Applied at most once per `Settlement::id`: a call
+    /// a client library re-sends after losing the reply changes nothing
+    /// the second time, and the lease layer retries a failed settlement
+    /// with the same id.
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Called once when the server stops, after in-flight checks drained:
+    /// a store holding local state (leases, usage) hands it back here.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// Reads usage counters for billing and support (`tollgate usage`).
     fn usage<'a>(
@@ -70,6 +91,19 @@ pub struct Admission {
     /// library retried after a lost reply — so its group was applied, and
     /// the retry is not a replay.
     pub attempt: String,
+    /// Whether the policy lets hot limits be leased (`spec.leases`). Only
+    /// [`lease::LeasedStore`] reads it; every store answers lease ops.
+    pub leasing: Leasing,
+}
+
+/// Whether an admission's limits may be leased.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Leasing {
+    /// Every limit is checked in the store, request by request.
+    #[default]
+    Off,
+    /// Limits hot on this replica are admitted from leased slices.
+    Auto,
 }
 
 impl Admission {
@@ -104,6 +138,86 @@ pub struct LimitOp {
     pub key: String,
     pub cost: u64,
     pub rule: Rule,
+    /// Reserve a slice instead: the request's `cost` plus more for the
+    /// replica to admit later requests from ([`crate::limits::lease`]).
+    pub lease: Option<LeaseAsk>,
+}
+
+/// A lease asked for with a limit op: the op passes when the request's
+/// `cost` fits, as for a single request, and then reserves a slice of at
+/// most `want` units (the cost included; `limits::lease::slice`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub want: u64,
+    /// The lease's end (µs since the epoch): a rate's slice is charged
+    /// there (`limits::lease`); a quota's lease ends by its window's end.
+    pub ends_at_us: u64,
+    /// This replica's previous lease on the same key, returned in the same
+    /// call before the grant.
+    pub previous: Option<Unused>,
+}
+
+/// The unused part of a lease, going back to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unused {
+    /// A rate's lease: its grant's `top` and `base` (`limits::lease`) and
+    /// the units used; returned only while the stored TAT is still `top`.
+    Rate {
+        interval_us: u64,
+        top: u64,
+        base: u64,
+        used: u64,
+    },
+    /// A quota's lease: the units not used, and the store's `epoch` when it
+    /// was granted (a store restarted since lost the counter the units
+    /// were counted in; they are not taken off its successor).
+    Quota { units: u64, epoch: u64 },
+}
+
+/// One lease's unused part ([`Settlement`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseReturn {
+    pub key: String,
+    pub unused: Unused,
+}
+
+/// Usage counted locally: `requests` admitted requests costing `cost` in
+/// all, added to a usage counter expiring at `expire_at_s`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageCount {
+    pub key: String,
+    pub requests: u64,
+    pub cost: u64,
+    pub expire_at_s: u64,
+}
+
+/// What the lease layer hands back: unused units and usage, per hash tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// µs since the epoch (the replica clock): when the leases returned
+    /// here stopped being used.
+    pub now_us: u64,
+    /// A random id: the store applies a settlement once
+    /// ([`Store::settle`]).
+    pub id: String,
+    pub groups: Vec<SettleGroup>,
+}
+
+/// The keys of one hash tag in a [`Settlement`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettleGroup {
+    pub tag: String,
+    pub returns: Vec<LeaseReturn>,
+    pub usage: Vec<UsageCount>,
+}
+
+impl Settlement {
+    /// True when there is nothing to hand back.
+    pub fn is_empty(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| g.returns.is_empty() && g.usage.is_empty())
+    }
 }
 
 /// How a limit counts.
@@ -161,6 +275,21 @@ pub struct LimitState {
     pub reset_us: u64,
     /// µs until this request could pass; 0 when it passed.
     pub retry_after_us: u64,
+    /// For a lease op that passed, the slice reserved.
+    pub lease: Option<Granted>,
+}
+
+/// A slice reserved by a lease op ([`LeaseAsk`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// Units reserved, the request's cost included.
+    pub units: u64,
+    /// The stored state before and after (`limits::lease::Grant`).
+    pub base: u64,
+    pub top: u64,
+    /// Which incarnation of the store granted it (Redis's `run_id`, cut
+    /// to 48 bits): a quota's unused units go back only to the same one.
+    pub epoch: u64,
 }
 
 /// How long usage counters live.
@@ -272,6 +401,34 @@ pub struct StoreArgs {
     /// Days per-app-user usage counters are kept.
     #[arg(long, env = "TOLLGATE_USER_USAGE_RETENTION_DAYS", default_value_t = 31)]
     pub user_usage_retention_days: u32,
+    /// Quota leases with Redis: `on` lets each replica reserve slices of
+    /// the limits it serves often and admit from them without a Redis call
+    /// (policies may still say `leases: off`); `off` checks every request
+    /// in Redis. The in-memory store never leases (it has no round trip).
+    #[arg(long, env = "TOLLGATE_QUOTA_LEASES", value_enum, default_value_t = Switch::On)]
+    pub quota_leases: Switch,
+    /// The longest a lease lasts (a rate's is at most an eighth of its
+    /// burst period, a quota's ends with its window).
+    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "1s",
+          value_parser = crate::policy::duration::parse_duration)]
+    pub lease_duration: Duration,
+    /// Most leases one replica holds; further keys are checked request by
+    /// request.
+    #[arg(long, env = "TOLLGATE_MAX_LEASES", default_value_t = 10_000)]
+    pub max_leases: usize,
+    /// How often usage counted locally (requests admitted from leases) is
+    /// written to Redis; a crash loses at most this much usage.
+    #[arg(long, env = "TOLLGATE_USAGE_FLUSH_INTERVAL", default_value = "1s",
+          value_parser = crate::policy::duration::parse_duration)]
+    pub usage_flush_interval: Duration,
+}
+
+/// An on/off flag value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
 }
 
 impl Default for StoreArgs {
@@ -282,6 +439,10 @@ impl Default for StoreArgs {
             store_timeout: Duration::from_millis(50),
             usage_retention_days: 400,
             user_usage_retention_days: 31,
+            quota_leases: Switch::On,
+            lease_duration: Duration::from_secs(1),
+            max_leases: 10_000,
+            usage_flush_interval: Duration::from_secs(1),
         }
     }
 }
@@ -295,6 +456,10 @@ impl fmt::Debug for StoreArgs {
             .field("store_timeout", &self.store_timeout)
             .field("usage_retention_days", &self.usage_retention_days)
             .field("user_usage_retention_days", &self.user_usage_retention_days)
+            .field("quota_leases", &self.quota_leases)
+            .field("lease_duration", &self.lease_duration)
+            .field("max_leases", &self.max_leases)
+            .field("usage_flush_interval", &self.usage_flush_interval)
             .finish()
     }
 }
@@ -308,13 +473,27 @@ impl StoreArgs {
         }
     }
 
-    /// Builds the store. Redis connections are made lazily, so this
-    /// succeeds while Redis is down: tollgate starts, is ready, and answers
-    /// `store_unavailable` (or follows `onStoreError: allow`) until Redis is
-    /// reachable. Must run inside a Tokio runtime when Redis is used (it
-    /// spawns the start-up eviction-policy check).
-    pub fn build(&self) -> Result<Arc<dyn Store>, StoreError> {
-        let store = self.build_store()?;
+    /// The lease settings these flags ask for.
+    pub fn lease_settings(&self) -> lease::LeaseSettings {
+        lease::LeaseSettings {
+            duration: self.lease_duration,
+            max_leases: self.max_leases,
+            usage_flush: self.usage_flush_interval,
+            wait: self.store_timeout,
+            ..lease::LeaseSettings::default()
+        }
+    }
+
+    /// Builds the store: Redis behind the lease layer (unless
+    /// `--quota-leases off`), else the in-memory store. Redis connections
+    /// are made lazily, so this succeeds while Redis is down: tollgate
+    /// starts, is ready, and answers `store_unavailable` (or follows
+    /// `onStoreError: allow`) until Redis is reachable. Must run inside a
+    /// Tokio runtime when Redis is used (it spawns the start-up
+    /// eviction-policy check and the lease keeper). `clock` is the
+    /// decision clock.
+    pub fn build(&self, clock: Arc<dyn crate::clock::Clock>) -> Result<Arc<dyn Store>, StoreError> {
+        let store = self.build_store(clock)?;
         // Every error series exists at 0 from the start, so the first
         // failure is an increase alerts can see (`rate()` needs two
         // samples of a series).
@@ -325,7 +504,10 @@ impl StoreArgs {
         Ok(store)
     }
 
-    fn build_store(&self) -> Result<Arc<dyn Store>, StoreError> {
+    fn build_store(
+        &self,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Arc<dyn Store>, StoreError> {
         if self.redis.is_empty() {
             tracing::warn!(
                 "no --redis given: using the in-memory store; quotas and replay \
@@ -346,7 +528,18 @@ impl StoreArgs {
             "using Redis store"
         );
         store.spawn_startup_checks();
-        Ok(Arc::new(store))
+        let store: Arc<dyn Store> = Arc::new(store);
+        if self.quota_leases == Switch::Off {
+            return Ok(store);
+        }
+        let settings = self.lease_settings();
+        tracing::info!(
+            duration = ?settings.duration,
+            max_leases = settings.max_leases,
+            usage_flush = ?settings.usage_flush,
+            "quota leases on"
+        );
+        Ok(Arc::new(lease::LeasedStore::new(store, clock, settings)))
     }
 }
 

@@ -24,7 +24,7 @@ use tollgate::limits::admission::{self, Request, Subject};
 use tollgate::limits::{Nonce, Plans};
 use tollgate::policy::types::ApiPolicySpec;
 use tollgate::store::{
-    Admission, LimitState, MemoryStore, Outcome, RedisStore, RedisUrl, Retention, Store,
+    Admission, Leasing, LimitState, MemoryStore, Outcome, RedisStore, RedisUrl, Retention, Store,
     UsageQuery, Verdict,
 };
 
@@ -66,6 +66,7 @@ struct Call<'a> {
     cost: u64,
     nonces: Vec<Nonce>,
     now: u64,
+    leasing: Leasing,
 }
 
 impl<'a> Call<'a> {
@@ -79,6 +80,7 @@ impl<'a> Call<'a> {
             cost: 1,
             nonces: Vec::new(),
             now,
+            leasing: Leasing::Off,
         }
     }
 
@@ -98,6 +100,7 @@ impl<'a> Call<'a> {
             nonces: &self.nonces,
             now_us: self.now,
             retention: Retention::default(),
+            leasing: self.leasing,
         })
         .unwrap();
         let limits = built.limits.iter().map(Vec::len).sum();

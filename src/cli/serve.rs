@@ -36,10 +36,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = telemetry::prometheus();
     let (snapshot, readiness, policies) = PolicySource::start(&config).await?;
     let tls = load_tls(&config)?;
-    let store = config.store.build().context("cannot set up the store")?;
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let store = config
+        .store
+        .build(clock.clone())
+        .context("cannot set up the store")?;
     let deps = Deps {
         store,
-        clock: Arc::new(SystemClock),
+        clock,
         settings: config.decision.settings()?,
     };
     let tracing = match config

@@ -30,7 +30,7 @@ use super::{Limit, LimitKind, Plan, micros};
 use crate::policy::types::LimitKey;
 use crate::store::keys::Sub;
 use crate::store::{
-    Admission, Group, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
+    Admission, Group, Leasing, LimitOp, NonceOp, QUOTA_KEY_GRACE_US, Retention, Rule, UsageOp, keys,
 };
 
 /// How limits count an IPv6 client: by its network of this prefix length.
@@ -133,6 +133,8 @@ pub struct Request<'a> {
     /// µs since the Unix epoch.
     pub now_us: u64,
     pub retention: Retention,
+    /// Whether the policy lets hot limits be leased (`spec.leases`).
+    pub leasing: Leasing,
 }
 
 /// A built admission and, parallel to each group's `limits`, the plan limit
@@ -276,6 +278,7 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
             } else {
                 attempt_id()
             },
+            leasing: request.leasing,
         },
         limits: Vec::with_capacity(1 + request.nonces.len()),
         nonces: Vec::with_capacity(1 + request.nonces.len()),
@@ -336,6 +339,7 @@ pub fn build<'p>(request: &Request<'p>) -> Result<Built<'p>, String> {
                 key,
                 cost: request.cost,
                 rule,
+                lease: None,
             });
             built.limits[g].push(Counted { limit, window });
         }

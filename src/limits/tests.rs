@@ -243,6 +243,7 @@ plans:
                 nonces: &[],
                 now_us,
                 retention: Retention::default(),
+                leasing: crate::store::Leasing::Off,
             })
             .unwrap();
             let mut got: Vec<String> = built

@@ -25,9 +25,9 @@ use crate::limits::admission::{self, Counted, Request, Subject};
 use crate::limits::{Nonce, ceil_secs, headers};
 use crate::origin::Origin;
 use crate::policy::snapshot::{CompiledPolicy, Route};
-use crate::policy::types::StoreErrorAction;
+use crate::policy::types::{LeaseMode, StoreErrorAction};
 use crate::reason::Reason;
-use crate::store::{LimitState, Outcome, StoreError, Verdict};
+use crate::store::{Leasing, LimitState, Outcome, StoreError, Verdict};
 use crate::telemetry::{handles, trace};
 use opentelemetry::trace::SpanKind;
 
@@ -76,6 +76,10 @@ pub(super) async fn check(
         nonces: inputs.nonces,
         now_us: admission::now_us(deps.clock.now()),
         retention: deps.store.retention(),
+        leasing: match policy.leases {
+            LeaseMode::Auto => Leasing::Auto,
+            LeaseMode::Off => Leasing::Off,
+        },
     };
     let built = match admission::build(&request) {
         Ok(built) => built,

@@ -264,6 +264,7 @@ pub fn compile_policy(
             disclose_reasons: spec.response.disclose_reasons,
         },
         on_store_error: spec.on_store_error,
+        leases: spec.leases,
     })
 }
 

@@ -78,6 +78,8 @@ pub struct CompiledPolicy {
     pub routes: Vec<Route>,
     pub response: ResponsePolicy,
     pub on_store_error: StoreErrorAction,
+    /// `spec.leases`.
+    pub leases: crate::policy::types::LeaseMode,
 }
 
 /// Compiled transport checks.

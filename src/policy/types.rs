@@ -69,6 +69,23 @@ pub struct ApiPolicySpec {
     /// 503 `store_unavailable`) or `allow` (quotas skipped, counted).
     #[serde(default)]
     pub on_store_error: StoreErrorAction,
+    /// Quota leases: `auto` (default) lets a replica reserve slices of the
+    /// limits it serves often and admit from them without a store call;
+    /// `off` checks every request in the store (docs/store.md).
+    #[serde(default)]
+    pub leases: LeaseMode,
+}
+
+/// Whether a policy's limits may be leased (`spec.leases`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LeaseMode {
+    /// Limits hot on a replica are admitted from leased slices; the rest
+    /// request by request.
+    #[default]
+    Auto,
+    /// Every request is checked in the store.
+    Off,
 }
 
 /// Whether a policy's decisions are enforced.

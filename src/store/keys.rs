@@ -7,6 +7,7 @@
 //! tg:{a:<app>}:u:<YYYY-MM-DD>                                usage hash {count[, extra]}, per app per UTC day
 //! tg:{a:<app>}:u:<YYYY-MM-DD>:<user digest>                  usage hash per app-user per day
 //! tg:{u:<user digest>}:…   tg:{i:<ip digest>}:…   tg:{anon}:…   the same shapes under other tags
+//! tg:{<tag>}:s:<settlement id>                               a settlement applied (lease returns, usage), 10 min
 //! ```
 //!
 //! - **Hash tags.** The part in braces is the Redis Cluster hash tag: only it
@@ -343,6 +344,19 @@ pub fn nonce(tag: &str, scope: &str, credential: &str, value: &str) -> String {
 /// app's [`app_tag`].
 pub fn usage_app(app_tag: &str, day: &str) -> String {
     usage_key(app_tag, day, None)
+}
+
+/// The marker of a settlement applied under `tag` (`Store::settle`):
+/// present, a re-sent settlement changes nothing. The id is the lease
+/// layer's random hex, so it needs no escaping.
+pub fn settled(tag: &str, id: &str) -> String {
+    let mut key = String::with_capacity(PREFIX.len() + tag.len() + id.len() + 4);
+    key.push_str(PREFIX);
+    key.push(':');
+    key.push_str(tag);
+    key.push_str(":s:");
+    key.push_str(id);
+    key
 }
 
 /// The per-app-user usage hash of a UTC day.

@@ -13,10 +13,18 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{
-    Admission, BoxFuture, Group, LimitState, Outcome, Retention, Rule, Store, StoreError,
-    UsageQuery, UsageRow, Verdict, keys,
+    Admission, BoxFuture, Granted, Group, LimitOp, LimitState, Outcome, Retention, Rule,
+    Settlement, Store, StoreError, Unused, UsageQuery, UsageRow, Verdict, keys,
 };
-use crate::limits::gcra;
+use crate::limits::{gcra, lease};
+
+/// The store's incarnation, for quota returns ([`Granted::epoch`]): the
+/// memory store lives and dies with the process, and its leases with it.
+const EPOCH: u64 = 1;
+
+/// How long a settlement's marker is kept (a re-sent settlement within
+/// this time changes nothing).
+const SETTLED_US: u64 = 600_000_000;
 
 /// Admissions between two sweeps of expired entries.
 const SWEEP_EVERY: u64 = 1024;
@@ -54,6 +62,8 @@ enum Value {
         requests: u64,
         cost: u64,
     },
+    /// A settlement applied ([`keys::settled`]).
+    Settled,
 }
 
 impl MemoryStore {
@@ -94,36 +104,82 @@ impl Inner {
         Ok(group
             .limits
             .iter()
-            .map(|limit| match limit.rule {
-                Rule::Rate { interval_us, burst } => {
-                    let tat = match self.live(&limit.key, now) {
-                        Some(Value::Tat(t)) => Some(*t),
-                        _ => None,
-                    };
-                    let v = gcra::check(tat, now, limit.cost, interval_us, burst);
-                    LimitState {
-                        allowed: v.allowed,
-                        remaining: v.remaining,
-                        reset_us: v.reset_us,
-                        retry_after_us: v.retry_after_us,
-                    }
+            .map(|limit| self.evaluate(limit, now).0)
+            .collect())
+    }
+
+    fn tat(&self, key: &str, now: u64) -> Option<u64> {
+        match self.live(key, now) {
+            Some(Value::Tat(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    fn count(&self, key: &str, now: u64) -> u64 {
+        match self.live(key, now) {
+            Some(Value::Count(c)) => *c,
+            _ => 0,
+        }
+    }
+
+    /// The state of one limit op at `now` and the value it would store
+    /// when consumed (a TAT or a count; `None`: nothing to write).
+    fn evaluate(&self, limit: &LimitOp, now: u64) -> (LimitState, Option<u64>) {
+        match (limit.rule, limit.lease) {
+            (Rule::Rate { interval_us, burst }, None) => {
+                let v = gcra::check(
+                    self.tat(&limit.key, now),
+                    now,
+                    limit.cost,
+                    interval_us,
+                    burst,
+                );
+                let state = LimitState {
+                    allowed: v.allowed,
+                    remaining: v.remaining,
+                    reset_us: v.reset_us,
+                    retry_after_us: v.retry_after_us,
+                    lease: None,
+                };
+                (state, Some(v.new_tat))
+            }
+            (Rule::Rate { interval_us, burst }, Some(ask)) => {
+                let mut stored = self.tat(&limit.key, now);
+                if let Some(Unused::Rate {
+                    top, base, used, ..
+                }) = ask.previous
+                    && let Some(after) =
+                        lease::return_rate(stored, (top, base, used), interval_us, now)
+                {
+                    stored = after;
                 }
+                let g = lease::grant_rate(
+                    stored,
+                    now,
+                    limit.cost,
+                    ask.want,
+                    (interval_us, burst),
+                    ask.ends_at_us.max(now),
+                );
+                (granted_state(&g), Some(g.top))
+            }
+            (
                 Rule::Quota {
                     limit: max,
                     window_end_us,
                     ..
-                } => {
-                    let count = match self.live(&limit.key, now) {
-                        Some(Value::Count(c)) => *c,
-                        _ => 0,
-                    };
-                    let reset = window_end_us.saturating_sub(now);
-                    if count + limit.cost <= max {
+                },
+                ask,
+            ) => {
+                let mut count = self.count(&limit.key, now);
+                let reset = window_end_us.saturating_sub(now);
+                let Some(ask) = ask else {
+                    let state = if count + limit.cost <= max {
                         LimitState {
                             allowed: true,
                             remaining: max - count - limit.cost,
                             reset_us: reset,
-                            retry_after_us: 0,
+                            ..LimitState::default()
                         }
                     } else {
                         LimitState {
@@ -131,11 +187,20 @@ impl Inner {
                             remaining: max.saturating_sub(count),
                             reset_us: reset,
                             retry_after_us: reset,
+                            lease: None,
                         }
-                    }
+                    };
+                    return (state, Some(count + limit.cost));
+                };
+                if let Some(Unused::Quota { units, epoch }) = ask.previous
+                    && epoch == EPOCH
+                {
+                    count = count.saturating_sub(units);
                 }
-            })
-            .collect())
+                let g = lease::grant_quota(count, max, limit.cost, ask.want, reset);
+                (granted_state(&g), Some(g.top))
+            }
+        }
     }
 
     fn consume(&mut self, group: &Group, now: u64, attempt: &str) {
@@ -149,52 +214,105 @@ impl Inner {
             );
         }
         for limit in &group.limits {
-            match limit.rule {
-                Rule::Rate { interval_us, burst } => {
-                    let tat = match self.live(&limit.key, now) {
-                        Some(Value::Tat(t)) => Some(*t),
-                        _ => None,
-                    };
-                    let v = gcra::check(tat, now, limit.cost, interval_us, burst);
-                    self.entries.insert(
-                        limit.key.clone(),
-                        Entry {
-                            value: Value::Tat(v.new_tat),
-                            expires_us: v.new_tat,
-                        },
-                    );
+            let (_, value) = self.evaluate(limit, now);
+            let (value, expires_us) = match (limit.rule, value) {
+                (_, None) => continue,
+                (Rule::Rate { .. }, Some(tat)) => (Value::Tat(tat), tat),
+                (Rule::Quota { expire_at_us, .. }, Some(count)) => {
+                    (Value::Count(count), expire_at_us)
                 }
-                Rule::Quota { expire_at_us, .. } => {
-                    let count = match self.live(&limit.key, now) {
-                        Some(Value::Count(c)) => *c,
-                        _ => 0,
-                    };
-                    self.entries.insert(
-                        limit.key.clone(),
-                        Entry {
-                            value: Value::Count(count + limit.cost),
-                            expires_us: expire_at_us,
-                        },
-                    );
-                }
-            }
+            };
+            self.entries
+                .insert(limit.key.clone(), Entry { value, expires_us });
         }
         for usage in &group.usage {
-            let (requests, cost) = match self.live(&usage.key, now) {
-                Some(Value::Usage { requests, cost }) => (*requests, *cost),
-                _ => (0, 0),
-            };
-            self.entries.insert(
-                usage.key.clone(),
-                Entry {
-                    value: Value::Usage {
-                        requests: requests + 1,
-                        cost: cost + usage.cost,
-                    },
-                    expires_us: usage.expire_at_s.saturating_mul(1_000_000),
-                },
-            );
+            self.add_usage(&usage.key, 1, usage.cost, usage.expire_at_s, now);
         }
+    }
+
+    /// Applies a settlement once: rate returns as `limits::lease`
+    /// says, quota units taken off their counter, usage added.
+    fn settle(&mut self, settlement: &Settlement) {
+        let now = settlement.now_us;
+        self.last_now = self.last_now.max(now);
+        let Some(first) = settlement.groups.first() else {
+            return;
+        };
+        let marker = keys::settled(&first.tag, &settlement.id);
+        if self.live(&marker, now).is_some() {
+            return;
+        }
+        self.entries.insert(
+            marker,
+            Entry {
+                value: Value::Settled,
+                expires_us: now.saturating_add(SETTLED_US),
+            },
+        );
+        for group in &settlement.groups {
+            for returned in &group.returns {
+                match returned.unused {
+                    Unused::Rate {
+                        interval_us,
+                        top,
+                        base,
+                        used,
+                    } => {
+                        let stored = self.tat(&returned.key, now);
+                        match lease::return_rate(stored, (top, base, used), interval_us, now) {
+                            None => {}
+                            Some(None) => {
+                                self.entries.remove(&returned.key);
+                            }
+                            Some(Some(tat)) => {
+                                self.entries.insert(
+                                    returned.key.clone(),
+                                    Entry {
+                                        value: Value::Tat(tat),
+                                        expires_us: tat,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    Unused::Quota { units, epoch } => {
+                        if epoch == EPOCH
+                            && let Some(entry) = self.entries.get_mut(&returned.key)
+                            && entry.expires_us > now
+                            && let Value::Count(count) = &mut entry.value
+                        {
+                            *count = count.saturating_sub(units);
+                        }
+                    }
+                }
+            }
+            for usage in &group.usage {
+                self.add_usage(
+                    &usage.key,
+                    usage.requests,
+                    usage.cost,
+                    usage.expire_at_s,
+                    now,
+                );
+            }
+        }
+    }
+
+    fn add_usage(&mut self, key: &str, requests: u64, cost: u64, expire_at_s: u64, now: u64) {
+        let (before, spent) = match self.live(key, now) {
+            Some(Value::Usage { requests, cost }) => (*requests, *cost),
+            _ => (0, 0),
+        };
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Usage {
+                    requests: before + requests,
+                    cost: spent + cost,
+                },
+                expires_us: expire_at_s.saturating_mul(1_000_000),
+            },
+        );
     }
 
     fn admit(&mut self, admission: &Admission) -> Outcome {
@@ -240,11 +358,32 @@ impl Inner {
             for group in &admission.groups {
                 self.consume(group, now, attempt);
             }
+        } else {
+            // Nothing was written: no slice was reserved.
+            for state in states.iter_mut().flatten() {
+                state.lease = None;
+            }
         }
         Outcome {
             verdict,
             limits: states,
         }
+    }
+}
+
+/// The state a lease op reports (`LimitState::lease` set when it passed).
+fn granted_state(g: &lease::Grant) -> LimitState {
+    LimitState {
+        allowed: g.allowed,
+        remaining: g.remaining,
+        reset_us: g.reset_us,
+        retry_after_us: g.retry_after_us,
+        lease: g.allowed.then_some(Granted {
+            units: g.granted,
+            base: g.base,
+            top: g.top,
+            epoch: EPOCH,
+        }),
     }
 }
 
@@ -268,6 +407,14 @@ impl Store for MemoryStore {
             .unwrap_or_else(|e| e.into_inner())
             .admit(admission);
         Box::pin(async move { Ok(outcome) })
+    }
+
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .settle(settlement);
+        Box::pin(async { Ok(()) })
     }
 
     fn usage<'a>(
@@ -321,6 +468,7 @@ mod tests {
                 }],
                 ..Group::default()
             }],
+            ..Admission::default()
         }
     }
 

@@ -26,9 +26,10 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisError, RedisResult};
 
 use super::{
-    Admission, BoxFuture, Group, LimitState, Outcome, Retention, Store, StoreError, UsageQuery,
-    UsageRow, Verdict, keys, scripts,
+    Admission, BoxFuture, Granted, Group, LimitState, Outcome, Retention, SettleGroup, Settlement,
+    Store, StoreError, UsageQuery, UsageRow, Verdict, keys, scripts,
 };
+use crate::telemetry::handles;
 
 /// A Redis URL whose password never appears in `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -228,7 +229,32 @@ impl RedisStore {
         attempt: &str,
     ) -> BoxFuture<'_, RedisResult<Vec<i64>>> {
         let cmd = scripts::invocation(script, groups, now_us, attempt);
-        Box::pin(async move { self.run(script, &cmd).await })
+        let op = if std::ptr::eq(script, &*scripts::REFUND) {
+            "refund"
+        } else {
+            "admit"
+        };
+        Box::pin(async move {
+            handles::round_trips(self.kind(), op).increment(1);
+            self.run(script, &cmd).await
+        })
+    }
+
+    /// Runs the settle script over `groups` in one call.
+    fn eval_settle(
+        &self,
+        groups: &[&SettleGroup],
+        id: &str,
+        now_us: u64,
+    ) -> BoxFuture<'_, RedisResult<Vec<i64>>> {
+        let tag = groups
+            .first()
+            .map_or(keys::ANONYMOUS_TAG, |g| g.tag.as_str());
+        let cmd = scripts::settlement(groups, &keys::settled(tag, id), now_us);
+        Box::pin(async move {
+            handles::round_trips(self.kind(), "settle").increment(1);
+            self.run(&scripts::SETTLE, &cmd).await
+        })
     }
 
     async fn run(&self, script: &redis::Script, cmd: &redis::Cmd) -> RedisResult<Vec<i64>> {
@@ -239,6 +265,30 @@ impl RedisStore {
                 evalsha(&mut conn, script, cmd).await
             }
         }
+    }
+
+    /// One server: the whole settlement in one call. A Cluster: one call
+    /// per hash tag, concurrently, each with its own marker.
+    async fn settle_inner(&self, settlement: &Settlement) -> Result<(), StoreError> {
+        let groups: Vec<&SettleGroup> = settlement
+            .groups
+            .iter()
+            .filter(|g| !g.returns.is_empty() || !g.usage.is_empty())
+            .collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let (now, id) = (settlement.now_us, settlement.id.as_str());
+        let replies = match self.conn {
+            Conn::Single(_) => vec![self.eval_settle(&groups, id, now).await],
+            Conn::Cluster(_) => {
+                join_all(groups.iter().map(|g| self.eval_settle(&[g], id, now))).await
+            }
+        };
+        for reply in replies {
+            reply.map_err(map_error)?;
+        }
+        Ok(())
     }
 
     async fn admit_inner(&self, admission: &Admission) -> Result<Outcome, StoreError> {
@@ -253,6 +303,9 @@ impl RedisStore {
     /// request's tags, and exact across them (nothing to refund).
     async fn admit_together(&self, admission: &Admission) -> Result<Outcome, StoreError> {
         let groups: Vec<&Group> = admission.groups.iter().collect();
+        if groups.iter().all(|g| is_idle(g)) {
+            return Ok(nothing_to_do(admission));
+        }
         let reply = self
             .eval(
                 &scripts::ADMIT,
@@ -262,7 +315,7 @@ impl RedisStore {
             )
             .await
             .map_err(map_error)?;
-        let (status, states) = parse_admit(&reply)?;
+        let (status, states) = parse_admit(&reply, groups.iter().copied())?;
         let verdict = match status {
             GroupStatus::Admitted | GroupStatus::AppliedBefore => Verdict::Admitted,
             GroupStatus::Exceeded => Verdict::Exceeded,
@@ -303,19 +356,26 @@ impl RedisStore {
     async fn admit_per_tag(&self, admission: &Admission) -> Result<Outcome, StoreError> {
         let now = admission.now_us;
         let attempt = admission.attempt.as_str();
-        let replies = join_all(
-            admission
-                .groups
-                .iter()
-                .map(|g| self.eval(&scripts::ADMIT, &[g], now, attempt)),
-        )
+        // A group with nothing to check (its limits admitted from leases,
+        // its usage counted locally) needs no call.
+        let replies = join_all(admission.groups.iter().map(|g| async move {
+            if is_idle(g) {
+                Ok(vec![0, 0])
+            } else {
+                self.eval(&scripts::ADMIT, &[g], now, attempt).await
+            }
+        }))
         .await;
         let mut verdict = Verdict::Admitted;
         let mut states = Vec::with_capacity(replies.len());
         let mut error = None;
         let mut admitted = Vec::new();
         for (g, reply) in replies.into_iter().enumerate() {
-            let reply = match reply.map_err(map_error).and_then(|r| parse_admit(&r)) {
+            let group = admission.groups.get(g).into_iter();
+            let reply = match reply
+                .map_err(map_error)
+                .and_then(|r| parse_admit(&r, group))
+            {
                 Ok(reply) => reply,
                 Err(e) => {
                     error.get_or_insert(e);
@@ -345,6 +405,7 @@ impl RedisStore {
                 admitted
                     .iter()
                     .filter_map(|&g| admission.groups.get(g))
+                    .filter(|g| !is_idle(g))
                     .map(|g| self.eval(&scripts::REFUND, &[g], now, attempt)),
             )
             .await;
@@ -556,10 +617,29 @@ enum GroupStatus {
     AppliedBefore,
 }
 
-fn parse_admit(reply: &[i64]) -> Result<(GroupStatus, Vec<LimitState>), StoreError> {
+/// True when a group has nothing for the store (its limits were admitted
+/// from leases, its usage is counted locally).
+fn is_idle(group: &Group) -> bool {
+    group.nonces.is_empty() && group.limits.is_empty() && group.usage.is_empty()
+}
+
+/// The outcome of an admission with nothing to check.
+fn nothing_to_do(admission: &Admission) -> Outcome {
+    Outcome {
+        verdict: Verdict::Admitted,
+        limits: admission.groups.iter().map(|_| Vec::new()).collect(),
+    }
+}
+
+/// Parses the admit script's reply for `groups`' limit ops (4 integers
+/// each, 8 for a lease op).
+fn parse_admit<'g>(
+    reply: &[i64],
+    groups: impl Iterator<Item = &'g Group>,
+) -> Result<(GroupStatus, Vec<LimitState>), StoreError> {
     let bad = || StoreError::Protocol(format!("admit script replied {reply:?}"));
     let (&status, rest) = reply.split_first().ok_or_else(bad)?;
-    let (&index, rest) = rest.split_first().ok_or_else(bad)?;
+    let (&index, mut rest) = rest.split_first().ok_or_else(bad)?;
     let status = match status {
         0 => GroupStatus::Admitted,
         1 => GroupStatus::Replay(usize::try_from(index - 1).map_err(|_| bad())?),
@@ -567,19 +647,33 @@ fn parse_admit(reply: &[i64]) -> Result<(GroupStatus, Vec<LimitState>), StoreErr
         3 => GroupStatus::AppliedBefore,
         _ => return Err(bad()),
     };
-    if rest.len() % 4 != 0 {
-        return Err(bad());
-    }
     let num = |v: i64| u64::try_from(v).unwrap_or(0);
-    let states = rest
-        .chunks_exact(4)
-        .map(|c| LimitState {
+    // A slice counts only when the script wrote it: when it admitted.
+    let written = matches!(status, GroupStatus::Admitted);
+    let mut states = Vec::new();
+    if rest.is_empty() {
+        return Ok((status, states));
+    }
+    for op in groups.flat_map(|g| g.limits.iter()) {
+        let width = if op.lease.is_some() { 8 } else { 4 };
+        let (c, more) = rest.split_at_checked(width).ok_or_else(bad)?;
+        rest = more;
+        states.push(LimitState {
             allowed: c[0] == 1,
             remaining: num(c[1]),
             reset_us: num(c[2]),
             retry_after_us: num(c[3]),
-        })
-        .collect();
+            lease: (width == 8 && c[0] == 1 && written).then(|| Granted {
+                units: num(c[4]),
+                base: num(c[5]),
+                top: num(c[6]),
+                epoch: num(c[7]),
+            }),
+        });
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
     Ok((status, states))
 }
 
@@ -613,6 +707,14 @@ impl Store for RedisStore {
                 });
             }
             tokio::time::timeout(self.timeout, self.admit_inner(admission))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))?
+        })
+    }
+
+    fn settle<'a>(&'a self, settlement: &'a Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.settle_inner(settlement))
                 .await
                 .map_err(|_| StoreError::Timeout(self.timeout))?
         })
@@ -655,15 +757,55 @@ mod tests {
 
     #[test]
     fn admit_replies_parse() {
-        let (status, states) = parse_admit(&[2, 0, 1, 4, 100, 0, 0, 0, 5, 7]).unwrap();
+        use crate::store::{LeaseAsk, LimitOp, Rule};
+        let op = |lease: bool| LimitOp {
+            key: "k".into(),
+            cost: 1,
+            rule: Rule::Rate {
+                interval_us: 1,
+                burst: 1,
+            },
+            lease: lease.then_some(LeaseAsk {
+                want: 5,
+                ends_at_us: 9,
+                previous: None,
+            }),
+        };
+        let group = Group {
+            limits: vec![op(false), op(false)],
+            ..Group::default()
+        };
+        let (status, states) =
+            parse_admit(&[2, 0, 1, 4, 100, 0, 0, 0, 5, 7], [&group].into_iter()).unwrap();
         assert!(matches!(status, GroupStatus::Exceeded));
         assert_eq!(states.len(), 2);
         assert!(states[0].allowed && !states[1].allowed);
         assert_eq!(states[1].retry_after_us, 7);
         assert!(matches!(
-            parse_admit(&[1, 2]).unwrap().0,
+            parse_admit(&[1, 2], [&group].into_iter()).unwrap().0,
             GroupStatus::Replay(1)
         ));
-        assert!(parse_admit(&[0, 0, 1]).is_err());
+        assert!(parse_admit(&[0, 0, 1], [&group].into_iter()).is_err());
+        // A lease op's state carries its slice.
+        let leased = Group {
+            limits: vec![op(false), op(true)],
+            ..Group::default()
+        };
+        let (_, states) = parse_admit(
+            &[0, 0, 1, 4, 100, 0, 1, 3, 10, 0, 5, 0, 25, 77],
+            [&leased].into_iter(),
+        )
+        .unwrap();
+        assert_eq!(states[0].lease, None);
+        assert_eq!(
+            states[1].lease,
+            Some(Granted {
+                units: 5,
+                base: 0,
+                top: 25,
+                epoch: 77
+            })
+        );
+        assert!(parse_admit(&[0, 0, 1, 4, 100, 0, 1, 3, 10, 0], [&leased].into_iter()).is_err());
     }
 }

@@ -11,11 +11,17 @@
 //! ARGV[2..4] n, l, u
 //! ARGV[5]    the admission's attempt id (the value its nonces hold)
 //! then per nonce:  ttl_ms
-//! then per limit:  kind, cost, a, b, c
-//!                  "r" (GCRA):  a = interval_us, b = burst, c = 0
-//!                  "q" (quota): a = limit, b = window_end_us, c = expire_at_us
+//! then per limit:  kind, cost, then by kind
+//!                  "r" (GCRA):  interval_us, burst, 0
+//!                  "q" (quota): limit, window_end_us, expire_at_us
+//!                  "R" (GCRA lease):  interval_us, burst, ends_at_us, want,
+//!                                     prev_top, prev_base, prev_used
+//!                  "Q" (quota lease): limit, window_end_us, expire_at_us, want,
+//!                                     prev_units, prev_epoch
 //! then per usage:  cost, expire_at_s
 //! ```
+//!
+//! (A lease op without a previous lease passes zeros for `prev_*`.)
 //!
 //! - [`ADMIT`] (`scripts/admit.lua`) checks every nonce (GET: absent, or
 //!   holding this attempt's id — an earlier try of this very call already
@@ -33,7 +39,21 @@
 //!   INCRBY, HINCRBY, HINCRBY.
 //! - [`REFUND`] (`scripts/refund.lua`) undoes an admitted group when another
 //!   group of the same request denied (on a Cluster); it forgets only the
-//!   nonces that hold this attempt's id. Reply: 1.
+//!   nonces that hold this attempt's id, and leaves lease ops alone (the
+//!   slice stays with the replica). Reply: 1.
+//! - [`SETTLE`] (`scripts/settle.lua`) hands back what the lease layer
+//!   held, once per settlement id (a marker key, 10 minutes):
+//!
+//!   ```text
+//!   KEYS = the marker, then return keys (r), then usage keys (u)
+//!   ARGV[1] now, ARGV[2..3] r, u
+//!   then per return: kind, a, b, c, d
+//!                    "r" (GCRA):  interval_us, top, base, used
+//!                    "q" (quota): units, epoch, 0, 0
+//!   then per usage:  requests, cost, expire_at_s
+//!   ```
+//!
+//!   Reply: `{1}` applied, `{0}` applied before.
 //!
 //! Scripts are sent once and then invoked by SHA-1 (`EVALSHA`, built by
 //! [`invocation`]); after `NOSCRIPT` (a restarted or failed-over Redis, or
@@ -46,7 +66,7 @@
 
 use std::sync::LazyLock;
 
-use super::{Group, Rule};
+use super::{Group, Rule, SettleGroup, Unused};
 
 /// The admission script.
 pub static ADMIT: LazyLock<redis::Script> =
@@ -55,6 +75,10 @@ pub static ADMIT: LazyLock<redis::Script> =
 /// The refund script.
 pub static REFUND: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/refund.lua")));
+
+/// The settle script.
+pub static SETTLE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/settle.lua")));
 
 /// Bytes reserved per numeric argument (a u64 has at most 20 digits).
 const NUMBER_BYTES: usize = 20;
@@ -77,7 +101,8 @@ pub fn invocation(
     let key_bytes: usize = nonces().map(|x| x.key.len()).sum::<usize>()
         + limits().map(|x| x.key.len()).sum::<usize>()
         + usage().map(|x| x.key.len()).sum::<usize>();
-    let numbers = 4 + n + 5 * l + 2 * u;
+    let leases = limits().filter(|x| x.lease.is_some()).count();
+    let numbers = 4 + n + 5 * l + 3 * leases + 2 * u;
     let hash = script.get_hash();
     let mut cmd = redis::Cmd::with_capacity(
         4 + n + l + u + numbers,
@@ -103,18 +128,100 @@ pub fn invocation(
         cmd.arg(nonce.ttl_ms.max(1));
     }
     for limit in limits() {
-        let (kind, a, b, c) = match limit.rule {
-            Rule::Rate { interval_us, burst } => ("r", interval_us, burst, 0),
-            Rule::Quota {
-                limit,
-                window_end_us,
-                expire_at_us,
-            } => ("q", limit, window_end_us, expire_at_us),
-        };
-        cmd.arg(kind).arg(limit.cost).arg(a).arg(b).arg(c);
+        let lease = limit.lease;
+        match (limit.rule, lease) {
+            (Rule::Rate { interval_us, burst }, None) => {
+                cmd.arg("r")
+                    .arg(limit.cost)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .arg(0);
+            }
+            (Rule::Rate { interval_us, burst }, Some(ask)) => {
+                let (top, base, used) = match ask.previous {
+                    Some(Unused::Rate {
+                        top, base, used, ..
+                    }) => (top, base, used),
+                    _ => (0, 0, 0),
+                };
+                cmd.arg("R")
+                    .arg(limit.cost)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .arg(ask.ends_at_us)
+                    .arg(ask.want)
+                    .arg(top)
+                    .arg(base)
+                    .arg(used);
+            }
+            (
+                Rule::Quota {
+                    limit: max,
+                    window_end_us,
+                    expire_at_us,
+                },
+                lease,
+            ) => {
+                cmd.arg(if lease.is_some() { "Q" } else { "q" })
+                    .arg(limit.cost)
+                    .arg(max)
+                    .arg(window_end_us)
+                    .arg(expire_at_us);
+                if let Some(ask) = lease {
+                    let (units, epoch) = match ask.previous {
+                        Some(Unused::Quota { units, epoch }) => (units, epoch),
+                        _ => (0, 0),
+                    };
+                    cmd.arg(ask.want).arg(units).arg(epoch);
+                }
+            }
+        }
     }
     for usage in usage() {
         cmd.arg(usage.cost).arg(usage.expire_at_s);
+    }
+    cmd
+}
+
+/// The `EVALSHA` of [`SETTLE`] for `groups` (one on a Cluster, all on one
+/// server), `marker` the settlement's key ([`super::keys::settled`]) under
+/// the first group's tag.
+pub fn settlement(groups: &[&SettleGroup], marker: &str, now_us: u64) -> redis::Cmd {
+    let returns = || groups.iter().flat_map(|g| g.returns.iter());
+    let usage = || groups.iter().flat_map(|g| g.usage.iter());
+    let (r, u) = (returns().count(), usage().count());
+    let hash = SETTLE.get_hash();
+    let mut cmd = redis::Cmd::with_capacity(
+        6 + 6 * r + 4 * u,
+        "EVALSHA".len()
+            + hash.len()
+            + marker.len()
+            + 64 * (r + u)
+            + NUMBER_BYTES * (3 + 5 * r + 3 * u),
+    );
+    cmd.arg("EVALSHA").arg(hash).arg(1 + r + u).arg(marker);
+    for returned in returns() {
+        cmd.arg(returned.key.as_str());
+    }
+    for usage in usage() {
+        cmd.arg(usage.key.as_str());
+    }
+    cmd.arg(now_us).arg(r).arg(u);
+    for returned in returns() {
+        match returned.unused {
+            Unused::Rate {
+                interval_us,
+                top,
+                base,
+                used,
+            } => cmd.arg("r").arg(interval_us).arg(top).arg(base).arg(used),
+            Unused::Quota { units, epoch } => cmd.arg("q").arg(units).arg(epoch).arg(0).arg(0),
+        };
+    }
+    for usage in usage() {
+        cmd.arg(usage.requests)
+            .arg(usage.cost)
+            .arg(usage.expire_at_s);
     }
     cmd
 }
@@ -140,6 +247,7 @@ mod tests {
                         interval_us: 100_000,
                         burst: 5,
                     },
+                    lease: None,
                 },
                 LimitOp {
                     key: "tg:{a:x}:q:p:free:daily:1714521600".into(),
@@ -149,6 +257,7 @@ mod tests {
                         window_end_us: 1_714_608_000_000_000,
                         expire_at_us: 1_714_608_060_000_000,
                     },
+                    lease: None,
                 },
             ],
             usage: vec![UsageOp {

@@ -109,6 +109,8 @@ thread_local! {
     static STORE_DURATION: RefCell<Cache<Histogram>> = RefCell::new(Cache::new());
     static APP_CHECKS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
     static TOKEN_CACHE: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
+    static ROUND_TRIPS: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
+    static LEASES: RefCell<Cache<Counter>> = RefCell::new(Cache::new());
 }
 
 /// `tollgate_checks_total{policy, outcome, reason}`.
@@ -166,6 +168,49 @@ pub fn token_cache(result: &'static str) -> Counter {
         result,
         "",
         || metrics::counter!("tollgate_token_cache_total", "result" => result),
+    )
+}
+
+/// `tollgate_store_round_trips_total{store, op}` (`admit`, `refund`,
+/// `settle`): calls that went to the store over the network.
+pub fn round_trips(store: &'static str, op: &'static str) -> Counter {
+    get(
+        &ROUND_TRIPS,
+        store,
+        op,
+        "",
+        || metrics::counter!("tollgate_store_round_trips_total", "store" => store, "op" => op),
+    )
+}
+
+/// `tollgate_lease_local_admissions_total`: requests whose every limit
+/// was admitted from leases, with no store call.
+pub fn local_admissions() -> Counter {
+    get(&LEASES, "", "local", "", || {
+        metrics::counter!("tollgate_lease_local_admissions_total")
+    })
+}
+
+/// `tollgate_leases_total{event}` (`taken`, `renewed`, `returned`,
+/// `dropped`).
+pub fn lease_events(event: &'static str) -> Counter {
+    get(
+        &LEASES,
+        "",
+        "events",
+        event,
+        || metrics::counter!("tollgate_leases_total", "event" => event),
+    )
+}
+
+/// `tollgate_lease_units_total{event}` (`granted`, `returned`, `dropped`).
+pub fn lease_units(event: &'static str) -> Counter {
+    get(
+        &LEASES,
+        "",
+        "units",
+        event,
+        || metrics::counter!("tollgate_lease_units_total", "event" => event),
     )
 }
 

@@ -25,6 +25,9 @@ pub struct Checked {
     pub reason: Option<String>,
     /// Headers for the upstream (allow) or the client (deny).
     pub headers: Vec<(String, String)>,
+    /// Headers for the client on an allow (`response_headers_to_add`:
+    /// the RateLimit fields).
+    pub client_headers: Vec<(String, String)>,
 }
 
 impl Checked {
@@ -45,20 +48,34 @@ impl Checked {
 /// Calls `Check` for an HTTPS `GET https://{host}{path}` with `headers`
 /// from 198.51.100.20.
 pub async fn check(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Checked {
+    let mut client = connect(addr).await;
+    check_on(&mut client, host, path, headers).await
+}
+
+/// A client of tollgate's `Check` over one HTTP/2 connection, to send many
+/// requests (load tests).
+pub async fn connect(addr: SocketAddr) -> AuthorizationClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(LIMIT)
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect to tollgate at {addr}: {e}"));
-    let response = tokio::time::timeout(
-        LIMIT,
-        AuthorizationClient::new(channel).check(request(host, path, headers, true)),
-    )
-    .await
-    .expect("Check answered in time")
-    .expect("Check never answers with a gRPC error")
-    .into_inner();
+    AuthorizationClient::new(channel)
+}
+
+/// [`check`] on an open client.
+pub async fn check_on(
+    client: &mut AuthorizationClient<Channel>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Checked {
+    let response = tokio::time::timeout(LIMIT, client.check(request(host, path, headers, true)))
+        .await
+        .expect("Check answered in time")
+        .expect("Check never answers with a gRPC error")
+        .into_inner();
     let pairs = |options: &[HeaderValueOption]| {
         options
             .iter()
@@ -71,6 +88,7 @@ pub async fn check(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &
             status: 200,
             reason: None,
             headers: pairs(&ok.headers),
+            client_headers: pairs(&ok.response_headers_to_add),
         },
         Some(HttpResponse::DeniedResponse(denied)) => {
             let headers = pairs(&denied.headers);
@@ -83,6 +101,7 @@ pub async fn check(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &
                 status,
                 reason,
                 headers,
+                client_headers: Vec::new(),
             }
         }
         None => panic!("a CheckResponse without an HTTP response"),

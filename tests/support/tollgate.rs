@@ -357,6 +357,14 @@ impl Tollgate {
         self.child.id()
     }
 
+    /// Stops the process as Kubernetes does (SIGTERM by PID) and waits
+    /// (bounded) for it to exit: a graceful drain.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.wait_exit(START_LIMIT)
+    }
+
     /// Waits (bounded) for the process to exit and returns its status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         wait_for("tollgate to exit", limit, || {

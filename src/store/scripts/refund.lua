@@ -3,7 +3,9 @@
 -- Nonces this admission stored (holding its attempt id, ARGV[5]) are
 -- forgotten, GCRA TATs move back by cost × interval, counters and usage go
 -- down by what was added (`count` by 1, `extra` by cost - 1), each keeping
--- its TTL. Keys that expired meanwhile are left alone.
+-- its TTL. Keys that expired meanwhile are left alone. Lease ops ("R",
+-- "Q") are left as they are: the slice they reserved stays with the
+-- replica, which takes the request's units back into it.
 local now = tonumber(ARGV[1])
 local n, l, u = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, n do
@@ -11,12 +13,12 @@ for i = 1, n do
     redis.call('DEL', KEYS[i])
   end
 end
-local lbase = 5 + n
+local at = 5 + n
 for j = 1, l do
   local key = KEYS[n + j]
-  local at = lbase + (j - 1) * 5
+  local kind = ARGV[at + 1]
   local cost = tonumber(ARGV[at + 2])
-  if ARGV[at + 1] == 'r' then
+  if kind == 'r' then
     local tat = redis.call('GET', key)
     if tat then
       local back = tonumber(tat) - cost * tonumber(ARGV[at + 3])
@@ -27,11 +29,12 @@ for j = 1, l do
           string.format('%.0f', math.ceil((back - now) / 1000)))
       end
     end
-  elseif cost > 0 and redis.call('EXISTS', key) == 1 then
+  elseif kind == 'q' and cost > 0 and redis.call('EXISTS', key) == 1 then
     redis.call('DECRBY', key, cost)
   end
+  if kind == 'R' then at = at + 9 elseif kind == 'Q' then at = at + 8 else at = at + 5 end
 end
-local ubase = lbase + l * 5
+local ubase = at
 for k = 1, u do
   local key = KEYS[n + l + k]
   if redis.call('EXISTS', key) == 1 then
