@@ -63,6 +63,10 @@ pub struct Allow {
     pub remove_upstream: Vec<String>,
     /// Headers added to the response to the client (RateLimit…).
     pub response_headers: Vec<(String, String)>,
+    /// Whether the answer carries dynamic metadata for Envoy's access logs
+    /// (the policy's `response.dynamicMetadata: always`). Denials, and
+    /// allows with a dry-run denial, always carry it.
+    pub metadata: bool,
 }
 
 /// A denial.

@@ -29,6 +29,7 @@ spec:
       x-policy: "{policy}"
       x-route: "{route}"
       x-user: "{user.sub}"
+    dynamicMetadata: always
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiPolicy
@@ -344,6 +345,16 @@ fn dynamic_metadata_reaches_envoys_access_log() {
     assert_eq!(entry["status"], 403);
     assert_eq!(entry["tollgate"]["decision"], "deny", "{entry}");
     assert_eq!(entry["tollgate"]["reason"], "rule_denied", "{entry}");
+
+    // e2e/bound does not ask for metadata on allows: Envoy logs none.
+    let quiet = stack.get("/v1/bikes").host("bound.example").send();
+    assert_eq!(quiet.status, 200, "{}", quiet.text());
+    let entry = stack.envoy.access_log_entry(quiet.request_id());
+    assert_eq!(entry["status"], 200);
+    assert!(
+        entry["tollgate"]["decision"].is_null() && entry["tollgate"]["policy"].is_null(),
+        "an allow whose policy does not ask carries no metadata: {entry}"
+    );
 }
 
 #[test]

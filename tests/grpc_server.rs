@@ -51,6 +51,7 @@ spec:
     upstreamHeaders:
       x-bikes-policy: "{policy}"
       x-bikes-route: "{route}"
+    dynamicMetadata: always
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiPolicy
@@ -59,6 +60,15 @@ spec:
   hosts: [trial.bikes.example]
   mode: dryRun
   transport: { requireHttps: true }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiPolicy
+metadata: { name: plain, namespace: mobility }
+spec:
+  hosts: [plain.bikes.example]
+  transport: { requireHttps: true }
+  routes:
+    - { name: closed, match: { pathPrefix: /closed }, deny: true }
 "#;
 
 // ---------------------------------------------------------------- harness
@@ -326,6 +336,40 @@ async fn allow_sets_identity_headers_with_overwrite_and_removes_forged_ones() {
     );
     assert_eq!(metadata(&response, "route").as_deref(), Some("rides"));
     assert_eq!(metadata(&response, "decision").as_deref(), Some("allow"));
+    server.stop().await.unwrap();
+}
+
+/// Dynamic metadata costs Envoy work on every request, so an allow carries
+/// none unless its policy asks (`response.dynamicMetadata: always`, as
+/// mobility/bikes does above); denials always carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allows_carry_dynamic_metadata_only_when_the_policy_asks() {
+    let server = TestServer::start().await;
+    let allowed = server
+        .check(envoy_request("plain.bikes.example", "/v1/rides", &[], true))
+        .await;
+    assert_eq!(allowed.status.as_ref().unwrap().code, 0);
+    assert_eq!(
+        allowed.dynamic_metadata, None,
+        "no metadata unless the policy asks"
+    );
+    let denied = server
+        .check(envoy_request("plain.bikes.example", "/closed/x", &[], true))
+        .await;
+    assert_eq!(denied.status.as_ref().unwrap().code, 7, "PERMISSION_DENIED");
+    assert_eq!(metadata(&denied, "decision").as_deref(), Some("deny"));
+    assert_eq!(
+        metadata(&denied, "reason").as_deref(),
+        Some("rule_denied")
+    );
+    assert_eq!(
+        metadata(&denied, "policy").as_deref(),
+        Some("mobility/plain")
+    );
+    let asked = server
+        .check(envoy_request("api.bikes.example", "/v1/rides", &[], true))
+        .await;
+    assert_eq!(metadata(&asked, "decision").as_deref(), Some("allow"));
     server.stop().await.unwrap();
 }
 

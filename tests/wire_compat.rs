@@ -433,6 +433,8 @@ fn allow_response_uses_envoys_field_numbers() {
         ],
         remove_upstream: vec!["x-tollgate-device".into(), "approov-token".into()],
         response_headers: vec![("ratelimit".into(), "\"gold\";r=199;t=1".into())],
+        // The policy asked for metadata on allows (`response.dynamicMetadata: always`).
+        metadata: true,
     };
     let encoded = to_check_response(
         &decision(Verdict::Allow(allow)),

@@ -81,7 +81,10 @@ pub fn request(credentials: &Credentials) -> CheckRequest {
 /// What tollgate answers for the benchmark request (decided in process
 /// with the in-memory store): the null servers send exactly this, so
 /// Envoy applies the same header mutations behind them as behind tollgate.
-pub async fn tollgate_allow_response() -> anyhow::Result<CheckResponse> {
+/// With `metadata`, the answer carries the dynamic metadata a policy with
+/// `response.dynamicMetadata: always` adds (the benchmark policy does not
+/// ask for it, so tollgate's own answer has none).
+pub async fn tollgate_allow_response(metadata: bool) -> anyhow::Result<CheckResponse> {
     let fixture = Fixture::generate();
     let snapshot = fixture.snapshot(1, 1);
     let deps = tollgate::pipeline::Deps {
@@ -91,7 +94,7 @@ pub async fn tollgate_allow_response() -> anyhow::Result<CheckResponse> {
     };
     let credentials = fixture.credentials(0, fixtures::SUBJECT);
     let context = tollgate::grpc::request::to_context(&request(&credentials));
-    let decision = tollgate::pipeline::decide(&snapshot, &context, &deps).await;
+    let mut decision = tollgate::pipeline::decide(&snapshot, &context, &deps).await;
     if let Some(deny) = decision.denial() {
         anyhow::bail!(
             "the benchmark request is denied: {} ({})",
@@ -99,8 +102,37 @@ pub async fn tollgate_allow_response() -> anyhow::Result<CheckResponse> {
             deny.detail
         );
     }
+    if let tollgate::decision::Verdict::Allow(allow) = &mut decision.verdict {
+        allow.metadata = metadata;
+    }
     Ok(tollgate::grpc::response::to_check_response(
         &decision,
         &tollgate::decision::ChallengeParams::default(),
     ))
+}
+
+/// A part of tollgate's allow answer, which a null server can leave out
+/// (`tollgate-bench answer` measures what each costs Envoy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Headers set on the upstream request (`x-tollgate-*`, the policy's
+    /// `upstreamHeaders`).
+    Headers,
+    /// Request headers removed upstream (credentials, forged identity).
+    Removals,
+    /// `RateLimit-Policy` / `RateLimit` headers for the client.
+    Ratelimit,
+}
+
+/// `response` without `part`.
+pub fn without(mut response: CheckResponse, part: Part) -> CheckResponse {
+    use tollgate::grpc::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    if let Some(HttpResponse::OkResponse(ok)) = &mut response.http_response {
+        match part {
+            Part::Headers => ok.headers.clear(),
+            Part::Removals => ok.headers_to_remove.clear(),
+            Part::Ratelimit => ok.response_headers_to_add.clear(),
+        }
+    }
+    response
 }

@@ -6,8 +6,9 @@
 //!   front of: nothing (direct response, the ceiling), a null ext_authz
 //!   server, the null server making one Redis `EVALSHA` per check (the
 //!   floor), Envoy's own `jwt_authn` verifying the same two tokens (without
-//!   and with its cache), and tollgate with the full policy and Redis, over
-//!   plaintext and over mutual TLS (the cost of TLS on tollgate's port).
+//!   and with its cache), and tollgate with the full policy and Redis with
+//!   quota leases on (the default) and off, over plaintext, and with
+//!   leases over mutual TLS (the cost of TLS on tollgate's port).
 //!   Saturated (closed loop), unloaded (one connection) and at a fixed
 //!   open-loop rate of half the null+Redis saturation;
 //! - `grpc` — `Check` driven directly (no Envoy) over 1 and 4 HTTP/2
@@ -18,7 +19,10 @@
 //! - `tracing` — tollgate (full policy, Redis) through Envoy with
 //!   OpenTelemetry tracing off, sampling 1 % and 100 % of Checks, exporting
 //!   to a null OTLP collector ([`collector`]);
-//! - `all` — the four, in that order (memory last);
+//! - `answer` — what each part of tollgate's allow answer (identity
+//!   headers, removals, RateLimit headers, dynamic metadata) costs Envoy:
+//!   null servers answering with the parts added one by one;
+//! - `all` — envoy, answer, grpc, tracing and memory, in that order;
 //! - `null-server` — the null ext_authz server (started by the others).
 //!
 //! Figures are printed, never judged: the exit status says only whether the
@@ -71,6 +75,9 @@ enum Cmd {
     Tracing(Options),
     /// Direct gRPC `Check` load (no Envoy).
     Grpc(Options),
+    /// What each part of tollgate's allow answer costs Envoy: null
+    /// servers answering with parts added one by one.
+    Answer(Options),
     /// Resident memory with 100 policies and 10,000 apps, and under token floods.
     Memory(Options),
     /// A null ext_authz server (internal).
@@ -82,6 +89,13 @@ enum Cmd {
         /// tollgate's allow response.
         #[arg(long)]
         bare: bool,
+        /// Add the dynamic metadata of a policy with
+        /// `response.dynamicMetadata: always`.
+        #[arg(long)]
+        metadata: bool,
+        /// Leave this part of tollgate's answer out (repeatable).
+        #[arg(long, value_enum)]
+        without: Vec<check::Part>,
     },
 }
 
@@ -171,17 +185,31 @@ impl Options {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::NullServer { redis, bare } => tokio::runtime::Builder::new_multi_thread()
+        Cmd::NullServer {
+            redis,
+            bare,
+            metadata,
+            without,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(null::serve(redis, bare))),
+            .and_then(|rt| {
+                let answer = null::Answer {
+                    bare,
+                    metadata,
+                    without,
+                };
+                rt.block_on(null::serve(redis, answer))
+            }),
         Cmd::All(options) => run::machine(&options)
             .and_then(|()| run::envoy(&options))
+            .and_then(|()| run::answer(&options))
             .and_then(|()| run::grpc(&options))
             .and_then(|()| run::tracing(&options))
             .and_then(|()| run::memory(&options)),
         Cmd::Envoy(options) => run::machine(&options).and_then(|()| run::envoy(&options)),
+        Cmd::Answer(options) => run::machine(&options).and_then(|()| run::answer(&options)),
         Cmd::Tracing(options) => run::machine(&options).and_then(|()| run::tracing(&options)),
         Cmd::Grpc(options) => run::machine(&options).and_then(|()| run::grpc(&options)),
         Cmd::Memory(options) => run::memory(&options),

@@ -5,9 +5,11 @@
 //! manager tollgate uses).
 //!
 //! Both answer with the `CheckResponse` tollgate gives for the benchmark
-//! request (identity headers, credential removals, RateLimit headers,
-//! dynamic metadata), so Envoy does the same work behind them as behind
-//! tollgate. They run on the same multi-threaded tokio runtime as
+//! request (identity headers, credential removals, RateLimit headers; no
+//! dynamic metadata, which the benchmark policy does not ask for), so Envoy
+//! does the same work behind them as behind tollgate. `tollgate-bench
+//! answer` starts them with parts of the answer left out or the metadata
+//! added ([`Answer`]). They run on the same multi-threaded tokio runtime as
 //! `tollgate serve` and print `listening <addr>` once bound.
 
 use tollgate::grpc::pb::envoy::service::auth::v3::authorization_server::{
@@ -44,18 +46,57 @@ impl Authorization for Null {
     }
 }
 
-/// Runs a null server on `127.0.0.1:0` until killed. With `bare` it
-/// answers a plain OK (no header mutations, no metadata): what Envoy's side
-/// of an ext_authz call costs when the answer carries nothing.
-pub async fn serve(redis_url: Option<String>, bare: bool) -> anyhow::Result<()> {
-    let response = if bare {
-        CheckResponse {
-            status: Some(tollgate::grpc::pb::google::rpc::Status::default()),
-            ..Default::default()
+/// What a null server answers.
+#[derive(Clone, Debug, Default)]
+pub struct Answer {
+    /// A plain OK (no header mutations, no metadata): what Envoy's side of
+    /// an ext_authz call costs when the answer carries nothing.
+    pub bare: bool,
+    /// Add the dynamic metadata a policy asking for it gets.
+    pub metadata: bool,
+    /// Parts of tollgate's answer left out.
+    pub without: Vec<crate::check::Part>,
+}
+
+impl Answer {
+    async fn response(&self) -> anyhow::Result<CheckResponse> {
+        if self.bare {
+            return Ok(CheckResponse {
+                status: Some(tollgate::grpc::pb::google::rpc::Status::default()),
+                ..Default::default()
+            });
         }
-    } else {
-        crate::check::tollgate_allow_response().await?
-    };
+        let full = crate::check::tollgate_allow_response(self.metadata).await?;
+        Ok(self.without.iter().fold(full, |response, part| {
+            crate::check::without(response, *part)
+        }))
+    }
+
+    /// The null server's arguments for this answer.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.bare {
+            args.push("--bare".to_owned());
+        }
+        if self.metadata {
+            args.push("--metadata".to_owned());
+        }
+        for part in &self.without {
+            args.push("--without".to_owned());
+            args.push(
+                clap::ValueEnum::to_possible_value(part)
+                    .expect("every part has a name")
+                    .get_name()
+                    .to_owned(),
+            );
+        }
+        args
+    }
+}
+
+/// Runs a null server on `127.0.0.1:0` until killed, answering `answer`.
+pub async fn serve(redis_url: Option<String>, answer: Answer) -> anyhow::Result<()> {
+    let response = answer.response().await?;
     let redis = match redis_url {
         Some(url) => {
             let client = redis::Client::open(url)?;

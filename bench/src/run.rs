@@ -20,7 +20,9 @@ use crate::Options;
 use crate::check;
 use crate::envoy::{self, Cluster, Envoy, Filter, Listener};
 use crate::fixtures::{self, Fixture};
+use crate::check::Part;
 use crate::loadgen::{self, Caller, GrpcCaller, HttpCaller, Sample};
+use crate::null::Answer;
 use crate::procs::{self, Proc, Redis, Tollgate};
 
 /// Limitador's Redis-mode throughput on this kind of machine (issue 6).
@@ -96,6 +98,19 @@ impl Measured {
             .map(|us| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")))
             .collect();
         cells.join(" / ")
+    }
+
+    /// Scripts (`EVALSHA`, `EVAL`) per request: the client round trips
+    /// of servers that talk to Redis only through scripts (tollgate and
+    /// the null+Redis server), counted over the whole measurement.
+    fn scripts_per_request(&self) -> f64 {
+        let scripts: u64 = self
+            .redis_commands
+            .iter()
+            .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
+            .map(|(_, s)| s.calls)
+            .sum();
+        scripts as f64 / self.sample.calls.max(1) as f64
     }
 
     fn redis_per_request(&self) -> f64 {
@@ -325,11 +340,13 @@ fn round_trip_cell(value: &Option<(f64, String)>) -> String {
         .map_or_else(|| "-".to_owned(), |(n, _)| format!("{n:.2}"))
 }
 
-/// A null ext_authz server child process.
+/// A null ext_authz server child process answering `answer`, labelled
+/// `name`.
 fn start_null(
     options: &Options,
+    name: &'static str,
     redis: Option<&str>,
-    bare: bool,
+    answer: &Answer,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let mut command = match &options.null_wrapper {
@@ -343,20 +360,13 @@ fn start_null(
     command
         .env("TOKIO_WORKER_THREADS", options.server_threads.to_string())
         .arg("null-server")
+        .args(answer.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(url) = redis {
         command.args(["--redis", url]);
     }
-    if bare {
-        command.arg("--bare");
-    }
-    let name = match (redis.is_some(), bare) {
-        (true, _) => "null+redis",
-        (false, true) => "null-bare",
-        (false, false) => "null",
-    };
     let mut proc = Proc::spawn(name, &mut command)?;
     let stdout = proc.take_stdout().context("null server stdout")?;
     let addr = procs::wait_for_line(stdout, Duration::from_secs(30), |line| {
@@ -365,6 +375,16 @@ fn start_null(
     })
     .with_context(|| format!("{name} server did not start"))?;
     Ok((proc, addr))
+}
+
+/// tollgate's answer for the benchmark request, as the null servers send it.
+fn tollgates_answer() -> Answer {
+    Answer::default()
+}
+
+/// The `serve` flag that turns quota leases off.
+fn leases_off() -> Vec<String> {
+    vec!["--quota-leases".to_owned(), "off".to_owned()]
 }
 
 /// Writes the full policy (`policies` policies, `apps` apps) as files.
@@ -470,15 +490,22 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     let policy = write_policy(&fixture, dir.path(), 1, 1)?;
 
     let redis = Redis::start()?;
+    // Quota leases on (the default) and off, side by side on one Redis.
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    let tollgate_off = start_tollgate_with(options, &policy, Some(&redis.url()), &leases_off())?;
     // The same tollgate over mutual TLS: certificate, client CA and the
     // SPIFFE ID allow-list, as deploy/envoy/front-proxy-mtls.yaml uses it.
     let tls = crate::tls::Files::generate(dir.path())?;
     let tollgate_tls =
         start_tollgate_with(options, &policy, Some(&redis.url()), &tls.tollgate_args())?;
-    let (null, null_addr) = start_null(options, None, false)?;
-    let (null_bare, null_bare_addr) = start_null(options, None, true)?;
-    let (null_redis, null_redis_addr) = start_null(options, Some(&redis.url()), false)?;
+    let bare = Answer {
+        bare: true,
+        ..Answer::default()
+    };
+    let (null, null_addr) = start_null(options, "null", None, &tollgates_answer())?;
+    let (null_bare, null_bare_addr) = start_null(options, "null-bare", None, &bare)?;
+    let (null_redis, null_redis_addr) =
+        start_null(options, "null+redis", Some(&redis.url()), &tollgates_answer())?;
     let listeners = [
         ("direct", Filter::None),
         ("null_bare", Filter::ExtAuthz("null_bare")),
@@ -487,6 +514,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
         ("jwt", Filter::JwtAuthn { cache: false }),
         ("jwt_cache", Filter::JwtAuthn { cache: true }),
         ("tollgate", Filter::ExtAuthz("tollgate")),
+        ("tollgate_off", Filter::ExtAuthz("tollgate_off")),
         ("tollgate_tls", Filter::ExtAuthz("tollgate_tls")),
     ]
     .map(|(name, filter)| Listener { name, filter });
@@ -497,6 +525,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
             Cluster::plain("null", null_addr),
             Cluster::plain("null_redis", null_redis_addr),
             Cluster::plain("tollgate", tollgate.grpc),
+            Cluster::plain("tollgate_off", tollgate_off.grpc),
             Cluster {
                 name: "tollgate_tls",
                 addr: tollgate_tls.grpc,
@@ -546,12 +575,17 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
         },
         Scenario {
             listener: "tollgate",
-            title: "4 Envoy + tollgate (full policy, Redis)",
+            title: "4 Envoy + tollgate (full policy, Redis, leases)",
             server: watched("server", &tollgate.proc),
         },
         Scenario {
+            listener: "tollgate_off",
+            title: "4o Envoy + tollgate (full policy, Redis, leases off)",
+            server: watched("server", &tollgate_off.proc),
+        },
+        Scenario {
             listener: "tollgate_tls",
-            title: "4t Envoy + tollgate over mutual TLS (full policy, Redis)",
+            title: "4t Envoy + tollgate over mutual TLS (full policy, Redis, leases)",
             server: watched("server", &tollgate_tls.proc),
         },
     ];
@@ -641,7 +675,137 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     }
     print_envoy(&rows, options.connections, open_rate)?;
     drop(envoy);
-    drop((null, null_bare, null_redis, tollgate, tollgate_tls));
+    drop((null, null_bare, null_redis, tollgate, tollgate_off, tollgate_tls));
+    Ok(())
+}
+
+/// What each part of tollgate's allow answer costs Envoy (issue 18): one
+/// null server per answer, the parts added one by one — a bare OK, the
+/// upstream identity headers, the removals, the RateLimit headers
+/// (tollgate's answer for the benchmark policy), and the dynamic metadata
+/// a policy with `response.dynamicMetadata: always` adds — each behind its
+/// own listener of one Envoy, saturated, in interleaved rounds. The
+/// difference of Envoy's CPU per request between one row and the one
+/// before is what that part costs it.
+pub fn answer(options: &Options) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let meter = Meter::new();
+    let fixture = Fixture::generate();
+    let redis = Redis::start()?;
+    let answers: [(&'static str, &'static str, Answer); 5] = [
+        (
+            "a_bare",
+            "bare OK",
+            Answer {
+                bare: true,
+                ..Answer::default()
+            },
+        ),
+        (
+            "a_headers",
+            "+ identity headers (set upstream)",
+            Answer {
+                without: vec![Part::Removals, Part::Ratelimit],
+                ..Answer::default()
+            },
+        ),
+        (
+            "a_removals",
+            "+ header removals (credentials)",
+            Answer {
+                without: vec![Part::Ratelimit],
+                ..Answer::default()
+            },
+        ),
+        (
+            "a_ratelimit",
+            "+ RateLimit headers (tollgate's answer, the default)",
+            Answer::default(),
+        ),
+        (
+            "a_metadata",
+            "+ dynamic metadata (response.dynamicMetadata: always)",
+            Answer {
+                metadata: true,
+                ..Answer::default()
+            },
+        ),
+    ];
+    let mut servers = Vec::new();
+    for (name, _, answer) in &answers {
+        servers.push(start_null(options, *name, None, answer)?);
+    }
+    let listeners: Vec<Listener> = answers
+        .iter()
+        .map(|&(name, _, _)| Listener {
+            name,
+            filter: Filter::ExtAuthz(name),
+        })
+        .collect();
+    let clusters: Vec<Cluster> = answers
+        .iter()
+        .zip(&servers)
+        .map(|(&(name, _, _), &(_, addr))| Cluster::plain(name, addr))
+        .collect();
+    let bootstrap = envoy::bootstrap(&listeners, &clusters, &fixture);
+    let envoy = Envoy::start(&procs::envoy_binary(&options.repo)?, &bootstrap)?;
+    let scenarios: Vec<Scenario> = answers
+        .iter()
+        .zip(&servers)
+        .map(|(&(name, title, _), (proc, _))| Scenario {
+            listener: name,
+            title,
+            server: Some(Watched {
+                label: "server",
+                pid: proc.pid(),
+            }),
+        })
+        .collect();
+    println!("\n## What each part of the allow answer costs Envoy (null servers, one Envoy worker)");
+    let (rounds, slice) = (options.rounds(), options.slice());
+    let measured = interleaved(rounds, &scenarios, |scenario, round| {
+        eprintln!(
+            "[answer] round {}/{rounds}: {} ...",
+            round + 1,
+            scenario.title
+        );
+        let addr = envoy.listener(scenario.listener)?;
+        let callers = http_callers(&rt, addr, &fixture, options.connections)?;
+        let (callers, _) = rt.block_on(loadgen::closed_loop(
+            callers,
+            options.warmup_before(round),
+        ))?;
+        let watched = [
+            Watched {
+                label: "envoy",
+                pid: envoy.proc.pid(),
+            },
+            scenario.server.expect("every answer has its server"),
+        ];
+        let (_, m) = meter.measure(&rt, &watched, &redis, loadgen::closed_loop(callers, slice))?;
+        anyhow::Ok(m)
+    })?;
+    println!(
+        "\nSaturated, closed loop, {} connections; each row adds one part to the row before.\n\n\
+         | answer | req/s | Envoy CPU µs/req | Envoy Δ µs | server CPU µs/req | all CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|",
+        options.connections
+    );
+    let mut previous: Option<f64> = None;
+    for (scenario, m) in scenarios.iter().zip(&measured) {
+        let envoy_us = m.cpu_us("envoy").unwrap_or_default();
+        println!(
+            "| {} | {:.0} | {envoy_us:.1} | {} | {} | {:.1} |",
+            scenario.title,
+            m.sample.rate(),
+            previous.map_or_else(|| "-".to_owned(), |p| format!("{:+.1}", envoy_us - p)),
+            cpu_cell(m.cpu_us("server")),
+            m.all_cpu_us(),
+        );
+        previous = Some(envoy_us);
+    }
+    drop(envoy);
+    drop(servers);
     Ok(())
 }
 
@@ -817,13 +981,13 @@ fn cpu_cell(value: Option<f64>) -> String {
 fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow::Result<()> {
     println!(
         "\n### Saturated: closed loop, {connections} connections\n\n\
-         | scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | server CPU µs/req | Redis CPU µs/req | Redis cmds/req | Redis round trips/req | generator CPU µs/req | all CPU µs/req |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | scenario | req/s | p50 ms | p99 ms | Envoy CPU µs/req | server CPU µs/req | Redis CPU µs/req | Redis cmds/req | Redis scripts/req | Redis round trips/req (MONITOR) | generator CPU µs/req | all CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let m = &r.saturated;
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.3} | {} | {:.1} | {:.1} |",
             r.title,
             m.sample.rate(),
             m.sample.percentile_ms(50.0),
@@ -832,6 +996,7 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
             cpu_cell(m.cpu_us("server")),
             cpu_cell(m.cpu_us("redis")),
             m.redis_per_request(),
+            m.scripts_per_request(),
             round_trip_cell(&r.round_trips),
             m.per_request_us(m.generator_cpu),
             m.all_cpu_us(),
@@ -865,29 +1030,75 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         );
     }
     let tollgate = row(rows, "tollgate")?;
+    let tollgate_off = row(rows, "tollgate_off")?;
     print_tls_cost(tollgate, row(rows, "tollgate_tls")?);
-    println!("\n### Ratios of tollgate (4) to the others (saturated req/s)\n");
-    for r in rows.iter().filter(|r| r.listener != "tollgate") {
+    println!(
+        "\n### Ratios of tollgate to the others (saturated req/s)\n\n\
+         | to | 4 (leases) | 4o (leases off) |\n|---|---:|---:|"
+    );
+    for r in rows
+        .iter()
+        .filter(|r| !matches!(r.listener, "tollgate" | "tollgate_off"))
+    {
+        let rate = r.saturated.sample.rate().max(1e-9);
         println!(
-            "- 4 / {}: {:.2}",
+            "| {} | {:.2} | {:.2} |",
             r.title,
-            tollgate.saturated.sample.rate() / r.saturated.sample.rate().max(1e-9)
+            tollgate.saturated.sample.rate() / rate,
+            tollgate_off.saturated.sample.rate() / rate
         );
     }
-    println!(
-        "- Redis commands per request, tollgate (INFO commandstats, counting the commands its script runs inside Redis, with Redis's own µs per request in each; a script's µs include its commands'): {:.2} ({})",
-        tollgate.saturated.redis_per_request(),
-        tollgate.saturated.redis_breakdown()
-    );
     let floor = row(rows, "null_redis")?;
-    println!(
-        "- Redis commands per request, the floor (null+Redis): {:.2} ({})",
-        floor.saturated.redis_per_request(),
-        floor.saturated.redis_breakdown()
-    );
-    if let Some((n, breakdown)) = &tollgate.round_trips {
-        println!("- Redis round trips per request, tollgate (MONITOR): {n:.2} ({breakdown})");
+    for (what, r) in [
+        ("tollgate, leases", tollgate),
+        ("tollgate, leases off", tollgate_off),
+        ("the floor (null+Redis)", floor),
+    ] {
+        println!(
+            "- Redis per request, {what}: {:.3} scripts (round trips, INFO commandstats over the saturated run), {:.2} commands ({}), Redis CPU {} µs",
+            r.saturated.scripts_per_request(),
+            r.saturated.redis_per_request(),
+            r.saturated.redis_breakdown(),
+            cpu_cell(r.saturated.cpu_us("redis")),
+        );
     }
+    for (what, r) in [("leases", tollgate), ("leases off", tollgate_off)] {
+        if let Some((n, breakdown)) = &r.round_trips {
+            println!(
+                "- Redis round trips per request, tollgate {what} (MONITOR, one connection, 0.3 s): {n:.2} ({breakdown})"
+            );
+        }
+    }
+    let null = row(rows, "null")?;
+    println!("\n### Targets (issue 18, quota leases), through Envoy\n");
+    target(
+        "with leases ≥ 0.95× null+Redis (2b)",
+        tollgate.saturated.sample.rate() / floor.saturated.sample.rate().max(1e-9),
+        0.95,
+        true,
+        "×",
+    );
+    target(
+        "with leases ≥ 0.80× null without Redis (2a)",
+        tollgate.saturated.sample.rate() / null.saturated.sample.rate().max(1e-9),
+        0.80,
+        true,
+        "×",
+    );
+    target(
+        "Redis round trips per request with leases well under 0.1",
+        tollgate.saturated.scripts_per_request(),
+        0.1,
+        false,
+        "",
+    );
+    println!(
+        "- (reported) all CPU µs per request: leases {:.1}, leases off {:.1}, null+Redis {:.1}, null {:.1}",
+        tollgate.saturated.all_cpu_us(),
+        tollgate_off.saturated.all_cpu_us(),
+        floor.saturated.all_cpu_us(),
+        null.saturated.all_cpu_us(),
+    );
 
     let jwt = row(rows, "jwt")?;
     let jwt_cache = row(rows, "jwt_cache")?;
@@ -897,7 +1108,7 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
     let added = |f: &dyn Fn(&EnvoyRow) -> f64| f(tollgate) - f(floor);
     let open_pct =
         |r: &EnvoyRow, p: f64| r.open.as_ref().map_or(0.0, |o| o.sample.percentile_ms(p));
-    println!("\n### Targets (issue 6), through Envoy\n");
+    println!("\n### Targets (issue 6, tollgate with leases), through Envoy\n");
     target(
         "throughput ≥ 0.85× null+Redis",
         ratio(tollgate, floor),
@@ -961,8 +1172,8 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         " ms",
     );
     target(
-        "Redis round trips per allowed request = 1",
-        tollgate.round_trips.as_ref().map_or(0.0, |(n, _)| *n),
+        "Redis round trips per allowed request ≤ 1 (leases off)",
+        tollgate_off.saturated.scripts_per_request(),
         1.0,
         false,
         "",
@@ -1012,6 +1223,11 @@ fn target(what: &str, value: f64, bound: f64, at_least: bool, unit: &str) {
     );
 }
 
+/// The direct gRPC rows of tollgate with Redis, leases on and off
+/// (`bench/callgrind.sh` selects the second with `--only "Redis, leases off"`).
+const GRPC_LEASES: &str = "tollgate, full policy, Redis, leases";
+const GRPC_LEASES_OFF: &str = "tollgate, full policy, Redis, leases off";
+
 /// A gRPC target: a label, the server process and its address.
 struct GrpcTarget {
     title: &'static str,
@@ -1057,9 +1273,11 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
     let policy = write_policy(&fixture, dir.path(), 1, 1)?;
     let redis = Redis::start()?;
     let tollgate = start_tollgate(options, &policy, Some(&redis.url()))?;
+    let tollgate_off = start_tollgate_with(options, &policy, Some(&redis.url()), &leases_off())?;
     let tollgate_memory = start_tollgate(options, &policy, None)?;
-    let (null, null_addr) = start_null(options, None, false)?;
-    let (null_redis, null_redis_addr) = start_null(options, Some(&redis.url()), false)?;
+    let (null, null_addr) = start_null(options, "null", None, &tollgates_answer())?;
+    let (null_redis, null_redis_addr) =
+        start_null(options, "null+redis", Some(&redis.url()), &tollgates_answer())?;
     let targets = [
         GrpcTarget {
             title: "null ext_authz",
@@ -1077,9 +1295,14 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
             addr: tollgate_memory.grpc,
         },
         GrpcTarget {
-            title: "tollgate, full policy, Redis",
+            title: GRPC_LEASES,
             pid: tollgate.proc.pid(),
             addr: tollgate.grpc,
+        },
+        GrpcTarget {
+            title: GRPC_LEASES_OFF,
+            pid: tollgate_off.proc.pid(),
+            addr: tollgate_off.grpc,
         },
     ];
     let in_flight = options.connections;
@@ -1178,20 +1401,20 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     print_grpc(&rows, in_flight, options.only.is_none())?;
-    drop((null, null_redis, tollgate, tollgate_memory));
+    drop((null, null_redis, tollgate, tollgate_off, tollgate_memory));
     Ok(())
 }
 
 fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Result<()> {
     println!(
         "\n### Saturated: closed loop, {in_flight} in flight\n\n\
-         | server | HTTP/2 conns | checks/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check | Redis CPU µs/check | Redis cmds/check | Redis round trips/check | generator CPU µs/check |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | server | HTTP/2 conns | checks/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/check | Redis CPU µs/check | Redis cmds/check | Redis scripts/check | Redis round trips/check (MONITOR) | generator CPU µs/check |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         for (connections, m) in &r.saturated {
             println!(
-                "| {} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} |",
+                "| {} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
                 r.title,
                 m.sample.rate(),
                 m.sample.percentile_ms(50.0),
@@ -1200,6 +1423,7 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
                 cpu_cell(m.cpu_us("server")),
                 cpu_cell(m.cpu_us("redis")),
                 m.redis_per_request(),
+                m.scripts_per_request(),
                 round_trip_cell(&r.round_trips),
                 m.per_request_us(m.generator_cpu),
             );
@@ -1241,12 +1465,26 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
             .find(|r| r.title == title)
             .with_context(|| format!("no row {title}"))
     };
-    let tollgate = find("tollgate, full policy, Redis")?;
+    let tollgate = find(GRPC_LEASES)?;
+    let tollgate_off = find(GRPC_LEASES_OFF)?;
     let floor = find("null ext_authz + 1 EVALSHA")?;
-    let (Some(t), Some(f)) = (best(tollgate), best(floor)) else {
+    let (Some(t), Some(off), Some(f)) = (best(tollgate), best(tollgate_off), best(floor)) else {
         bail!("no saturated measurement");
     };
-    println!("\n### Targets (issue 6), direct gRPC\n");
+    println!("\n### Quota leases on and off, direct gRPC (issue 18)\n");
+    for (what, row, m) in [("leases", tollgate, t), ("leases off", tollgate_off, off)] {
+        println!(
+            "- {what}: {:.0} checks/s saturated; server CPU {} µs/check; Redis CPU {} µs/check; {:.3} Redis scripts (round trips) per check; p99 at 70 % open loop {:.3} ms (p50 {:.3}, p99.9 {:.3})",
+            m.sample.rate(),
+            cpu_cell(m.cpu_us("server")),
+            cpu_cell(m.cpu_us("redis")),
+            m.scripts_per_request(),
+            row.open.sample.percentile_ms(99.0),
+            row.open.sample.percentile_ms(50.0),
+            row.open.sample.percentile_ms(99.9),
+        );
+    }
+    println!("\n### Targets (issue 6, tollgate with leases), direct gRPC\n");
     let cpu_ratio =
         t.cpu_us("server").unwrap_or_default() / f.cpu_us("server").unwrap_or(1.0).max(1e-9);
     target(
@@ -1278,8 +1516,8 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
         " ms",
     );
     target(
-        "Redis round trips per allowed Check = 1",
-        tollgate.round_trips.as_ref().map_or(0.0, |(n, _)| *n),
+        "Redis round trips per allowed Check ≤ 1 (leases off)",
+        off.scripts_per_request(),
         1.0,
         false,
         "",

@@ -46,7 +46,9 @@ pub fn into_check_response(decision: Decision, challenge: &ChallengeParams) -> C
 pub struct WireResponse {
     /// `dynamic_metadata` is always `None` here.
     pub response: CheckResponse,
-    pub metadata: Metadata,
+    /// `None` when the answer carries no metadata (an allow whose policy
+    /// does not ask for it: `response.dynamicMetadata`).
+    pub metadata: Option<Metadata>,
 }
 
 /// The entries of the dynamic metadata, sorted by key (the order prost
@@ -141,24 +143,28 @@ impl WireResponse {
     /// The whole `CheckResponse`, metadata included.
     pub fn into_check_response(self) -> CheckResponse {
         CheckResponse {
-            dynamic_metadata: Some(self.metadata.to_struct()),
+            dynamic_metadata: self.metadata.as_ref().map(Metadata::to_struct),
             ..self.response
         }
     }
 
-    /// Encodes the `CheckResponse`: its fields 1–3 by prost, then field 4.
-    /// prost writes fields in field-number order, so appending field 4
-    /// gives its very bytes.
+    /// Encodes the `CheckResponse`: its fields 1–3 by prost, then field 4
+    /// when there is metadata. prost writes fields in field-number order,
+    /// so appending field 4 gives its very bytes.
     pub fn encode(&self, buf: &mut impl BufMut) {
         debug_assert!(self.response.dynamic_metadata.is_none());
         self.response.encode_raw(buf);
-        self.metadata.encode_field(buf);
+        if let Some(metadata) = &self.metadata {
+            metadata.encode_field(buf);
+        }
     }
 
     /// The encoded length.
     pub fn encoded_len(&self) -> usize {
         self.response.encoded_len()
-            + len_delimited(DYNAMIC_METADATA_FIELD, self.metadata.struct_len())
+            + self.metadata.as_ref().map_or(0, |metadata| {
+                len_delimited(DYNAMIC_METADATA_FIELD, metadata.struct_len())
+            })
     }
 
     /// The encoded bytes.
@@ -178,7 +184,15 @@ pub fn into_wire_response(decision: Decision, challenge: &ChallengeParams) -> Wi
         dry_run_denial,
         trace: _,
     } = decision;
-    let metadata = dynamic_metadata(identity, &verdict, dry_run_denial.as_ref());
+    // Denials (and would-be denials of a dry run) always say why in the
+    // access log; allows only when their policy asks: building and
+    // applying the metadata costs Envoy work on every request.
+    let wanted = match &verdict {
+        Verdict::Allow(allow) => allow.metadata || dry_run_denial.is_some(),
+        Verdict::Deny(_) => true,
+    };
+    let metadata =
+        wanted.then(|| dynamic_metadata(identity, &verdict, dry_run_denial.as_ref()));
     let (status, http_response) = match verdict {
         Verdict::Allow(allow) => (
             Status {
@@ -329,6 +343,7 @@ mod tests {
             set_upstream: vec![("x-tollgate-app".into(), "commuter-ios".into())],
             remove_upstream: vec!["x-tollgate-device".into()],
             response_headers: vec![("ratelimit".into(), "\"free\";r=9;t=1".into())],
+            metadata: true,
         };
         let response = to_check_response(&decision(Verdict::Allow(allow)), &Default::default());
         assert_eq!(response.status.as_ref().unwrap().code, 0);
@@ -399,6 +414,32 @@ mod tests {
         );
     }
 
+    /// An allow carries dynamic metadata only when its policy asks
+    /// (`response.dynamicMetadata: always`); absent, field 4 is not on the
+    /// wire at all.
+    #[test]
+    fn allows_carry_metadata_only_when_asked() {
+        let plain = decision(Verdict::Allow(Allow::default()));
+        let response = to_check_response(&plain, &Default::default());
+        assert_eq!(response.dynamic_metadata, None);
+        let wire = into_wire_response(plain, &Default::default());
+        assert_eq!(wire.metadata, None);
+        assert!(
+            CheckResponse::decode(wire.encode_to_vec().as_slice())
+                .unwrap()
+                .dynamic_metadata
+                .is_none()
+        );
+
+        let asked = decision(Verdict::Allow(Allow {
+            metadata: true,
+            ..Allow::default()
+        }));
+        let response = to_check_response(&asked, &Default::default());
+        assert_eq!(metadata(&response, "decision").as_deref(), Some("allow"));
+        assert_eq!(metadata(&response, "policy").as_deref(), Some("mobility/bikes"));
+    }
+
     #[test]
     fn dry_run_denial_is_reported() {
         let mut d = decision(Verdict::Allow(Allow::default()));
@@ -426,13 +467,14 @@ mod tests {
             field(),
         );
         let verdict = 0..3u8;
-        proptest!(|(ids in identity, which in verdict)| {
+        proptest!(|(ids in identity, which in verdict, metadata in proptest::bool::ANY)| {
             let (policy, route, app, plan, user, issuer, device) = ids;
             let identity = Identity { policy, route, app, plan, user, issuer, device, client: None };
             let allow = Allow {
                 set_upstream: vec![("x-tollgate-app".into(), "a".into())],
                 remove_upstream: vec!["x-api-key".into()],
                 response_headers: vec![("ratelimit".into(), "r=1".into())],
+                metadata,
             };
             let (verdict, dry_run_denial) = match which {
                 0 => (Verdict::Allow(allow), None),

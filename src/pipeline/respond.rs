@@ -14,6 +14,7 @@ use crate::decision::{Allow, Deny, Identity};
 use crate::field_value::is_header_safe;
 use crate::policy::snapshot::{CompiledPolicy, Snapshot};
 use crate::policy::template::{Var, Vars};
+use crate::policy::types::DynamicMetadata;
 use crate::reason::Reason;
 use crate::request::RequestContext;
 
@@ -68,7 +69,10 @@ pub(super) fn allow(
     let candidates = client_identity_headers(request)
         .chain(unset)
         .chain(credentials);
-    Ok(finish(request, set, candidates))
+    Ok(Allow {
+        metadata: policy.response.dynamic_metadata == DynamicMetadata::Always,
+        ..finish(request, set, candidates)
+    })
 }
 
 /// Where a value sent upstream comes from: the credential a value that is
@@ -173,6 +177,7 @@ fn finish<'a>(
         set_upstream: set,
         remove_upstream: remove,
         response_headers: Vec::new(),
+        metadata: false,
     }
 }
 

@@ -262,6 +262,7 @@ pub fn compile_policy(
             remove_credentials: spec.response.remove_credentials,
             rate_limit_headers: spec.response.rate_limit_headers,
             disclose_reasons: spec.response.disclose_reasons,
+            dynamic_metadata: spec.response.dynamic_metadata,
         },
         on_store_error: spec.on_store_error,
         leases: spec.leases,

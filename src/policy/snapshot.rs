@@ -144,6 +144,8 @@ pub struct ResponsePolicy {
     pub remove_credentials: bool,
     pub rate_limit_headers: bool,
     pub disclose_reasons: bool,
+    /// Whether allows carry dynamic metadata (`response.dynamicMetadata`).
+    pub dynamic_metadata: crate::policy::types::DynamicMetadata,
 }
 
 #[cfg(test)]

@@ -529,6 +529,24 @@ pub struct ResponseSpec {
     /// Tell clients the precise attestation failure. Default true.
     #[serde(default = "default_true")]
     pub disclose_reasons: bool,
+    /// Which answers carry dynamic metadata (policy, route, app, plan,
+    /// user…) for Envoy's access logs: `denials` (default: denials and
+    /// dry-run denials) or `always` (allows too). Applying metadata costs
+    /// Envoy CPU on every request (docs/performance.md), so allows carry
+    /// it only when asked.
+    #[serde(default)]
+    pub dynamic_metadata: DynamicMetadata,
+}
+
+/// Which answers carry dynamic metadata (`response.dynamicMetadata`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum DynamicMetadata {
+    /// Denials, and allows of a `dryRun` policy that would have denied.
+    #[default]
+    Denials,
+    /// Every answer, allows included.
+    Always,
 }
 
 impl Default for ResponseSpec {
@@ -538,6 +556,7 @@ impl Default for ResponseSpec {
             remove_credentials: true,
             rate_limit_headers: false,
             disclose_reasons: true,
+            dynamic_metadata: DynamicMetadata::Denials,
         }
     }
 }

@@ -400,6 +400,33 @@ async fn clock_jumps_never_stretch_a_lease() {
     assert_eq!(inner.admits.load(Ordering::Relaxed), calls + 2);
 }
 
+/// A wall clock jumping forward past a lease's end stops the lease at
+/// once (monotonic time has not reached its deadline): the next request
+/// asks the store for a new grant instead of using the old units late, the
+/// old lease's unused units go back, and the store ends up counting
+/// exactly what was admitted.
+#[tokio::test(start_paused = true)]
+async fn a_forward_clock_jump_ends_a_lease() {
+    let inner = Arc::new(Counting::default());
+    let r = replica(&inner, settings(1));
+    let p = plans(DAILY);
+    r.send(&p, "ahead", "192.0.2.1").await;
+    let (_, units) = r.store.held();
+    assert!(units > 1, "a slice of more than the one request: {units}");
+    let calls = inner.admits.load(Ordering::Relaxed);
+    // Half an hour ahead, the same UTC day.
+    r.clock.set(Duration::from_micros(T0 + 1800 * SECOND));
+    r.send(&p, "ahead", "192.0.2.1").await;
+    assert_eq!(
+        inner.admits.load(Ordering::Relaxed),
+        calls + 1,
+        "the lease ended with the wall clock: a new grant"
+    );
+    r.store.settle_all().await;
+    assert_eq!(r.store.held(), (0, 0), "every lease handed back");
+    assert_eq!(state(&inner, "ahead").await, (2, 2));
+}
+
 /// Shutdown hands everything back: no lease is left, the store counts
 /// exactly what was admitted, and usage is flushed.
 #[tokio::test]
