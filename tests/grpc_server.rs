@@ -358,10 +358,7 @@ async fn allows_carry_dynamic_metadata_only_when_the_policy_asks() {
         .await;
     assert_eq!(denied.status.as_ref().unwrap().code, 7, "PERMISSION_DENIED");
     assert_eq!(metadata(&denied, "decision").as_deref(), Some("deny"));
-    assert_eq!(
-        metadata(&denied, "reason").as_deref(),
-        Some("rule_denied")
-    );
+    assert_eq!(metadata(&denied, "reason").as_deref(), Some("rule_denied"));
     assert_eq!(
         metadata(&denied, "policy").as_deref(),
         Some("mobility/plain")

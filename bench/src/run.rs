@@ -18,9 +18,9 @@ use tokio::runtime::Runtime;
 
 use crate::Options;
 use crate::check;
+use crate::check::Part;
 use crate::envoy::{self, Cluster, Envoy, Filter, Listener};
 use crate::fixtures::{self, Fixture};
-use crate::check::Part;
 use crate::loadgen::{self, Caller, GrpcCaller, HttpCaller, Sample};
 use crate::null::Answer;
 use crate::procs::{self, Proc, Redis, Tollgate};
@@ -504,8 +504,12 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     };
     let (null, null_addr) = start_null(options, "null", None, &tollgates_answer())?;
     let (null_bare, null_bare_addr) = start_null(options, "null-bare", None, &bare)?;
-    let (null_redis, null_redis_addr) =
-        start_null(options, "null+redis", Some(&redis.url()), &tollgates_answer())?;
+    let (null_redis, null_redis_addr) = start_null(
+        options,
+        "null+redis",
+        Some(&redis.url()),
+        &tollgates_answer(),
+    )?;
     let listeners = [
         ("direct", Filter::None),
         ("null_bare", Filter::ExtAuthz("null_bare")),
@@ -675,7 +679,14 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
     }
     print_envoy(&rows, options.connections, open_rate)?;
     drop(envoy);
-    drop((null, null_bare, null_redis, tollgate, tollgate_off, tollgate_tls));
+    drop((
+        null,
+        null_bare,
+        null_redis,
+        tollgate,
+        tollgate_off,
+        tollgate_tls,
+    ));
     Ok(())
 }
 
@@ -761,7 +772,9 @@ pub fn answer(options: &Options) -> anyhow::Result<()> {
             }),
         })
         .collect();
-    println!("\n## What each part of the allow answer costs Envoy (null servers, one Envoy worker)");
+    println!(
+        "\n## What each part of the allow answer costs Envoy (null servers, one Envoy worker)"
+    );
     let (rounds, slice) = (options.rounds(), options.slice());
     let measured = interleaved(rounds, &scenarios, |scenario, round| {
         eprintln!(
@@ -771,10 +784,8 @@ pub fn answer(options: &Options) -> anyhow::Result<()> {
         );
         let addr = envoy.listener(scenario.listener)?;
         let callers = http_callers(&rt, addr, &fixture, options.connections)?;
-        let (callers, _) = rt.block_on(loadgen::closed_loop(
-            callers,
-            options.warmup_before(round),
-        ))?;
+        let (callers, _) =
+            rt.block_on(loadgen::closed_loop(callers, options.warmup_before(round)))?;
         let watched = [
             Watched {
                 label: "envoy",
@@ -1055,7 +1066,7 @@ fn print_envoy(rows: &[EnvoyRow], connections: usize, open_rate: f64) -> anyhow:
         ("the floor (null+Redis)", floor),
     ] {
         println!(
-            "- Redis per request, {what}: {:.3} scripts (round trips, INFO commandstats over the saturated run), {:.2} commands ({}), Redis CPU {} µs",
+            "- Redis per request, {what}: {:.4} scripts (round trips, INFO commandstats over the saturated run), {:.2} commands ({}), Redis CPU {} µs",
             r.saturated.scripts_per_request(),
             r.saturated.redis_per_request(),
             r.saturated.redis_breakdown(),
@@ -1278,8 +1289,12 @@ pub fn grpc(options: &Options) -> anyhow::Result<()> {
     let tollgate_off = start_tollgate_with(options, &policy, Some(&redis.url()), &leases_off())?;
     let tollgate_memory = start_tollgate(options, &policy, None)?;
     let (null, null_addr) = start_null(options, "null", None, &tollgates_answer())?;
-    let (null_redis, null_redis_addr) =
-        start_null(options, "null+redis", Some(&redis.url()), &tollgates_answer())?;
+    let (null_redis, null_redis_addr) = start_null(
+        options,
+        "null+redis",
+        Some(&redis.url()),
+        &tollgates_answer(),
+    )?;
     let targets = [
         GrpcTarget {
             title: "null ext_authz",
@@ -1476,7 +1491,7 @@ fn print_grpc(rows: &[GrpcRow], in_flight: usize, targets: bool) -> anyhow::Resu
     println!("\n### Quota leases on and off, direct gRPC (issue 18)\n");
     for (what, row, m) in [("leases", tollgate, t), ("leases off", tollgate_off, off)] {
         println!(
-            "- {what}: {:.0} checks/s saturated; server CPU {} µs/check; Redis CPU {} µs/check; {:.3} Redis scripts (round trips) per check; p99 at 70 % open loop {:.3} ms (p50 {:.3}, p99.9 {:.3})",
+            "- {what}: {:.0} checks/s saturated; server CPU {} µs/check; Redis CPU {} µs/check; {:.4} Redis scripts (round trips) per check; p99 at 70 % open loop {:.3} ms (p50 {:.3}, p99.9 {:.3})",
             m.sample.rate(),
             cpu_cell(m.cpu_us("server")),
             cpu_cell(m.cpu_us("redis")),

@@ -191,8 +191,7 @@ pub fn into_wire_response(decision: Decision, challenge: &ChallengeParams) -> Wi
         Verdict::Allow(allow) => allow.metadata || dry_run_denial.is_some(),
         Verdict::Deny(_) => true,
     };
-    let metadata =
-        wanted.then(|| dynamic_metadata(identity, &verdict, dry_run_denial.as_ref()));
+    let metadata = wanted.then(|| dynamic_metadata(identity, &verdict, dry_run_denial.as_ref()));
     let (status, http_response) = match verdict {
         Verdict::Allow(allow) => (
             Status {
@@ -437,7 +436,10 @@ mod tests {
         }));
         let response = to_check_response(&asked, &Default::default());
         assert_eq!(metadata(&response, "decision").as_deref(), Some("allow"));
-        assert_eq!(metadata(&response, "policy").as_deref(), Some("mobility/bikes"));
+        assert_eq!(
+            metadata(&response, "policy").as_deref(),
+            Some("mobility/bikes")
+        );
     }
 
     #[test]
