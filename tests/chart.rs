@@ -508,6 +508,33 @@ fn several_replicas_without_redis_are_refused_unless_opted_in() {
     );
 }
 
+/// `server.quotaLeases` becomes `--quota-leases on|off`; on by default,
+/// as tollgate's own default (docs/operations.md).
+#[test]
+fn quota_leases_follow_their_value() {
+    let helm = Helm::new();
+    let env = |values: &str| {
+        let rendered = helm.template(values);
+        let container =
+            &rendered.get("Deployment", "tollgate")["spec"]["template"]["spec"]["containers"][0];
+        env_value(container, "TOLLGATE_QUOTA_LEASES").map(str::to_owned)
+    };
+    assert_eq!(env("").as_deref(), Some("on"));
+    assert_eq!(
+        env("server: { quotaLeases: false }\n").as_deref(),
+        Some("off")
+    );
+    assert_eq!(
+        env("server: { quotaLeases: true }\n").as_deref(),
+        Some("on")
+    );
+    let refused = helm
+        .try_template("server: { quotaLeases: \"off\" }\n")
+        .err()
+        .unwrap();
+    assert!(refused.contains("quotaLeases"), "{refused}");
+}
+
 #[test]
 fn optional_objects_follow_their_values() {
     let rendered = Helm::new().template(EVERYTHING_ON);
