@@ -744,7 +744,7 @@ pub fn answer(options: &Options) -> anyhow::Result<()> {
     ];
     let mut servers = Vec::new();
     for (name, _, answer) in &answers {
-        servers.push(start_null(options, *name, None, answer)?);
+        servers.push(start_null(options, name, None, answer)?);
     }
     let listeners: Vec<Listener> = answers
         .iter()
