@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tollgate's load benchmark, side by side in one run (docs/performance.md):
 #
-#   bench/load.sh            full run (~10 s per measurement; about 8 minutes)
+#   bench/load.sh            full run (~10 s per measurement; about 13 minutes)
 #   bench/load.sh --quick    CI smoke run (~1 s per measurement; checks that
 #                            every part runs, never judges the figures)
 #
@@ -12,11 +12,14 @@
 #   envoy   the same HTTP/1.1 request through one Envoy worker in front of
 #           nothing (direct_response), a null ext_authz server, the null
 #           server + one Redis EVALSHA, Envoy's jwt_authn (no cache, cache),
-#           and tollgate with the full policy and Redis, in plaintext and
-#           over mutual TLS: saturated, unloaded, and at a fixed open-loop
-#           rate;
+#           and tollgate with the full policy and Redis with quota leases
+#           on and off, and with leases over mutual TLS: saturated,
+#           unloaded, and at a fixed open-loop rate;
+#   answer  what each part of tollgate's allow answer (identity headers,
+#           removals, RateLimit headers, dynamic metadata) costs Envoy;
 #   grpc    Check driven directly over 1 and 4 HTTP/2 connections against
-#           tollgate and the null servers, then open loop at 70 %;
+#           tollgate (in memory, Redis with and without leases) and the
+#           null servers, then open loop at 70 %;
 #   tracing tollgate through Envoy with OpenTelemetry tracing off, at 1 %
 #           and at 100 % (and 100 % with the collector down), to a null
 #           OTLP collector;
