@@ -336,15 +336,21 @@ fn redis_killed_and_restarted_under_leases() {
     let before = Arc::new(Tally::default());
     rt.block_on(load(&targets, 60, 4, &before));
     assert_eq!(before.allowed(), 180);
+    // The gauge is written at the keeper's ticks (every 100 ms here): a
+    // reading taken before the tick after the load's last grant is stale.
+    // Two equal readings a few ticks apart, with no traffic between, are
+    // what the replica holds.
     let held: Vec<u64> = servers
         .iter()
         .map(|t| {
             wait_for(
-                "a replica to report its lease",
+                "a replica to report its lease, the same at two ticks",
                 Duration::from_secs(10),
                 || {
+                    let first = held(t);
+                    std::thread::sleep(Duration::from_millis(300));
                     let units = held(t);
-                    (units > 0.0).then_some(units as u64)
+                    (units > 0.0 && units == first).then_some(units as u64)
                 },
             )
         })
