@@ -146,8 +146,9 @@ done
 for kind in certificates issuers clusterissuers; do
   copy_crd "$cert_manager/deploy/crds/cert-manager.io_$kind.yaml" "cert-manager-$kind.yaml"
 done
-copy_crd "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
-  servicemonitors.yaml
+for kind in servicemonitors prometheusrules; do
+  copy_crd "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$kind.yaml"
+done
 
 "$staging/kube-apiserver" --version >&2
 "$staging/etcd" --version | head -1 >&2
