@@ -701,7 +701,10 @@ fn a_typo_or_a_wrong_type_in_values_fails_naming_the_value() {
             "server: { tracing: { env: { JAVA_OPTS: x } } }\n",
             "at '/server/tracing/env'",
         ),
-        ("server: { audit: { user: anonymous } }\n", "at '/server/audit/user'"),
+        (
+            "server: { audit: { user: anonymous } }\n",
+            "at '/server/audit/user'",
+        ),
         (
             "server: { audit: { allowRatio: -0.1 } }\n",
             "at '/server/audit/allowRatio'",
@@ -878,8 +881,7 @@ fn the_dashboard_and_the_alerts_are_deploy_observabilitys_behind_their_toggles()
     }
 
     // Elsewhere, for a sidecar watching one namespace.
-    let elsewhere =
-        helm.template("grafanaDashboard: { enabled: true, namespace: monitoring }\n");
+    let elsewhere = helm.template("grafanaDashboard: { enabled: true, namespace: monitoring }\n");
     assert_eq!(
         elsewhere.get("ConfigMap", "tollgate-dashboard")["metadata"]["namespace"],
         "monitoring"
@@ -1981,9 +1983,12 @@ async fn the_server_decides_through_envoy_with_the_charts_identity_and_settings(
         "{audit}"
     );
     assert!(
-        tollgate.log_lines().iter().any(|line| line["target"] == "tollgate::audit"
-            && support::tollgate::log_field(line, "app").and_then(Value::as_str)
-                == Some("commuter-ios")),
+        tollgate
+            .log_lines()
+            .iter()
+            .any(|line| line["target"] == "tollgate::audit"
+                && support::tollgate::log_field(line, "app").and_then(Value::as_str)
+                    == Some("commuter-ios")),
         "the sampled allow is audited"
     );
     drop(envoy);
