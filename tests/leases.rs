@@ -336,15 +336,20 @@ fn redis_killed_and_restarted_under_leases() {
     let before = Arc::new(Tally::default());
     rt.block_on(load(&targets, 60, 4, &before));
     assert_eq!(before.allowed(), 180);
+    // The gauge is written at the keeper's ticks (every ≤ 100 ms): a
+    // value read while the load ran may predate its last grant, so take
+    // one that two reads half a second apart agree on.
     let held: Vec<u64> = servers
         .iter()
         .map(|t| {
             wait_for(
-                "a replica to report its lease",
+                "a replica to report its lease, settled",
                 Duration::from_secs(10),
                 || {
+                    let first = held(t);
+                    std::thread::sleep(Duration::from_millis(500));
                     let units = held(t);
-                    (units > 0.0).then_some(units as u64)
+                    (units > 0.0 && units == first).then_some(units as u64)
                 },
             )
         })
