@@ -1192,7 +1192,7 @@ fn cert_manager_issues_the_certificate_the_server_mounts() {
         .try_template_as(
             "edge-auth",
             "auth",
-            "server:\n  tls:\n    enabled: true\n    secretName: authz-tls\n    certManager:\n      \
+            "clusterDomain: corp.internal\nserver:\n  tls:\n    enabled: true\n    secretName: authz-tls\n    certManager:\n      \
              enabled: true\n      issuerRef: { name: internal-ca }\n      duration: 720h\n      \
              renewBefore: 240h\n      extraDnsNames: [authz.example.com]\n",
         )
@@ -1203,7 +1203,7 @@ fn cert_manager_issues_the_certificate_the_server_mounts() {
     assert_eq!(
         certificate["spec"]["dnsNames"],
         json!([
-            format!("{name}.auth.svc.cluster.local"),
+            format!("{name}.auth.svc.corp.internal"),
             format!("{name}.auth.svc"),
             format!("{name}.auth"),
             "authz.example.com"
