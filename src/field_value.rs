@@ -27,12 +27,29 @@ pub fn is_header_safe(value: &str) -> bool {
 /// sent instead of obeying it. Borrows when there is nothing to escape,
 /// the usual case.
 pub fn escape_controls(value: &str) -> Cow<'_, str> {
-    if !value.chars().any(|c| c.is_control() || c == '\\') {
+    escape_where(value, |c| c.is_control() || c == '\\', usize::MAX)
+}
+
+/// `value` with each character `must_escape` picks written as its Rust
+/// escape (`char::escape_default`: `\n`, `\u{202e}`, `\\`), cut after
+/// `max_chars` characters with `…`. Borrows when nothing is escaped or
+/// cut. `must_escape` should pick `\`, or an escape could be forged.
+pub fn escape_where(
+    value: &str,
+    must_escape: impl Fn(char) -> bool,
+    max_chars: usize,
+) -> Cow<'_, str> {
+    let too_long = value.len() > max_chars && value.chars().count() > max_chars;
+    if !too_long && !value.chars().any(&must_escape) {
         return Cow::Borrowed(value);
     }
-    let mut out = String::with_capacity(value.len() + 8);
-    for c in value.chars() {
-        if c.is_control() || c == '\\' {
+    let mut out = String::with_capacity(value.len().min(max_chars.saturating_mul(2)) + 8);
+    for (i, c) in value.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if must_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

@@ -37,6 +37,7 @@ use support::envoy::{Envoy, UpstreamTls, adapt_example};
 use support::helm::{Helm, Rendered, chart_dir, env_entry, env_value, path_str};
 use support::kube::{KubeApi, dynamic_api};
 use support::operator::Operator;
+use support::otlp::OtlpReceiver;
 use support::redis::RedisServer;
 use support::tls::TestPki;
 
@@ -55,7 +56,14 @@ server:
   topologySpread: { enabled: true }
   podDisruptionBudget: { enabled: true }
   autoscaling: { enabled: true }
+  tracing:
+    otlpEndpoint: "http://otel-collector.monitoring:4317"
+    samplerRatio: 0.05
+    env: { OTEL_BSP_MAX_QUEUE_SIZE: "4096" }
+  audit: { user: hashed, allowRatio: 0.001 }
 serviceMonitor: { enabled: true, labels: { release: prometheus } }
+grafanaDashboard: { enabled: true, annotations: { grafana_folder: tollgate } }
+prometheusRule: { enabled: true, labels: { release: prometheus } }
 networkPolicy:
   enabled: true
   grpcFromNamespaces: [istio-system, envoy-gateway-system]
@@ -708,6 +716,35 @@ fn a_typo_or_a_wrong_type_in_values_fails_naming_the_value() {
             "at '/server/resources/limits/memory'",
         ),
         ("imagePullSecrets: [regcred]\n", "at '/imagePullSecrets/0'"),
+        (
+            "server: { tracing: { samplerRatio: 1.5 } }\n",
+            "at '/server/tracing/samplerRatio'",
+        ),
+        (
+            "server: { tracing: { otlpEndpoint: \"otel:4317\" } }\n",
+            "at '/server/tracing/otlpEndpoint'",
+        ),
+        (
+            "server: { tracing: { env: { JAVA_OPTS: x } } }\n",
+            // (helm names a wrong location for property names)
+            "'JAVA_OPTS' does not match pattern '^OTEL_[A-Z0-9_]+$'",
+        ),
+        (
+            "server: { audit: { user: anonymous } }\n",
+            "at '/server/audit/user'",
+        ),
+        (
+            "server: { audit: { allowRatio: -0.1 } }\n",
+            "at '/server/audit/allowRatio'",
+        ),
+        (
+            "grafanaDashboard: { enable: true }\n",
+            "at '/grafanaDashboard': additional properties 'enable' not allowed",
+        ),
+        (
+            "prometheusRule: { labels: { release: 1 } }\n",
+            "at '/prometheusRule/labels/release'",
+        ),
     ] {
         let refused = helm
             .try_template(values)
@@ -738,6 +775,7 @@ fn the_values_schema_is_closed_at_every_level() {
         "nodeSelector",
         "annotations",
         "labels",
+        "env",
         "requests",
         "limits",
     ]
@@ -787,6 +825,129 @@ fn the_chart_readme_lists_every_value() {
         missing.is_empty() && unknown.is_empty(),
         "charts/tollgate/README.md: undocumented values {missing:?}; rows that are not values \
          {unknown:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Observability
+// ---------------------------------------------------------------------------
+
+/// The dashboard and the alerts the chart ships are deploy/observability's
+/// (which tests/observability.rs validates with promtool and against a
+/// real /metrics), byte for byte, and reach the cluster unchanged: the
+/// Grafana sidecar's ConfigMap holds the dashboard's JSON, the
+/// PrometheusRule the rule groups, both only when switched on.
+#[test]
+fn the_dashboard_and_the_alerts_are_deploy_observabilitys_behind_their_toggles() {
+    for file in ["grafana-dashboard.json", "prometheus-rules.yaml"] {
+        let shipped = std::fs::read(chart_dir().join("files").join(file)).unwrap();
+        let source =
+            std::fs::read(support::repo_path(&format!("deploy/observability/{file}"))).unwrap();
+        assert!(
+            shipped == source,
+            "charts/tollgate/files/{file} differs from deploy/observability/{file}: \
+             cp deploy/observability/{file} charts/tollgate/files/"
+        );
+    }
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(support::repo_path(
+            "deploy/observability/grafana-dashboard.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let groups: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(support::repo_path(
+            "deploy/observability/prometheus-rules.yaml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+
+    let helm = Helm::new();
+    let off = helm.template("");
+    assert!(off.all("ConfigMap").is_empty(), "{:?}", off.summary());
+    assert!(off.all("PrometheusRule").is_empty(), "{:?}", off.summary());
+
+    let on = helm.template(EVERYTHING_ON);
+    let config_map = on.get("ConfigMap", "tollgate-dashboard");
+    let labels = &config_map["metadata"]["labels"];
+    assert_eq!(labels["grafana_dashboard"], "1", "the sidecar's label");
+    assert_eq!(labels["app.kubernetes.io/component"], "dashboard");
+    assert_eq!(
+        config_map["metadata"]["annotations"],
+        json!({ "grafana_folder": "tollgate" })
+    );
+    assert_eq!(config_map["metadata"]["namespace"], "tollgate");
+    let shipped: Value =
+        serde_json::from_str(config_map["data"]["tollgate.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, dashboard, "the dashboard, unchanged");
+    let text = config_map["data"]["tollgate.json"].as_str().unwrap();
+    assert!(
+        text.contains("{{reason}}"),
+        "Grafana's legend templates survive Helm"
+    );
+
+    let rule = on.get("PrometheusRule", "tollgate");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(rule["spec"], groups, "the rule groups, unchanged");
+    let alerts: BTreeSet<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for alert in [
+        "TollgateDenyRateSpike",
+        "TollgateStoreUnavailable",
+        "TollgateKeysUnavailable",
+        "TollgatePolicyCompileErrors",
+        "TollgateCheckLatencyHigh",
+    ] {
+        assert!(alerts.contains(alert), "{alert} in {alerts:?}");
+    }
+
+    // Elsewhere, for a sidecar watching one namespace.
+    let elsewhere = helm.template("grafanaDashboard: { enabled: true, namespace: monitoring }\n");
+    assert_eq!(
+        elsewhere.get("ConfigMap", "tollgate-dashboard")["metadata"]["namespace"],
+        "monitoring"
+    );
+}
+
+/// Tracing and audit values become tollgate's variables; by default the
+/// server traces nothing and audits denials with the user as it is.
+#[test]
+fn tracing_and_audit_values_become_tollgates_variables() {
+    let helm = Helm::new();
+    let default = helm.template("");
+    let container = server_container(&default);
+    assert_eq!(env_value(container, "TOLLGATE_OTLP_ENDPOINT"), None);
+    assert_eq!(env_value(container, "TOLLGATE_OTLP_SAMPLER_RATIO"), None);
+    assert_eq!(env_value(container, "TOLLGATE_AUDIT_USER"), Some("plain"));
+    assert_eq!(env_value(container, "TOLLGATE_AUDIT_ALLOW_RATIO"), None);
+
+    let on = helm.template(EVERYTHING_ON);
+    let container = server_container(&on);
+    for (name, value) in [
+        (
+            "TOLLGATE_OTLP_ENDPOINT",
+            "http://otel-collector.monitoring:4317",
+        ),
+        ("TOLLGATE_OTLP_SAMPLER_RATIO", "0.05"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
+        ("TOLLGATE_AUDIT_USER", "hashed"),
+        ("TOLLGATE_AUDIT_ALLOW_RATIO", "0.001"),
+    ] {
+        assert_eq!(env_value(container, name), Some(value), "{name}");
+    }
+    // A ratio of 0 is a value, not "unset".
+    let zero = helm.template("server: { tracing: { samplerRatio: 0 } }\n");
+    assert_eq!(
+        env_value(server_container(&zero), "TOLLGATE_OTLP_SAMPLER_RATIO"),
+        Some("0")
     );
 }
 
@@ -1058,7 +1219,7 @@ fn cert_manager_issues_the_certificate_the_server_mounts() {
         .try_template_as(
             "edge-auth",
             "auth",
-            "server:\n  tls:\n    enabled: true\n    secretName: authz-tls\n    certManager:\n      \
+            "clusterDomain: corp.internal\nserver:\n  tls:\n    enabled: true\n    secretName: authz-tls\n    certManager:\n      \
              enabled: true\n      issuerRef: { name: internal-ca }\n      duration: 720h\n      \
              renewBefore: 240h\n      extraDnsNames: [authz.example.com]\n",
         )
@@ -1069,7 +1230,7 @@ fn cert_manager_issues_the_certificate_the_server_mounts() {
     assert_eq!(
         certificate["spec"]["dnsNames"],
         json!([
-            format!("{name}.auth.svc.cluster.local"),
+            format!("{name}.auth.svc.corp.internal"),
             format!("{name}.auth.svc"),
             format!("{name}.auth"),
             "authz.example.com"
@@ -1757,9 +1918,16 @@ async fn the_server_decides_through_envoy_with_the_charts_identity_and_settings(
     let helm = Helm::new();
     let kubeconfig = path_str(api.admin_kubeconfig());
     let chart = path_str(&chart_dir());
+    // Traces to a collector and every allow audited, users hashed.
+    let collector = OtlpReceiver::start();
     let values = path_str(&helm.values_file(
         "values.yaml",
-        &format!("redis: {{ url: \"{}\" }}\n", redis.url()),
+        &format!(
+            "redis: {{ url: \"{}\" }}\nserver:\n  tracing: {{ otlpEndpoint: \"{}\", samplerRatio: 1 }}\n  \
+             audit: {{ user: hashed, allowRatio: 1 }}\n",
+            redis.url(),
+            collector.endpoint()
+        ),
     ));
     let release = |verb: &str, values: &str| {
         helm.ok(&[
@@ -1816,6 +1984,41 @@ async fn the_server_decides_through_envoy_with_the_charts_identity_and_settings(
     assert_eq!(
         denied.header("x-tollgate-reason"),
         Some("app_credential_missing")
+    );
+    // The tracing values reach tollgate: its Check spans arrive at the
+    // collector, naming the app and the outcome.
+    let span = collector.wait_for("the allowed Check's span", |spans| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "envoy.service.auth.v3.Authorization/Check"
+                    && s.attribute("tollgate.app") == Some("commuter-ios")
+            })
+            .cloned()
+    });
+    assert_eq!(span.service, "tollgate", "{span:?}");
+    // The audit values too: the allow has its line (allowRatio 1), the
+    // denial its reason.
+    let audit = support::wait_for("the denial's audit line", PROPAGATE, || {
+        tollgate.log_lines().into_iter().find(|line| {
+            line["target"] == "tollgate::audit"
+                && support::tollgate::log_field(line, "reason").and_then(Value::as_str)
+                    == Some("app_credential_missing")
+        })
+    });
+    assert_eq!(
+        support::tollgate::log_field(&audit, "status").and_then(Value::as_i64),
+        Some(401),
+        "{audit}"
+    );
+    assert!(
+        tollgate
+            .log_lines()
+            .iter()
+            .any(|line| line["target"] == "tollgate::audit"
+                && support::tollgate::log_field(line, "app").and_then(Value::as_str)
+                    == Some("commuter-ios")),
+        "the sampled allow is audited"
     );
     drop(envoy);
     drop(tollgate);
@@ -2245,14 +2448,17 @@ async fn each_service_account_holds_exactly_the_permissions_its_process_uses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_optional_object_installs_in_a_real_api_server() {
     let api = KubeApi::start_without_crds().await;
-    api.install_crd_yaml(&third_party_crd("servicemonitors.yaml", None))
-        .await;
+    for crd in ["servicemonitors.yaml", "prometheusrules.yaml"] {
+        api.install_crd_yaml(&third_party_crd(crd, None)).await;
+    }
     let helm = Helm::new();
     api.namespace("tollgate").await;
     let installed = install_chart(&helm, &api, "tollgate", "tollgate", EVERYTHING_ON);
     assert!(installed.success, "{}", installed.output());
     for (version, kind, name) in [
         ("monitoring.coreos.com/v1", "ServiceMonitor", "tollgate"),
+        ("monitoring.coreos.com/v1", "PrometheusRule", "tollgate"),
+        ("v1", "ConfigMap", "tollgate-dashboard"),
         ("autoscaling/v2", "HorizontalPodAutoscaler", "tollgate"),
         ("policy/v1", "PodDisruptionBudget", "tollgate"),
         ("networking.k8s.io/v1", "NetworkPolicy", "tollgate"),

@@ -372,7 +372,10 @@ fn panels_and_alerts_name_only_metrics_tollgate_exports() {
         || {
             let metrics = tollgate.metrics();
             let names = exported(&metrics);
+            // The reload's counter is counted after the object's
+            // errors are published: wait for both.
             (names.contains("tollgate_policy_compile_errors")
+                && names.contains("tollgate_policy_reloads_total")
                 && metrics.lines().any(|l| {
                     l.starts_with("tollgate_trace_spans_exported_total ") && !l.ends_with(" 0")
                 }))

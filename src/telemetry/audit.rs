@@ -272,26 +272,9 @@ fn must_escape(c: char) -> bool {
 /// `value` safe for a log line: see the module docs. Borrowed (no
 /// allocation) when nothing needs escaping or cutting.
 pub fn escape(value: &str) -> Cow<'_, str> {
-    let needs_escape = value.chars().any(must_escape);
-    let too_long = value.len() > MAX_VALUE_CHARS && value.chars().count() > MAX_VALUE_CHARS;
-    if !needs_escape && !too_long {
-        return Cow::Borrowed(value);
-    }
-    let mut out = String::with_capacity(value.len().min(MAX_VALUE_CHARS * 2) + 8);
-    for (i, c) in value.chars().enumerate() {
-        if i == MAX_VALUE_CHARS {
-            out.push('…');
-            break;
-        }
-        if must_escape(c) {
-            // Rust's escapes, as `field_value::escape_controls` writes
-            // them for the access log: `\n`, `\u{1b}`, `\u{202e}`, `\\`.
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    // Rust's escapes, as `field_value::escape_controls` writes them for
+    // the access log: `\n`, `\u{1b}`, `\u{202e}`, `\\`.
+    crate::field_value::escape_where(value, must_escape, MAX_VALUE_CHARS)
 }
 
 #[cfg(test)]
