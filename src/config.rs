@@ -459,19 +459,19 @@ pub enum ConfigError {
     #[error("--metrics-app-labels must be at most {MAX_APP_LABELS}")]
     AppLabels,
     #[error(
-        "--lease-duration must be between 10ms and {}s, --usage-flush-interval between 10ms and {}s, and --max-leases at most {MAX_LEASES}",
+        "--quota-lease-duration must be between 10ms and {}s, --usage-flush-interval between 10ms and {}s, and --max-quota-leases at most {MAX_LEASES}",
         MAX_LEASE_DURATION.as_secs(),
         MAX_USAGE_FLUSH.as_secs()
     )]
     Leases,
 }
 
-/// Longest `--lease-duration`: units held longer under-allow the others
+/// Longest `--quota-lease-duration`: units held longer under-allow the others
 /// for longer, and a quota lease ends with its window anyway.
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(60);
 /// Longest `--usage-flush-interval`: what a crash may lose of usage.
 pub const MAX_USAGE_FLUSH: Duration = Duration::from_secs(60);
-/// Most `--max-leases` (each lease is a few hundred bytes).
+/// Most `--max-quota-leases` (each lease is a few hundred bytes).
 pub const MAX_LEASES: usize = 10_000_000;
 
 /// Longest `--store-timeout`: a store call longer than this is an outage,
@@ -530,9 +530,9 @@ impl ServeConfig {
             .map_err(ConfigError::Tracing)?;
         self.audit.settings().map_err(ConfigError::Audit)?;
         let within = |d: Duration, max: Duration| d >= Duration::from_millis(10) && d <= max;
-        if !within(store.lease_duration, MAX_LEASE_DURATION)
+        if !within(store.quota_lease_duration, MAX_LEASE_DURATION)
             || !within(store.usage_flush_interval, MAX_USAGE_FLUSH)
-            || store.max_leases > MAX_LEASES
+            || store.max_quota_leases > MAX_LEASES
         {
             return Err(ConfigError::Leases);
         }
@@ -727,10 +727,10 @@ mod tests {
                 ConfigError::Retention,
             ),
             (["--metrics-app-labels", "99999999"], ConfigError::AppLabels),
-            (["--lease-duration", "5ms"], ConfigError::Leases),
-            (["--lease-duration", "2m"], ConfigError::Leases),
+            (["--quota-lease-duration", "5ms"], ConfigError::Leases),
+            (["--quota-lease-duration", "2m"], ConfigError::Leases),
             (["--usage-flush-interval", "0s"], ConfigError::Leases),
-            (["--max-leases", "99999999"], ConfigError::Leases),
+            (["--max-quota-leases", "99999999"], ConfigError::Leases),
         ] {
             let config = parse(&["--policy-file", "p", args[0], args[1]]);
             assert_eq!(config.validate(), Err(error), "{args:?}");

@@ -409,13 +409,13 @@ pub struct StoreArgs {
     pub quota_leases: Switch,
     /// The longest a lease lasts (a rate's is at most an eighth of its
     /// burst period, a quota's ends with its window).
-    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "1s",
+    #[arg(long, env = "TOLLGATE_QUOTA_LEASE_DURATION", default_value = "1s",
           value_parser = crate::policy::duration::parse_duration)]
-    pub lease_duration: Duration,
+    pub quota_lease_duration: Duration,
     /// Most leases one replica holds; further keys are checked request by
     /// request.
-    #[arg(long, env = "TOLLGATE_MAX_LEASES", default_value_t = 10_000)]
-    pub max_leases: usize,
+    #[arg(long, env = "TOLLGATE_MAX_QUOTA_LEASES", default_value_t = 10_000)]
+    pub max_quota_leases: usize,
     /// How often usage counted locally (requests admitted from leases) is
     /// written to Redis; a crash loses at most this much usage.
     #[arg(long, env = "TOLLGATE_USAGE_FLUSH_INTERVAL", default_value = "1s",
@@ -440,8 +440,8 @@ impl Default for StoreArgs {
             usage_retention_days: 400,
             user_usage_retention_days: 31,
             quota_leases: Switch::On,
-            lease_duration: Duration::from_secs(1),
-            max_leases: 10_000,
+            quota_lease_duration: Duration::from_secs(1),
+            max_quota_leases: 10_000,
             usage_flush_interval: Duration::from_secs(1),
         }
     }
@@ -457,8 +457,8 @@ impl fmt::Debug for StoreArgs {
             .field("usage_retention_days", &self.usage_retention_days)
             .field("user_usage_retention_days", &self.user_usage_retention_days)
             .field("quota_leases", &self.quota_leases)
-            .field("lease_duration", &self.lease_duration)
-            .field("max_leases", &self.max_leases)
+            .field("quota_lease_duration", &self.quota_lease_duration)
+            .field("max_quota_leases", &self.max_quota_leases)
             .field("usage_flush_interval", &self.usage_flush_interval)
             .finish()
     }
@@ -476,8 +476,8 @@ impl StoreArgs {
     /// The lease settings these flags ask for.
     pub fn lease_settings(&self) -> lease::LeaseSettings {
         lease::LeaseSettings {
-            duration: self.lease_duration,
-            max_leases: self.max_leases,
+            duration: self.quota_lease_duration,
+            max_leases: self.max_quota_leases,
             usage_flush: self.usage_flush_interval,
             wait: self.store_timeout,
             ..lease::LeaseSettings::default()

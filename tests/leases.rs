@@ -170,7 +170,7 @@ fn three_replicas_admit_exactly_the_quota() {
 }
 
 fn exactly_the_quota(redis: &[String], nodes: &[&RedisServer]) {
-    let mut servers = replicas(redis, &["--lease-duration", "200ms"], &daily(1_000));
+    let mut servers = replicas(redis, &["--quota-lease-duration", "200ms"], &daily(1_000));
     let targets: Vec<_> = servers.iter().map(Tollgate::grpc_addr).collect();
     let rt = runtime();
     let tally = Arc::new(Tally::default());
@@ -216,7 +216,11 @@ fn exactly_the_quota(redis: &[String], nodes: &[&RedisServer]) {
 fn a_replica_killed_holding_a_lease_loses_only_its_units() {
     let redis = RedisServer::start();
     // Leases long enough to be held when the replica dies.
-    let mut servers = replicas(&[redis.url()], &["--lease-duration", "30s"], &daily(600));
+    let mut servers = replicas(
+        &[redis.url()],
+        &["--quota-lease-duration", "30s"],
+        &daily(600),
+    );
     let rt = runtime();
     let tally = Arc::new(Tally::default());
     // The victim serves enough to lease, then stops getting traffic.
@@ -258,7 +262,11 @@ fn a_replica_killed_holding_a_lease_loses_only_its_units() {
 fn each_minute_admits_exactly_its_quota() {
     let redis = RedisServer::start();
     let policy = policy("{ name: minute, key: ip, quota: { requests: 150, reset: minute } }");
-    let mut servers = replicas(&[redis.url()], &["--lease-duration", "500ms"], &policy);
+    let mut servers = replicas(
+        &[redis.url()],
+        &["--quota-lease-duration", "500ms"],
+        &policy,
+    );
     let targets: Vec<_> = servers.iter().map(Tollgate::grpc_addr).collect();
     // Start 2 s before a minute ends (a full minute later if that is too
     // close already).
@@ -330,7 +338,11 @@ fn window_of(checked: &Checked) -> usize {
 #[test]
 fn redis_killed_and_restarted_under_leases() {
     let mut redis = RedisServer::start();
-    let mut servers = replicas(&[redis.url()], &["--lease-duration", "30s"], &daily(900));
+    let mut servers = replicas(
+        &[redis.url()],
+        &["--quota-lease-duration", "30s"],
+        &daily(900),
+    );
     let targets: Vec<_> = servers.iter().map(Tollgate::grpc_addr).collect();
     let rt = runtime();
     let before = Arc::new(Tally::default());

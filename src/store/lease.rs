@@ -45,7 +45,7 @@ use crate::clock::Clock;
 use crate::telemetry::handles;
 
 /// How leasing behaves (`serve` flags `--quota-leases`,
-/// `--lease-duration`, `--max-leases`, `--usage-flush-interval`).
+/// `--quota-lease-duration`, `--max-quota-leases`, `--usage-flush-interval`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseSettings {
     /// The longest a lease lasts (a rate's is shorter, a quota's ends
