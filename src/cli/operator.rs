@@ -119,6 +119,7 @@ async fn run(config: OperatorConfig) -> anyhow::Result<()> {
         .unwrap_or_else(default_identity);
     let settings = operator::Settings {
         watch: kubernetes::Settings {
+            app_plans: true,
             namespaces: config.kube.namespaces.clone(),
             secret_label: config.kube.secret_label.clone(),
         },

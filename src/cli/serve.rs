@@ -80,6 +80,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         PolicySource::Kubernetes(client) => tokio::spawn(kubernetes::run(
             client,
             kubernetes::Settings {
+                app_plans: false,
                 namespaces: config.kube.namespaces.clone(),
                 secret_label: config.kube.secret_label.clone(),
             },

@@ -175,7 +175,8 @@ pub struct ObjectReport {
     /// Policies: how many served registrations it accepts.
     pub accepted_apps: usize,
     /// Apps: the plan each served policy that accepts it applies, sorted
-    /// by policy (`None`: the policy has no plans).
+    /// by policy (`None`: the policy has no plans); only from a catalog
+    /// [`Catalog::with_app_plans`].
     pub plans: Vec<(PolicyId, Option<String>)>,
 }
 
@@ -284,10 +285,12 @@ impl<Spec, Compiled> Slot<Spec, Compiled> {
         }
     }
 
-    fn reads_secret(&self, namespace: &str, name: &str) -> bool {
+    /// The Secrets (namespace, name) the latest compile read.
+    fn secrets_read(&self) -> BTreeSet<(String, String)> {
         self.reads
             .iter()
-            .any(|r| r.namespace == namespace && r.name == name)
+            .map(|r| (r.namespace.clone(), r.name.clone()))
+            .collect()
     }
 
     fn state(&self) -> ObjectState {
@@ -385,6 +388,10 @@ pub struct Catalog {
     apps: Slots<AppRegistration, CompiledApp>,
     secrets: Secrets,
     secret_origins: BTreeMap<(String, String), Origin>,
+    /// Which objects' latest compile read each Secret.
+    readers: Readers,
+    /// Whether reports list each app's plan per policy.
+    app_plans: bool,
 }
 
 impl Catalog {
@@ -400,6 +407,14 @@ impl Catalog {
         }
     }
 
+    /// Reports list each app's effective plan per accepting policy
+    /// ([`ObjectReport::plans`]; off by default): status needs them, a
+    /// server does not, and they grow with apps × policies.
+    pub fn with_app_plans(mut self, on: bool) -> Self {
+        self.app_plans = on;
+        self
+    }
+
     /// Adds or replaces one object and compiles what it affects: the
     /// object itself (when its spec changed), or, for a Secret whose
     /// values changed, every object that read it.
@@ -409,25 +424,22 @@ impl Catalog {
             loaded.document.namespace().to_owned(),
             loaded.document.name().to_owned(),
         );
+        let secrets = &self.secrets;
         match loaded.document {
-            Document::ApiPolicy(policy) => upsert_slot(
-                &mut self.policies,
-                key,
-                *policy,
-                describe,
-                loaded.origin,
-                age,
-                &self.secrets,
-            ),
-            Document::AppRegistration(app) => upsert_slot(
-                &mut self.apps,
-                key,
-                *app,
-                describe,
-                loaded.origin,
-                age,
-                &self.secrets,
-            ),
+            Document::ApiPolicy(policy) => {
+                let slots = &mut self.policies;
+                self.readers
+                    .track(Kind::ApiPolicy, slots, &key.clone(), |slots| {
+                        upsert_slot(slots, key, *policy, describe, loaded.origin, age, secrets);
+                    });
+            }
+            Document::AppRegistration(app) => {
+                let slots = &mut self.apps;
+                self.readers
+                    .track(Kind::AppRegistration, slots, &key.clone(), |slots| {
+                        upsert_slot(slots, key, *app, describe, loaded.origin, age, secrets);
+                    });
+            }
             Document::Secret(secret) => {
                 let values: BTreeMap<String, Vec<u8>> = secret
                     .data
@@ -457,8 +469,20 @@ impl Catalog {
     ) {
         let key = (object.namespace.clone(), object.name.clone());
         match object.kind {
-            Kind::ApiPolicy => reject_slot(&mut self.policies, key, describe, origin, errors),
-            Kind::AppRegistration => reject_slot(&mut self.apps, key, describe, origin, errors),
+            Kind::ApiPolicy => {
+                let slots = &mut self.policies;
+                self.readers
+                    .track(Kind::ApiPolicy, slots, &key.clone(), |slots| {
+                        reject_slot(slots, key, describe, origin, errors);
+                    });
+            }
+            Kind::AppRegistration => {
+                let slots = &mut self.apps;
+                self.readers
+                    .track(Kind::AppRegistration, slots, &key.clone(), |slots| {
+                        reject_slot(slots, key, describe, origin, errors);
+                    });
+            }
             Kind::Secret => {}
         }
     }
@@ -469,10 +493,17 @@ impl Catalog {
         let key = (object.namespace.clone(), object.name.clone());
         match object.kind {
             Kind::ApiPolicy => {
-                self.policies.remove(&key);
+                let slots = &mut self.policies;
+                self.readers.track(Kind::ApiPolicy, slots, &key, |slots| {
+                    slots.remove(&key);
+                });
             }
             Kind::AppRegistration => {
-                self.apps.remove(&key);
+                let slots = &mut self.apps;
+                self.readers
+                    .track(Kind::AppRegistration, slots, &key, |slots| {
+                        slots.remove(&key);
+                    });
             }
             Kind::Secret => {
                 self.secret_origins.remove(&key);
@@ -504,9 +535,28 @@ impl Catalog {
         out
     }
 
+    /// Recompiles every object whose latest compile read `secret` (in
+    /// [`ObjectRef`] order), found through the reader index: a Secret
+    /// change costs its readers, not a scan of every object.
     fn recompile_readers(&mut self, secret: &(String, String)) {
-        recompile_readers(&mut self.policies, secret, &self.secrets);
-        recompile_readers(&mut self.apps, secret, &self.secrets);
+        let secrets = &self.secrets;
+        for (kind, key) in self.readers.of(secret) {
+            match kind {
+                Kind::ApiPolicy => {
+                    let slots = &mut self.policies;
+                    self.readers.track(kind, slots, &key, |slots| {
+                        recompile(slots, &key, secrets);
+                    });
+                }
+                Kind::AppRegistration => {
+                    let slots = &mut self.apps;
+                    self.readers.track(kind, slots, &key, |slots| {
+                        recompile(slots, &key, secrets);
+                    });
+                }
+                Kind::Secret => {}
+            }
+        }
     }
 
     /// The snapshot of everything serving, numbered `version`, and the
@@ -682,8 +732,10 @@ impl Catalog {
                         format!("plan {plan:?} is not defined by ApiPolicy {id}"),
                     ));
                 }
-                let effective = plans.resolve(app.plan.as_deref()).map(|p| p.name.clone());
-                report.plans.push(((*id).clone(), effective));
+                if self.app_plans {
+                    let effective = plans.resolve(app.plan.as_deref()).map(|p| p.name.clone());
+                    report.plans.push(((*id).clone(), effective));
+                }
             }
             report.plans.sort();
             report
@@ -754,14 +806,62 @@ fn compile_slot<S: Compile>(slot: &mut Slot<S, S::Output>, secrets: &Secrets) {
     }
 }
 
-fn recompile_readers<S: Compile>(
+fn recompile<S: Compile>(
     slots: &mut Slots<S, S::Output>,
-    secret: &(String, String),
+    key: &(String, String),
     secrets: &Secrets,
 ) {
-    for slot in slots.values_mut() {
-        if slot.reads_secret(&secret.0, &secret.1) {
-            compile_slot(slot, secrets);
+    if let Some(slot) = slots.get_mut(key) {
+        compile_slot(slot, secrets);
+    }
+}
+
+/// The objects that read each Secret: kept beside the slots so that a
+/// Secret change finds its readers without looking at every object (with
+/// thousands of apps and a Secret each, a start-up that scanned them all
+/// per Secret was quadratic).
+#[derive(Debug, Default)]
+struct Readers {
+    by_secret: HashMap<(String, String), BTreeSet<(Kind, (String, String))>>,
+}
+
+impl Readers {
+    /// The readers of `secret`, in [`ObjectRef`] order.
+    fn of(&self, secret: &(String, String)) -> Vec<(Kind, (String, String))> {
+        self.by_secret
+            .get(secret)
+            .map(|readers| readers.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `change` on `slots`, then records which Secrets the object
+    /// `kind` `key` reads now instead of before.
+    fn track<S, C>(
+        &mut self,
+        kind: Kind,
+        slots: &mut Slots<S, C>,
+        key: &(String, String),
+        change: impl FnOnce(&mut Slots<S, C>),
+    ) {
+        let before = slots.get(key).map(Slot::secrets_read).unwrap_or_default();
+        change(slots);
+        let after = slots.get(key).map(Slot::secrets_read).unwrap_or_default();
+        if before == after {
+            return;
+        }
+        for secret in before.difference(&after) {
+            if let Some(readers) = self.by_secret.get_mut(secret) {
+                readers.remove(&(kind, key.clone()));
+                if readers.is_empty() {
+                    self.by_secret.remove(secret);
+                }
+            }
+        }
+        for secret in after.difference(&before) {
+            self.by_secret
+                .entry(secret.clone())
+                .or_default()
+                .insert((kind, key.clone()));
         }
     }
 }

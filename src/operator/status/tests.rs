@@ -11,7 +11,7 @@ use crate::policy::document::{Origin, parse_documents};
 const NOW: &str = "2026-12-06T12:00:00Z";
 
 fn catalog(yaml: &str) -> Catalog {
-    let mut catalog = Catalog::new(Some("is the label missing?".to_owned()));
+    let mut catalog = Catalog::new(Some("is the label missing?".to_owned())).with_app_plans(true);
     apply(&mut catalog, yaml);
     catalog
 }

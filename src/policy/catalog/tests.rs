@@ -148,6 +148,65 @@ fn secrets_recompile_their_readers_only() {
     assert_eq!(ios.missing_secrets[0].name, "ios-key");
 }
 
+/// The reader index follows each object's latest compile: an object that
+/// stops reading a Secret (its spec changed, it was removed, its new
+/// version could not be read) is no longer recompiled when it changes.
+#[test]
+fn the_reader_index_follows_what_each_object_reads_now() {
+    let mut catalog = Catalog::new(None);
+    let key_in = |secret: &str| {
+        format!("{{ appId: ios, apiKey: {{ secretRef: {{ name: {secret}, key: apiKey }} }} }}")
+    };
+    let readers_of = |catalog: &Catalog, secret: &str| -> Vec<ObjectRef> {
+        catalog
+            .readers
+            .of(&("mobility".to_owned(), secret.to_owned()))
+            .into_iter()
+            .map(|(kind, (namespace, name))| ObjectRef::new(kind, &namespace, &name))
+            .collect()
+    };
+    upsert(&mut catalog, &secret("key-a", "apiKey", KEY_A));
+    upsert(&mut catalog, &secret("key-b", "apiKey", KEY_B));
+    upsert(&mut catalog, &app("ios", T1, &key_in("key-a")));
+    upsert(
+        &mut catalog,
+        &app("android", T1, &key_in("key-a").replace("ios", "android")),
+    );
+    assert_eq!(
+        readers_of(&catalog, "key-a"),
+        [app_ref("android"), app_ref("ios")]
+    );
+    assert!(readers_of(&catalog, "key-b").is_empty());
+
+    // ios moves to key-b.
+    upsert(&mut catalog, &app("ios", T1, &key_in("key-b")));
+    assert_eq!(readers_of(&catalog, "key-a"), [app_ref("android")]);
+    assert_eq!(readers_of(&catalog, "key-b"), [app_ref("ios")]);
+
+    // Both keys rotate (swapped): each app recompiles with its own.
+    upsert(&mut catalog, &secret("key-b", "apiKey", KEY_A));
+    upsert(&mut catalog, &secret("key-a", "apiKey", KEY_B));
+    let (snapshot, report) = catalog.assemble(1);
+    assert_eq!(snapshot.apps.len(), 2);
+    for app in ["ios", "android"] {
+        let report = report.get(&app_ref(app)).unwrap();
+        assert_eq!(report.state, ObjectState::Serving, "{report:?}");
+        assert!(report.conflicts.is_empty(), "{report:?}");
+    }
+
+    // Removed, or unreadable: no longer a reader.
+    catalog.remove(&app_ref("android"));
+    assert!(readers_of(&catalog, "key-a").is_empty());
+    catalog.reject(
+        &app_ref("ios"),
+        "t.yaml".to_owned(),
+        Origin::Cluster,
+        Vec::new(),
+    );
+    assert!(readers_of(&catalog, "key-b").is_empty());
+    assert!(catalog.readers.by_secret.is_empty());
+}
+
 #[test]
 fn the_older_policy_keeps_a_contested_host_whatever_the_order() {
     for older_first in [true, false] {
@@ -227,7 +286,7 @@ fn a_newer_registration_cannot_take_an_older_ones_api_key() {
 
 #[test]
 fn the_report_relates_apps_and_policies() {
-    let mut catalog = Catalog::new(None);
+    let mut catalog = Catalog::new(None).with_app_plans(true);
     let plans = "  defaultPlan: free\n  plans: [{ name: free }, { name: gold }]";
     upsert(
         &mut catalog,
@@ -278,6 +337,15 @@ fn the_report_relates_apps_and_policies() {
     let counts = report.counts();
     assert_eq!(counts[&(Kind::ApiPolicy, ObjectState::Serving)], 2);
     assert_eq!(counts[&(Kind::AppRegistration, ObjectState::NotServing)], 0);
+
+    // A server's catalog leaves the per-app plans out (they grow with
+    // apps × policies); everything else is the same.
+    catalog.app_plans = false;
+    let (_, lean) = catalog.assemble(2);
+    let ios = lean.get(&app_ref("ios")).unwrap();
+    assert!(ios.plans.is_empty());
+    assert_eq!(ios.warnings[0].field, "spec.plan");
+    assert_eq!(lean.get(&policy_ref("bikes")).unwrap().accepted_apps, 2);
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Label selector of the Secrets to read (`key=value` or `key`).
     pub secret_label: String,
+    /// Work out each app's plan per policy for the report (the operator
+    /// writes them into status; a server has no use for them, and with
+    /// many apps and policies they are most of the report).
+    pub app_plans: bool,
 }
 
 /// One watch: a kind in one namespace, or in all.
@@ -201,7 +205,7 @@ impl ClusterWatch {
         );
         let (scopes, streams) = watches(client, settings);
         let state = State {
-            catalog: Catalog::new(Some(hint)),
+            catalog: Catalog::new(Some(hint)).with_app_plans(settings.app_plans),
             reporter: Reporter::default(),
             scopes,
             never_synced: (0..streams.len()).collect(),
