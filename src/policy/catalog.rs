@@ -378,8 +378,11 @@ impl Compile for AppRegistration {
     }
 }
 
+/// An object's (namespace, name).
+type Key = (String, String);
+
 /// Objects by (namespace, name).
-type Slots<S, C> = BTreeMap<(String, String), Slot<S, C>>;
+type Slots<S, C> = BTreeMap<Key, Slot<S, C>>;
 
 /// Every object of a source; see the module docs.
 #[derive(Debug, Default)]
@@ -822,12 +825,12 @@ fn recompile<S: Compile>(
 /// per Secret was quadratic).
 #[derive(Debug, Default)]
 struct Readers {
-    by_secret: HashMap<(String, String), BTreeSet<(Kind, (String, String))>>,
+    by_secret: HashMap<Key, BTreeSet<(Kind, Key)>>,
 }
 
 impl Readers {
     /// The readers of `secret`, in [`ObjectRef`] order.
-    fn of(&self, secret: &(String, String)) -> Vec<(Kind, (String, String))> {
+    fn of(&self, secret: &Key) -> Vec<(Kind, Key)> {
         self.by_secret
             .get(secret)
             .map(|readers| readers.iter().cloned().collect())
