@@ -447,6 +447,96 @@ struct Scenario {
     server: Option<Watched>,
 }
 
+/// One Envoy's listeners measured in a closed loop: the common part of
+/// the `envoy`, `answer` and `tracing` runs.
+struct ThroughEnvoy<'a> {
+    rt: &'a Runtime,
+    meter: &'a Meter,
+    fixture: &'a Fixture,
+    envoy: &'a Envoy,
+    redis: &'a Redis,
+    /// Watch Redis's CPU too (scenarios whose servers share it).
+    watch_redis: bool,
+    /// Length of one round's measurement.
+    slice: Duration,
+}
+
+impl ThroughEnvoy<'_> {
+    /// Envoy, the scenario's server, and Redis when asked.
+    fn watched(&self, scenario: &Scenario) -> Vec<Watched> {
+        let mut list = vec![Watched {
+            label: "envoy",
+            pid: self.envoy.proc.pid(),
+        }];
+        list.extend(scenario.server);
+        if self.watch_redis {
+            list.push(Watched {
+                label: "redis",
+                pid: self.redis.proc.pid(),
+            });
+        }
+        list
+    }
+
+    /// `connections` callers in a closed loop through the scenario's
+    /// listener: `warmup` unmeasured, then one measured slice.
+    fn closed(
+        &self,
+        scenario: &Scenario,
+        connections: usize,
+        warmup: Duration,
+    ) -> anyhow::Result<Measured> {
+        let addr = self.envoy.listener(scenario.listener)?;
+        let callers = http_callers(self.rt, addr, self.fixture, connections)?;
+        let (callers, _) = self.rt.block_on(loadgen::closed_loop(callers, warmup))?;
+        let (_, measured) = self.meter.measure(
+            self.rt,
+            &self.watched(scenario),
+            self.redis,
+            loadgen::closed_loop(callers, self.slice),
+        )?;
+        Ok(measured)
+    }
+
+    /// Every scenario saturated (`options.connections`), interleaved over
+    /// the rounds; `tag` prefixes the progress lines.
+    fn saturated(
+        &self,
+        tag: &str,
+        scenarios: &[Scenario],
+        options: &Options,
+    ) -> anyhow::Result<Vec<Measured>> {
+        let rounds = options.rounds();
+        interleaved(rounds, scenarios, |scenario, round| {
+            eprintln!(
+                "[{tag}] round {}/{rounds}: {} ...",
+                round + 1,
+                scenario.title
+            );
+            self.closed(scenario, options.connections, options.warmup_before(round))
+        })
+    }
+
+    /// Every scenario over one connection (its unloaded latency),
+    /// interleaved over the rounds.
+    fn unloaded(
+        &self,
+        tag: &str,
+        scenarios: &[Scenario],
+        options: &Options,
+    ) -> anyhow::Result<Vec<Measured>> {
+        let rounds = options.rounds();
+        interleaved(rounds, scenarios, |scenario, round| {
+            eprintln!(
+                "[{tag}] round {}/{rounds}: {} unloaded ...",
+                round + 1,
+                scenario.title
+            );
+            self.closed(scenario, 1, options.warmup_before(round) / 2)
+        })
+    }
+}
+
 /// One scenario's three measurements.
 struct EnvoyRow {
     title: &'static str,
@@ -593,49 +683,19 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
             server: watched("server", &tollgate_tls.proc),
         },
     ];
-    let watch_list = |scenario: &Scenario| -> Vec<Watched> {
-        let mut list = vec![Watched {
-            label: "envoy",
-            pid: envoy.proc.pid(),
-        }];
-        list.extend(scenario.server);
-        list.push(Watched {
-            label: "redis",
-            pid: redis.proc.pid(),
-        });
-        list
-    };
-
     println!("\n## Through Envoy (HTTP/1.1, one Envoy worker)");
     let (rounds, slice) = (options.rounds(), options.slice());
-    let closed = |scenario: &Scenario, connections: usize, warmup: Duration| {
-        let addr = envoy.listener(scenario.listener)?;
-        let callers = http_callers(&rt, addr, &fixture, connections)?;
-        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
-        let (_, measured) = meter.measure(
-            &rt,
-            &watch_list(scenario),
-            &redis,
-            loadgen::closed_loop(callers, slice),
-        )?;
-        anyhow::Ok(measured)
+    let through = ThroughEnvoy {
+        rt: &rt,
+        meter: &meter,
+        fixture: &fixture,
+        envoy: &envoy,
+        redis: &redis,
+        watch_redis: true,
+        slice,
     };
-    let saturated = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!(
-            "[envoy] round {}/{rounds}: {} ...",
-            round + 1,
-            scenario.title
-        );
-        closed(scenario, options.connections, options.warmup_before(round))
-    })?;
-    let unloaded = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!(
-            "[envoy] round {}/{rounds}: {} unloaded ...",
-            round + 1,
-            scenario.title
-        );
-        closed(scenario, 1, options.warmup_before(round) / 2)
-    })?;
+    let saturated = through.saturated("envoy", &scenarios, options)?;
+    let unloaded = through.unloaded("envoy", &scenarios, options)?;
     let mut rows = Vec::new();
     for ((scenario, saturated), unloaded) in scenarios.iter().zip(saturated).zip(unloaded) {
         let round_trips = if saturated.redis_per_request() > 0.0 {
@@ -668,7 +728,7 @@ pub fn envoy(options: &Options) -> anyhow::Result<()> {
         let (callers, _) = rt.block_on(loadgen::open_loop(callers, open_rate, warmup))?;
         let (_, open) = meter.measure(
             &rt,
-            &watch_list(scenario),
+            &through.watched(scenario),
             &redis,
             loadgen::open_loop(callers, open_rate, slice),
         )?;
@@ -775,27 +835,16 @@ pub fn answer(options: &Options) -> anyhow::Result<()> {
     println!(
         "\n## What each part of the allow answer costs Envoy (null servers, one Envoy worker)"
     );
-    let (rounds, slice) = (options.rounds(), options.slice());
-    let measured = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!(
-            "[answer] round {}/{rounds}: {} ...",
-            round + 1,
-            scenario.title
-        );
-        let addr = envoy.listener(scenario.listener)?;
-        let callers = http_callers(&rt, addr, &fixture, options.connections)?;
-        let (callers, _) =
-            rt.block_on(loadgen::closed_loop(callers, options.warmup_before(round)))?;
-        let watched = [
-            Watched {
-                label: "envoy",
-                pid: envoy.proc.pid(),
-            },
-            scenario.server.expect("every answer has its server"),
-        ];
-        let (_, m) = meter.measure(&rt, &watched, &redis, loadgen::closed_loop(callers, slice))?;
-        anyhow::Ok(m)
-    })?;
+    let through = ThroughEnvoy {
+        rt: &rt,
+        meter: &meter,
+        fixture: &fixture,
+        envoy: &envoy,
+        redis: &redis,
+        watch_redis: false,
+        slice: options.slice(),
+    };
+    let measured = through.saturated("answer", &scenarios, options)?;
     println!(
         "\nSaturated, closed loop, {} connections; each row adds one part to the row before.\n\n\
          | answer | req/s | Envoy CPU µs/req | Envoy Δ µs | server CPU µs/req | all CPU µs/req |\n\
@@ -841,7 +890,6 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
         let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
         format!("http://{}", closed.local_addr()?)
     };
-    let binary = options.tollgate_binary();
     let start = |ratio: Option<&str>, endpoint: &str| -> anyhow::Result<Tollgate> {
         // A generous store timeout: four tollgates, Envoy, Redis and the
         // generator share the cores, and a 503 would end the run.
@@ -850,21 +898,7 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
             args.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
             args.extend(["--otlp-sampler-ratio".to_owned(), ratio.to_owned()]);
         }
-        let tollgate = Tollgate::start(
-            &binary,
-            &policy,
-            Some(&redis.url()),
-            options.server_threads,
-            &args,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(envoy::http_get(tollgate.admin, "/readyz"), Ok((200, _))) {
-            if Instant::now() > deadline {
-                bail!("tollgate was not ready within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(tollgate)
+        start_tollgate_with(options, &policy, Some(&redis.url()), &args)
     };
     let off = start(None, &endpoint)?;
     let one = start(Some("0.01"), &endpoint)?;
@@ -906,44 +940,18 @@ pub fn tracing(options: &Options) -> anyhow::Result<()> {
             &unreachable,
         ),
     ];
-    let watch_list = |scenario: &Scenario| -> Vec<Watched> {
-        let mut list = vec![Watched {
-            label: "envoy",
-            pid: envoy.proc.pid(),
-        }];
-        list.extend(scenario.server);
-        list
+    let through = ThroughEnvoy {
+        rt: &rt,
+        meter: &meter,
+        fixture: &fixture,
+        envoy: &envoy,
+        redis: &redis,
+        watch_redis: false,
+        slice: options.slice(),
     };
-    let (rounds, slice) = (options.rounds(), options.slice());
     let spans_before = collector.spans();
-    let measure = |scenario: &Scenario, connections: usize, warmup: Duration| {
-        let addr = envoy.listener(scenario.listener)?;
-        let callers = http_callers(&rt, addr, &fixture, connections)?;
-        let (callers, _) = rt.block_on(loadgen::closed_loop(callers, warmup))?;
-        let (_, measured) = meter.measure(
-            &rt,
-            &watch_list(scenario),
-            &redis,
-            loadgen::closed_loop(callers, slice),
-        )?;
-        anyhow::Ok(measured)
-    };
-    let saturated = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!(
-            "[tracing] round {}/{rounds}: {} ...",
-            round + 1,
-            scenario.title
-        );
-        measure(scenario, options.connections, options.warmup_before(round))
-    })?;
-    let unloaded = interleaved(rounds, &scenarios, |scenario, round| {
-        eprintln!(
-            "[tracing] round {}/{rounds}: {} unloaded ...",
-            round + 1,
-            scenario.title
-        );
-        measure(scenario, 1, options.warmup_before(round) / 2)
-    })?;
+    let saturated = through.saturated("tracing", &scenarios, options)?;
+    let unloaded = through.unloaded("tracing", &scenarios, options)?;
     // Let the last batches reach the collector (the export delay is 5 s).
     std::thread::sleep(Duration::from_secs(6));
     let spans = collector.spans() - spans_before;
