@@ -90,23 +90,36 @@ impl Replica {
 
     /// One request of app `app` (and client address `ip`) against plan `p`.
     async fn send(&self, plans: &Plans, app: &str, ip: &str) -> Outcome {
-        let built = admission::build(&Request {
-            policy: "t/leases",
-            plan: plans.get("p"),
-            subject: Subject {
-                app: Some(app),
-                ip: Some(ip.parse().unwrap()),
-                ..Subject::default()
-            },
-            cost: 1,
-            nonces: &[],
-            now_us: self.now(),
-            retention: Retention::default(),
-            leasing: Leasing::Auto,
-        })
-        .unwrap();
-        self.store.admit(&built.admission).await.unwrap()
+        let admission = request(plans, app, Some(ip), 1, self.now(), Leasing::Auto);
+        self.store.admit(&admission).await.unwrap()
     }
+}
+
+/// The admission of one request of `app` (from `ip`) against plan `p`.
+fn request(
+    plans: &Plans,
+    app: &str,
+    ip: Option<&str>,
+    cost: u64,
+    now_us: u64,
+    leasing: Leasing,
+) -> Admission {
+    admission::build(&Request {
+        policy: "t/leases",
+        plan: plans.get("p"),
+        subject: Subject {
+            app: Some(app),
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            ..Subject::default()
+        },
+        cost,
+        nonces: &[],
+        now_us,
+        retention: Retention::default(),
+        leasing,
+    })
+    .unwrap()
+    .admission
 }
 
 /// The quota counter and usage the store holds for `app` on T0's day.
@@ -114,22 +127,8 @@ async fn state(inner: &Counting, app: &str) -> (u64, u64) {
     let p = plans(
         "plans: [{name: p, limits: [{name: daily, quota: {requests: 1000000, reset: day}}]}]",
     );
-    let built = admission::build(&Request {
-        policy: "t/leases",
-        plan: p.get("p"),
-        subject: Subject {
-            app: Some(app),
-            ..Subject::default()
-        },
-        cost: 0,
-        nonces: &[],
-        now_us: T0,
-        retention: Retention::default(),
-        leasing: Leasing::Off,
-    })
-    .unwrap();
     // A cost-0 request reads the counter without moving it.
-    let mut admission = built.admission;
+    let mut admission = request(&p, app, None, 0, T0, Leasing::Off);
     admission.groups[0].usage.clear();
     let outcome = inner.inner.admit(&admission).await.unwrap();
     let used = 1_000_000 - outcome.limits[0][0].remaining;
@@ -273,23 +272,7 @@ async fn a_store_outage_admits_no_more_than_the_units_leased() {
     let (_, units) = r.store.held();
     assert!(units > 0);
     inner.down.store(true, Ordering::Relaxed);
-    let built = |now_us| {
-        admission::build(&Request {
-            policy: "t/leases",
-            plan: p.get("p"),
-            subject: Subject {
-                app: Some("outage"),
-                ..Subject::default()
-            },
-            cost: 1,
-            nonces: &[],
-            now_us,
-            retention: Retention::default(),
-            leasing: Leasing::Auto,
-        })
-        .unwrap()
-        .admission
-    };
+    let built = |now_us| request(&p, "outage", None, 1, now_us, Leasing::Auto);
     let mut admitted = 0;
     for _ in 0..units + 5 {
         match r.store.admit(&built(r.now())).await {
