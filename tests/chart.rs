@@ -690,72 +690,65 @@ fn combinations_the_schema_cannot_express_are_refused_by_name() {
 #[test]
 fn a_typo_or_a_wrong_type_in_values_fails_naming_the_value() {
     let helm = Helm::new();
-    for (values, expected) in [
-        (
-            "server: { replica: 2 }\n",
-            "at '/server': additional properties 'replica' not allowed",
-        ),
-        (
-            "server: { podDisruptionBudget: { enable: true } }\n",
-            "at '/server/podDisruptionBudget': additional properties 'enable' not allowed",
-        ),
-        (
-            "redis: { urls: [] }\n",
-            "additional properties 'urls' not allowed",
-        ),
-        (
-            "server: { replicas: two }\n",
-            "at '/server/replicas': got string, want integer",
-        ),
-        ("logFormat: yaml\n", "at '/logFormat'"),
-        ("watchNamespaces: [Mobility]\n", "at '/watchNamespaces/0'"),
-        ("redis: { url: \"http://redis:6379\" }\n", "at '/redis/url'"),
-        ("redis: { storeTimeout: 50 }\n", "at '/redis/storeTimeout'"),
-        (
-            "server: { resources: { limits: { memory: lots } } }\n",
-            "at '/server/resources/limits/memory'",
-        ),
-        ("imagePullSecrets: [regcred]\n", "at '/imagePullSecrets/0'"),
-        (
-            "server: { tracing: { samplerRatio: 1.5 } }\n",
-            "at '/server/tracing/samplerRatio'",
-        ),
-        (
-            "server: { tracing: { otlpEndpoint: \"otel:4317\" } }\n",
-            "at '/server/tracing/otlpEndpoint'",
-        ),
-        (
-            "server: { tracing: { env: { JAVA_OPTS: x } } }\n",
-            // (helm names a wrong location for property names)
-            "'JAVA_OPTS' does not match pattern '^OTEL_[A-Z0-9_]+$'",
-        ),
-        (
-            "server: { audit: { user: anonymous } }\n",
-            "at '/server/audit/user'",
-        ),
-        (
-            "server: { audit: { allowRatio: -0.1 } }\n",
-            "at '/server/audit/allowRatio'",
-        ),
-        (
-            "grafanaDashboard: { enable: true }\n",
-            "at '/grafanaDashboard': additional properties 'enable' not allowed",
-        ),
-        (
-            "prometheusRule: { labels: { release: 1 } }\n",
-            "at '/prometheusRule/labels/release'",
-        ),
-    ] {
-        let refused = helm
-            .try_template(values)
-            .err()
-            .unwrap_or_else(|| panic!("accepted:\n{values}"));
-        assert!(
-            refused.contains("values don't meet the specifications of the schema")
-                && refused.contains(expected),
-            "{values}\n→ {refused}"
-        );
-    }
+    assert_schema_refuses(
+        &helm,
+        &[
+            (
+                "server: { replica: 2 }\n",
+                "at '/server': additional properties 'replica' not allowed",
+            ),
+            (
+                "server: { podDisruptionBudget: { enable: true } }\n",
+                "at '/server/podDisruptionBudget': additional properties 'enable' not allowed",
+            ),
+            (
+                "redis: { urls: [] }\n",
+                "additional properties 'urls' not allowed",
+            ),
+            (
+                "server: { replicas: two }\n",
+                "at '/server/replicas': got string, want integer",
+            ),
+            ("logFormat: yaml\n", "at '/logFormat'"),
+            ("watchNamespaces: [Mobility]\n", "at '/watchNamespaces/0'"),
+            ("redis: { url: \"http://redis:6379\" }\n", "at '/redis/url'"),
+            ("redis: { storeTimeout: 50 }\n", "at '/redis/storeTimeout'"),
+            (
+                "server: { resources: { limits: { memory: lots } } }\n",
+                "at '/server/resources/limits/memory'",
+            ),
+            ("imagePullSecrets: [regcred]\n", "at '/imagePullSecrets/0'"),
+            (
+                "server: { tracing: { samplerRatio: 1.5 } }\n",
+                "at '/server/tracing/samplerRatio'",
+            ),
+            (
+                "server: { tracing: { otlpEndpoint: \"otel:4317\" } }\n",
+                "at '/server/tracing/otlpEndpoint'",
+            ),
+            (
+                "server: { tracing: { env: { JAVA_OPTS: x } } }\n",
+                // (helm names a wrong location for property names)
+                "'JAVA_OPTS' does not match pattern '^OTEL_[A-Z0-9_]+$'",
+            ),
+            (
+                "server: { audit: { user: anonymous } }\n",
+                "at '/server/audit/user'",
+            ),
+            (
+                "server: { audit: { allowRatio: -0.1 } }\n",
+                "at '/server/audit/allowRatio'",
+            ),
+            (
+                "grafanaDashboard: { enable: true }\n",
+                "at '/grafanaDashboard': additional properties 'enable' not allowed",
+            ),
+            (
+                "prometheusRule: { labels: { release: 1 } }\n",
+                "at '/prometheusRule/labels/release'",
+            ),
+        ],
+    );
 }
 
 /// Every object of values.schema.json says which keys it takes: a fixed
@@ -1483,74 +1476,67 @@ fn tls_values_that_cannot_work_are_refused_by_name_as_tollgate_refuses_them() {
 #[test]
 fn a_typo_or_a_wrong_type_under_the_tls_values_fails_naming_it() {
     let helm = Helm::new();
-    for (values, expected) in [
-        (
-            "server: { tls: { enable: true } }\n",
-            "at '/server/tls': additional properties 'enable' not allowed",
-        ),
-        (
-            "server: { tls: { certManager: { issuerRef: { namespace: cert-manager } } } }\n",
-            "at '/server/tls/certManager/issuerRef': additional properties 'namespace' not allowed",
-        ),
-        (
-            "server: { tls: { clientCa: { required: true } } }\n",
-            "at '/server/tls': additional properties 'clientCa' not allowed",
-        ),
-        (
-            "server: { tls: { clientCA: { secret: edge-ca } } }\n",
-            "at '/server/tls/clientCA': additional properties 'secret' not allowed",
-        ),
-        (
-            "server: { adminTls: { secret: admin-tls } }\n",
-            "at '/server/adminTls': additional properties 'secret' not allowed",
-        ),
-        (
-            "server: { metrics: { seperatePort: true } }\n",
-            "at '/server/metrics': additional properties 'seperatePort' not allowed",
-        ),
-        (
-            "serviceMonitor: { tls: { caSecret: x } }\n",
-            "at '/serviceMonitor/tls': additional properties 'caSecret' not allowed",
-        ),
-        (
-            "server: { tls: { enabled: \"yes\" } }\n",
-            "at '/server/tls/enabled': got string, want boolean",
-        ),
-        (
-            "server: { metrics: { port: 70000 } }\n",
-            "at '/server/metrics/port'",
-        ),
-        (
-            "server: { tls: { certManager: { duration: 90d } } }\n",
-            "at '/server/tls/certManager/duration'",
-        ),
-        (
-            "server: { tls: { secretName: My_Secret } }\n",
-            "at '/server/tls/secretName'",
-        ),
-        (
-            "server: { tls: { clientCA: { key: \"../ca.crt\" } } }\n",
-            "at '/server/tls/clientCA/key'",
-        ),
-        (
-            "server: { tls: { allowedSpiffeIds: [\"spiffe://cluster.local\"] } }\n",
-            "at '/server/tls/allowedSpiffeIds/0'",
-        ),
-        (
-            "server: { tls: { certManager: { extraDnsNames: [\"Authz.Example.com\"] } } }\n",
-            "at '/server/tls/certManager/extraDnsNames/0'",
-        ),
-    ] {
-        let refused = helm
-            .try_template(values)
-            .err()
-            .unwrap_or_else(|| panic!("accepted:\n{values}"));
-        assert!(
-            refused.contains("values don't meet the specifications of the schema")
-                && refused.contains(expected),
-            "{values}\n→ {refused}"
-        );
-    }
+    assert_schema_refuses(
+        &helm,
+        &[
+            (
+                "server: { tls: { enable: true } }\n",
+                "at '/server/tls': additional properties 'enable' not allowed",
+            ),
+            (
+                "server: { tls: { certManager: { issuerRef: { namespace: cert-manager } } } }\n",
+                "at '/server/tls/certManager/issuerRef': additional properties 'namespace' not allowed",
+            ),
+            (
+                "server: { tls: { clientCa: { required: true } } }\n",
+                "at '/server/tls': additional properties 'clientCa' not allowed",
+            ),
+            (
+                "server: { tls: { clientCA: { secret: edge-ca } } }\n",
+                "at '/server/tls/clientCA': additional properties 'secret' not allowed",
+            ),
+            (
+                "server: { adminTls: { secret: admin-tls } }\n",
+                "at '/server/adminTls': additional properties 'secret' not allowed",
+            ),
+            (
+                "server: { metrics: { seperatePort: true } }\n",
+                "at '/server/metrics': additional properties 'seperatePort' not allowed",
+            ),
+            (
+                "serviceMonitor: { tls: { caSecret: x } }\n",
+                "at '/serviceMonitor/tls': additional properties 'caSecret' not allowed",
+            ),
+            (
+                "server: { tls: { enabled: \"yes\" } }\n",
+                "at '/server/tls/enabled': got string, want boolean",
+            ),
+            (
+                "server: { metrics: { port: 70000 } }\n",
+                "at '/server/metrics/port'",
+            ),
+            (
+                "server: { tls: { certManager: { duration: 90d } } }\n",
+                "at '/server/tls/certManager/duration'",
+            ),
+            (
+                "server: { tls: { secretName: My_Secret } }\n",
+                "at '/server/tls/secretName'",
+            ),
+            (
+                "server: { tls: { clientCA: { key: \"../ca.crt\" } } }\n",
+                "at '/server/tls/clientCA/key'",
+            ),
+            (
+                "server: { tls: { allowedSpiffeIds: [\"spiffe://cluster.local\"] } }\n",
+                "at '/server/tls/allowedSpiffeIds/0'",
+            ),
+            (
+                "server: { tls: { certManager: { extraDnsNames: [\"Authz.Example.com\"] } } }\n",
+                "at '/server/tls/certManager/extraDnsNames/0'",
+            ),
+        ],
+    );
 }
 
 /// The chart accepts exactly the client identities `tollgate serve`
@@ -3263,6 +3249,22 @@ fn value_paths(value: &Value, path: &str, out: &mut BTreeSet<String>) {
         _ => {
             out.insert(path.to_owned());
         }
+    }
+}
+
+/// Each `(values, expected)`: helm refuses the values by the schema, its
+/// message containing `expected` (where the bad value is).
+fn assert_schema_refuses(helm: &Helm, cases: &[(&str, &str)]) {
+    for (values, expected) in cases {
+        let refused = helm
+            .try_template(values)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{values}"));
+        assert!(
+            refused.contains("values don't meet the specifications of the schema")
+                && refused.contains(expected),
+            "{values}\n→ {refused}"
+        );
     }
 }
 
